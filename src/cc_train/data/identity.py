@@ -565,7 +565,8 @@ def _build_pool(block: str) -> list[tuple[str, int, float]]:
         for stem in topic.stems:
             for opener, opener_weight in _OPENERS:
                 for suffix, suffix_weight in _SUFFIXES:
-                    pool.append((_compose(opener, stem, suffix), topic_index, float(opener_weight * suffix_weight)))
+                    weight = float(opener_weight * suffix_weight)
+                    pool.append((_compose(opener, stem, suffix), topic_index, weight))
     return pool
 
 
