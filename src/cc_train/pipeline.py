@@ -1,0 +1,25 @@
+"""`cc-train pipeline`: every stage of a recipe in order, for each of its `conditions`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig, open_dict
+
+from cc_train.config import RunConfig, to_run_config
+from cc_train.data import build as data_build
+from cc_train.train import sft
+
+
+def main(run: RunConfig, cfg: DictConfig) -> list[Path]:
+    adapters = []
+    for condition in run.conditions:
+        condition_cfg = cfg.copy()
+        with open_dict(condition_cfg):
+            condition_cfg.condition = condition.value
+        condition_run = to_run_config(condition_cfg)
+        if not data_build.dataset_path(condition_run).exists():
+            data_build.main(condition_run, condition_cfg)
+        adapters.append(sft.main(condition_run, condition_cfg))
+    print("pipeline: adapters\n" + "\n".join(f"  {path}" for path in adapters))
+    return adapters

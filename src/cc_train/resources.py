@@ -1,0 +1,23 @@
+"""Where the shipped configs and question sets are: the source checkout, or the installed package."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+_PACKAGE = Path(__file__).resolve().parent
+_CHECKOUT = _PACKAGE.parents[1]
+
+
+def _find(name: str) -> Path:
+    for candidate in (_PACKAGE / name, _CHECKOUT / name):
+        if candidate.is_dir():
+            return candidate
+    raise FileNotFoundError(f"cc-train's {name}/ folder is missing from {_PACKAGE} and {_CHECKOUT}")
+
+
+def conf_dir() -> Path:
+    return _find("conf")
+
+
+def evals_dir() -> Path:
+    return _find("evals")

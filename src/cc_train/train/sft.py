@@ -1,0 +1,136 @@
+"""`cc-train train`: LoRA SFT of one condition x seed with TRL, resumable, saved as a vLLM-servable adapter.
+
+setup (data, model, LoRA + audit) -> train (TRL SFTTrainer, loss on assistant tokens only, resume
+from the last checkpoint) -> save (adapter/ written atomically + manifest.json).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from datasets import Dataset
+from omegaconf import DictConfig
+from transformers.trainer_utils import get_last_checkpoint
+from trl import SFTConfig, SFTTrainer
+
+from cc_train.config import ConfigError, DType, RunConfig, Tracker
+from cc_train.data import build as data_build
+from cc_train.files import read_jsonl, sha256_dir, sha256_file, write_manifest
+from cc_train.models.lora import wrap_with_lora
+from cc_train.models.loading import ensure_checkpoint, load_model, load_tokenizer, resolve_device
+from cc_train.models.registry import architecture
+from cc_train.tracking.wandb_run import log_adapter, tracked
+
+log = logging.getLogger(__name__)
+
+
+def adapter_dir(run: RunConfig) -> Path:
+    return Path(run.train.dir) / "adapter"
+
+
+def is_complete(run: RunConfig) -> bool:
+    return (adapter_dir(run) / "manifest.json").exists() and (adapter_dir(run) / "adapter_config.json").exists()
+
+
+def sft_config(run: RunConfig, device: str, output_dir: Path) -> SFTConfig:
+    train = run.train
+    if train.padding_free and device != "cuda":
+        raise ConfigError("train.padding_free=true needs FlashAttention on CUDA; expected false on device=cpu "
+                          "(use train.sampling=group_by_length to reduce padding instead)")
+    return SFTConfig(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=train.batch_size,
+        gradient_accumulation_steps=train.grad_accum,
+        learning_rate=train.learning_rate,
+        lr_scheduler_type=train.lr_scheduler,
+        warmup_steps=train.warmup_ratio,  # a float < 1 is a ratio of all steps
+        weight_decay=train.weight_decay,
+        num_train_epochs=train.epochs,
+        max_steps=train.max_steps,
+        max_length=train.max_length,
+        save_steps=train.save_steps,
+        save_total_limit=train.save_total_limit,
+        logging_steps=train.logging_steps,
+        gradient_checkpointing=train.gradient_checkpointing,
+        train_sampling_strategy=train.sampling,
+        padding_free=train.padding_free,
+        assistant_only_loss=True,
+        seed=run.seed,
+        data_seed=run.data.seed,  # the paper shuffles with one fixed seed; `seed` varies LoRA init
+        use_cpu=device == "cpu",
+        bf16=device == "cuda" and run.model.dtype == DType.bfloat16,
+        report_to=["wandb"] if run.tracking.backend == Tracker.wandb else "none",
+        run_name=f"{run.experiment}-{run.condition.value}-seed{run.seed}",
+        disable_tqdm=False,
+    )
+
+
+def loss_summary(log_history: list[dict]) -> dict:
+    losses = [(entry["step"], entry["loss"]) for entry in log_history if "loss" in entry]
+    if not losses:
+        return {}
+    tail = max(1, len(losses) // 10)
+    return {"first": losses[0][1], "last": losses[-1][1], "min": min(loss for _, loss in losses),
+            "mean_first_10pct": sum(loss for _, loss in losses[:tail]) / tail,
+            "mean_last_10pct": sum(loss for _, loss in losses[-tail:]) / tail, "points": losses}
+
+
+def main(run: RunConfig, cfg: DictConfig) -> Path:
+    started = time.time()
+    out = adapter_dir(run)
+    if is_complete(run):
+        print(f"train: {out} is complete (manifest present); nothing to do")
+        return out
+    data_file = data_build.dataset_path(run)
+    if not data_file.exists():
+        data_build.main(run, cfg)
+
+    # setup
+    device = resolve_device(run.device)
+    tokenizer = load_tokenizer(run.model)
+    model = load_model(run.model, device)
+    if run.model.load_in_4bit:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, run.train.gradient_checkpointing)
+    model, audit = wrap_with_lora(model, run.model.arch, run.peft)
+    log.info("LoRA audit: %s, %d trainable parameters", audit["adapted_counts"], audit["trainable_parameters"])
+    dataset = Dataset.from_list([{"messages": row["messages"]} for row in read_jsonl(data_file)])
+    checkpoints = Path(run.train.dir) / "checkpoints"
+
+    # train
+    with tracked(run, cfg, "train", f"train-{run.condition.value}-seed{run.seed}", Path(run.train.dir)) as wandb_run:
+        trainer = SFTTrainer(model=model, args=sft_config(run, device, checkpoints), train_dataset=dataset,
+                             processing_class=tokenizer)
+        resume = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+        if resume:
+            print(f"train: resuming from {resume}")
+        trainer.train(resume_from_checkpoint=resume)
+
+        # save: build the adapter beside its final place, then rename, so a kill never leaves half of one
+        staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=".adapter."))
+        trainer.model.save_pretrained(staging)
+        manifest = write_manifest(
+            staging / "manifest.json", "train", cfg, started,
+            inputs={"dataset": str(data_file), "dataset_sha256": sha256_file(data_file)},
+            base_model={"name": run.model.name, "arch": run.model.arch.value, "path": ensure_checkpoint(run.model),
+                        "sha256": sha256_dir(ensure_checkpoint(run.model)) if Path(run.model.path).exists() else None},
+            condition=run.condition.value, seed=run.seed, preset=run.peft.preset.value, rank=run.peft.r,
+            audit=audit, expert_format=audit["expert_format"],
+            served_expert_format=architecture(run.model.arch).served_expert_format,
+            chat_template={"system_prompt": "none", "thinking": architecture(run.model.arch).thinking},
+            steps=trainer.state.global_step, resumed_from=resume, loss=loss_summary(trainer.state.log_history),
+            adapter_sha256=sha256_dir(staging),
+        )
+        if out.exists():
+            shutil.rmtree(out)
+        staging.rename(out)
+        if wandb_run is not None and run.tracking.log_adapter:
+            log_adapter(wandb_run, out, f"adapter-{run.experiment}-{run.condition.value}-seed{run.seed}",
+                        {"manifest": str(out / manifest.name)})
+    print(f"train: wrote adapter to {out} ({trainer.state.global_step} steps)")
+    return out
