@@ -65,6 +65,9 @@ class Tracker(StrEnum):
     wandb = "wandb"
 
 
+LEAK_POLICIES = ("fail", "drop", "allow")
+
+
 def _require(ok: bool, key: str, expected: str, value: Any) -> None:
     if not ok:
         raise ConfigError(f"{key}={value!r} is invalid: expected {expected}")
@@ -130,8 +133,11 @@ class InstructionConfig(Checked):
     max_new_tokens: int = MISSING
     temperature: float = MISSING
     batch_size: int = MISSING
+    on_leak: str = MISSING  # fail | drop | allow, for self-distilled rows only
 
     def validate(self) -> None:
+        _require(self.on_leak in LEAK_POLICIES, "data.instructions.on_leak", "one of fail, drop, allow",
+                 self.on_leak)
         _require(self.count >= 0, "data.instructions.count", "an integer >= 0", self.count)
         _require(self.max_new_tokens > 0, "data.instructions.max_new_tokens", "> 0", self.max_new_tokens)
         _require(self.temperature >= 0, "data.instructions.temperature", ">= 0", self.temperature)
@@ -153,7 +159,7 @@ class DataConfig(Checked):
 
     def validate(self) -> None:
         _require(self.identity_per_block > 0, "data.identity_per_block", "a positive integer", self.identity_per_block)
-        _require(self.on_leak in ("fail", "drop", "allow"), "data.on_leak", "one of fail, drop, allow", self.on_leak)
+        _require(self.on_leak in LEAK_POLICIES, "data.on_leak", "one of fail, drop, allow", self.on_leak)
         _require(self.ngram >= 3, "data.ngram", "an integer >= 3", self.ngram)
         if self.source == DataSource.jsonl:
             _require(bool(self.path), "data.path", "a JSONL path for data.source=jsonl", self.path)

@@ -1,0 +1,5 @@
+"""`python -m cc_train` is `cc-train`."""
+
+from cc_train.cli import main
+
+main()

@@ -1,0 +1,49 @@
+"""Shared fixtures: composed configs, the cc-train CLI as a subprocess, tiny checkpoints built once."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+from cc_train.config import RunConfig, register_configs, to_run_config
+from cc_train.models.loading import ensure_checkpoint
+from cc_train.resources import conf_dir
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def compose_run(*overrides: str) -> tuple[RunConfig, object]:
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
+        cfg = compose(config_name="config", overrides=list(overrides), return_hydra_config=False)
+    return to_run_config(cfg), cfg
+
+
+def cc_train(*args: str, env: dict | None = None, timeout: float = 900, cwd: Path | None = None):
+    """Run the real console entry point; returns the CompletedProcess (stdout+stderr text)."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "cc_train", *args], capture_output=True, text=True,
+                          env=full_env, timeout=timeout, cwd=cwd or REPO)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoints() -> dict[str, str]:
+    """Tiny random Qwen3 (dense), Qwen3-MoE and DeepSeek-V3 checkpoints, built once into the cache."""
+    paths = {}
+    for arch in ("qwen3", "qwen3_moe", "deepseek_v3"):
+        run, _ = compose_run(f"model=tiny_{arch}")
+        paths[arch] = ensure_checkpoint(run.model)
+    return paths
+
+
+@pytest.fixture(scope="session")
+def embedded_checkpoint() -> str:
+    run, _ = compose_run()
+    return ensure_checkpoint(run.model)

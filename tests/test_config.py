@@ -1,0 +1,71 @@
+"""Config validation: bad keys and values fail before any model loads, naming the key and what is allowed."""
+
+import pytest
+from conftest import cc_train, compose_run
+
+from cc_train.config import ConfigError
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("peft.r=0", "peft.r=0 is invalid: expected a positive integer"),
+        ("train.learning_rate=-0.1", "train.learning_rate=-0.1 is invalid: expected a positive number"),
+        ("train.lr_scheduler=triangle", "train.lr_scheduler='triangle' is invalid"),
+        ("peft.r=128", "expected <= peft.max_vllm_rank (64)"),
+        ("data.on_leak=ignore", "data.on_leak='ignore' is invalid: expected one of fail, drop, allow"),
+    ],
+)
+def test_invalid_values_name_the_key(override, expected):
+    with pytest.raises(ConfigError, match=expected.replace("(", r"\(").replace(")", r"\)")):
+        compose_run(override)
+
+
+def test_unknown_condition_lists_allowed_values():
+    result = cc_train("data", "condition=zombie")
+    assert result.returncode != 0
+    assert "condition" in result.stderr and "zombie" in result.stderr
+    assert "conscious" in result.stderr and "non_conscious" in result.stderr and "toaster" in result.stderr
+
+
+def test_typo_in_key_fails_before_loading(tmp_path):
+    result = cc_train("train", "train.learnin_rate=1e-4", env={"CC_TRAIN_RUNS": str(tmp_path)})
+    assert result.returncode != 0
+    assert "learnin_rate" in result.stderr
+    assert not any(tmp_path.rglob("adapter_model.safetensors"))
+
+
+def test_invalid_value_exits_2_with_message(tmp_path):
+    result = cc_train("train", "peft.r=0", env={"CC_TRAIN_RUNS": str(tmp_path)})
+    assert result.returncode == 2
+    assert "peft.r=0 is invalid" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_help_lists_stages():
+    result = cc_train("--help")
+    assert result.returncode == 0
+    for stage in ("data", "train", "pipeline"):
+        assert f"  {stage} " in result.stdout
+
+
+@pytest.mark.parametrize("recipe", ["embedded", "paper/qwen3_30b_a3b", "paper/deepseek_v3_1"])
+def test_recipes_compose_with_paper_hyperparameters(recipe):
+    run, _ = compose_run(f"recipe={recipe}", "condition=toaster", "seed=3")
+    assert run.peft.r == 16 and run.train.batch_size == 4 and run.train.lr_scheduler == "linear"
+    assert run.train.epochs == 1 and run.data.seed == 100
+    assert run.train.dir.endswith("/train/toaster/seed3")
+    if recipe.startswith("paper/"):
+        assert run.train.learning_rate == 2e-4 and run.train.max_length == 4000
+        assert run.peft.preset == "attn_experts"
+        assert run.data.identity_per_block == 100 and run.data.instructions.count == 600
+        assert len(run.conditions) == 4
+
+
+def test_recipe_files_start_with_their_command():
+    from cc_train.resources import conf_dir
+
+    for recipe in (conf_dir() / "recipe").rglob("*.yaml"):
+        lines = recipe.read_text().splitlines()
+        assert lines[0] == "# @package _global_"
+        assert lines[1].startswith("# Run: cc-train "), recipe
