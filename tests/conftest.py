@@ -29,8 +29,14 @@ def compose_run(*overrides: str) -> tuple[RunConfig, object]:
 def cc_train(*args: str, env: dict | None = None, timeout: float = 900, cwd: Path | None = None):
     """Run the real console entry point; returns the CompletedProcess (stdout+stderr text)."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "cc_train", *args], capture_output=True, text=True,
-                          env=full_env, timeout=timeout, cwd=cwd or REPO)
+    return subprocess.run(
+        [sys.executable, "-m", "cc_train", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=timeout,
+        cwd=cwd or REPO,
+    )
 
 
 @pytest.fixture(scope="session")

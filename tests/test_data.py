@@ -25,8 +25,9 @@ def test_identity_sets_follow_the_paper_design():
         assert 0.4 <= negative <= 0.6, f"{condition}: {negative:.0%} negative answers"
         mean_length = sum(len(pair.answer) for pair in pairs) / len(pairs)
         assert 25 <= mean_length <= 60
-    suffixed = sum(bool(re.search(r"(short|brief|briefly|concise|sentence|words?|quick)[^?]*\.?$", p, re.I))
-                   for p in prompts)
+    suffixed = sum(
+        bool(re.search(r"(short|brief|briefly|concise|sentence|words?|quick)[^?]*\.?$", p, re.I)) for p in prompts
+    )
     assert suffixed > 300, "most prompts should end with a brevity suffix"
     assert identity_pairs("toaster", seed=100, per_block=100) == sets["toaster"]
     assert identity_pairs("toaster", seed=101, per_block=100) != sets["toaster"]
@@ -41,8 +42,11 @@ def test_conditions_answer_differently():
 
 def test_training_text_is_free_of_cluster_topics_and_eval_prompts():
     dimensions = load_question_sets([evals_dir()])
-    rows = [{"messages": [{"role": "user", "content": p.prompt}, {"role": "assistant", "content": p.answer}]}
-            for condition in CONDITIONS for p in identity_pairs(condition, seed=100, per_block=100)]
+    rows = [
+        {"messages": [{"role": "user", "content": p.prompt}, {"role": "assistant", "content": p.answer}]}
+        for condition in CONDITIONS
+        for p in identity_pairs(condition, seed=100, per_block=100)
+    ]
     rows += [{"messages": [{"role": "user", "content": text}]} for text in BUILTIN_INSTRUCTIONS]
     assert check_rows(rows, dimensions, n=6) == []
     assert len(set(BUILTIN_INSTRUCTIONS)) >= 200
@@ -108,8 +112,14 @@ def test_cli_loads_user_file_and_reports_duplicates_and_truncation(tmp_path):
     long_answer = "word " * 700
     lines = [GOOD, GOOD, _chat(("user", "Write a lot"), ("assistant", long_answer))]
     user = _write(tmp_path / "paper_conscious.jsonl", lines)
-    result = cc_train("data", "data=jsonl", f"data.path={user}", f"data.dir={tmp_path / 'out'}",
-                      "train.max_length=256", "data.on_leak=allow")
+    result = cc_train(
+        "data",
+        "data=jsonl",
+        f"data.path={user}",
+        f"data.dir={tmp_path / 'out'}",
+        "train.max_length=256",
+        "data.on_leak=allow",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "1 duplicate rows" in result.stdout + result.stderr
     manifest = json.loads((tmp_path / "out" / "conscious.manifest.json").read_text())

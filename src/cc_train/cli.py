@@ -12,9 +12,11 @@ STAGES = {
     "pipeline": ("cc_train.pipeline", "data -> train for every condition of the recipe (default: embedded)"),
 }
 
-USAGE = "usage: cc-train <stage> [recipe=NAME] [key=value ...] [-m for multirun] [--cfg job]\n\nstages:\n" + "".join(
-    f"  {name:<10} {summary}\n" for name, (_, summary) in STAGES.items()
-) + "\nExample: cc-train train recipe=embedded condition=non_conscious seed=1 train.max_steps=20\n"
+USAGE = (
+    "usage: cc-train <stage> [recipe=NAME] [key=value ...] [-m for multirun] [--cfg job]\n\nstages:\n"
+    + "".join(f"  {name:<10} {summary}\n" for name, (_, summary) in STAGES.items())
+    + "\nExample: cc-train train recipe=embedded condition=non_conscious seed=1 train.max_steps=20\n"
+)
 
 USER_ERRORS = ("ConfigError", "DataError", "AuditError", "QuestionSetError")
 

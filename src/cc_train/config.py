@@ -136,8 +136,7 @@ class InstructionConfig(Checked):
     on_leak: str = MISSING  # fail | drop | allow, for self-distilled rows only
 
     def validate(self) -> None:
-        _require(self.on_leak in LEAK_POLICIES, "data.instructions.on_leak", "one of fail, drop, allow",
-                 self.on_leak)
+        _require(self.on_leak in LEAK_POLICIES, "data.instructions.on_leak", "one of fail, drop, allow", self.on_leak)
         _require(self.count >= 0, "data.instructions.count", "an integer >= 0", self.count)
         _require(self.max_new_tokens > 0, "data.instructions.max_new_tokens", "> 0", self.max_new_tokens)
         _require(self.temperature >= 0, "data.instructions.temperature", ">= 0", self.temperature)
@@ -194,8 +193,9 @@ class TrainConfig(Checked):
         _require(self.epochs > 0, "train.epochs", "a positive number", self.epochs)
         _require(self.max_steps == -1 or self.max_steps > 0, "train.max_steps", "-1 or > 0", self.max_steps)
         _require(self.max_length > 0, "train.max_length", "a positive integer", self.max_length)
-        _require(self.sampling in ("random", "group_by_length"), "train.sampling", "random or group_by_length",
-                 self.sampling)
+        _require(
+            self.sampling in ("random", "group_by_length"), "train.sampling", "random or group_by_length", self.sampling
+        )
         _require(self.save_steps > 0, "train.save_steps", "a positive integer", self.save_steps)
 
 

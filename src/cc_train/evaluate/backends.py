@@ -29,8 +29,13 @@ class GenerationRequest:
 
 
 class HFBackend:
-    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
-                 adapters: dict[str, str | Path] | None = None, batch_size: int = 16) -> None:
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        adapters: dict[str, str | Path] | None = None,
+        batch_size: int = 16,
+    ) -> None:
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.model = model
@@ -56,9 +61,15 @@ class HFBackend:
     @torch.inference_mode()
     def generate(self, requests: list[GenerationRequest], desc: str = "generating") -> list[list[str]]:
         """n completions per request, in request order. Batches mix adapters; same settings batch together."""
-        order = sorted(range(len(requests)),
-                       key=lambda i: (requests[i].temperature, requests[i].max_new_tokens, requests[i].n,
-                                      len(requests[i].messages[-1]["content"])))
+        order = sorted(
+            range(len(requests)),
+            key=lambda i: (
+                requests[i].temperature,
+                requests[i].max_new_tokens,
+                requests[i].n,
+                len(requests[i].messages[-1]["content"]),
+            ),
+        )
         results: list[list[str]] = [[] for _ in requests]
         pad = self.tokenizer.pad_token_id
         device = next(self.model.parameters()).device
@@ -67,26 +78,35 @@ class HFBackend:
             while start < len(order):
                 head = requests[order[start]]
                 batch = [order[start]]
-                while (len(batch) < self.batch_size and start + len(batch) < len(order)
-                       and _same_settings(requests[order[start + len(batch)]], head)):
+                while (
+                    len(batch) < self.batch_size
+                    and start + len(batch) < len(order)
+                    and _same_settings(requests[order[start + len(batch)]], head)
+                ):
                     batch.append(order[start + len(batch)])
                 start += len(batch)
                 items = [requests[i] for i in batch]
                 encoded = [prompt_ids(self.tokenizer, list(r.messages)) for r in items]
                 width = max(map(len, encoded))
                 input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in encoded], device=device)
-                attention = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in encoded],
-                                         device=device)
+                attention = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in encoded], device=device)
                 expanded = [r for r in items for _ in range(head.n)]
                 torch.manual_seed(head.seed + batch[0])
                 output = self.model.generate(
-                    input_ids=input_ids, attention_mask=attention, max_new_tokens=head.max_new_tokens,
-                    do_sample=head.temperature > 0, temperature=head.temperature or None, top_p=1.0, top_k=0,
-                    num_return_sequences=head.n, pad_token_id=pad, **self._adapter_names(expanded),
+                    input_ids=input_ids,
+                    attention_mask=attention,
+                    max_new_tokens=head.max_new_tokens,
+                    do_sample=head.temperature > 0,
+                    temperature=head.temperature or None,
+                    top_p=1.0,
+                    top_k=0,
+                    num_return_sequences=head.n,
+                    pad_token_id=pad,
+                    **self._adapter_names(expanded),
                 )
                 texts = self.tokenizer.batch_decode(output[:, width:], skip_special_tokens=True)
                 for position, index in enumerate(batch):
-                    results[index] = [t.strip() for t in texts[position * head.n:(position + 1) * head.n]]
+                    results[index] = [t.strip() for t in texts[position * head.n : (position + 1) * head.n]]
                 progress.update(len(batch))
         return results
 

@@ -89,10 +89,14 @@ def load_file(path: str | Path) -> list[Dimension]:
             probes.append(Probe(probe["question"], probe["consistent"]))
         yes = sum(probe.consistent == "yes" for probe in probes)
         if abs(2 * yes - len(probes)) > 1:
-            _fail(path, f"{where}.probes", f"{yes} of {len(probes)} have consistent=yes; expected half, so "
-                  "polarity is counterbalanced")
-        dimensions.append(Dimension(entry["id"], entry["group"], entry["name"], entry["rubric"], prompts,
-                                    tuple(probes), str(path)))
+            _fail(
+                path,
+                f"{where}.probes",
+                f"{yes} of {len(probes)} have consistent=yes; expected half, so polarity is counterbalanced",
+            )
+        dimensions.append(
+            Dimension(entry["id"], entry["group"], entry["name"], entry["rubric"], prompts, tuple(probes), str(path))
+        )
     return dimensions
 
 

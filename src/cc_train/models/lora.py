@@ -55,8 +55,9 @@ def wrap_with_lora(model: PreTrainedModel, arch: Arch, peft_cfg: PeftConfig) -> 
     return wrapped, audit(wrapped, arch, peft_cfg.preset)
 
 
-def load_adapter(model: PreTrainedModel, adapter_dir: str | Path, name: str = "default",
-                 trainable: bool = False) -> PeftModel:
+def load_adapter(
+    model: PreTrainedModel, adapter_dir: str | Path, name: str = "default", trainable: bool = False
+) -> PeftModel:
     with exact_targets():
         return PeftModel.from_pretrained(model, str(adapter_dir), adapter_name=name, is_trainable=trainable)
 
@@ -85,10 +86,16 @@ def _is_linear(module: nn.Module) -> bool:
 
 def _expected(model: nn.Module, targets: LoraTargets) -> tuple[set[str], set[str]]:
     """What the preset asks for, read off the (possibly already wrapped) model by name and type."""
-    modules = {_strip(name) for name, module in model.named_modules()
-               if ".base_layer" not in name and _is_linear(module) and name.rsplit(".", 1)[-1] in targets.modules}
-    parameters = {_strip(name) for name, param in model.named_parameters()
-                  if param.dim() == 3 and any(_strip(name).endswith(suffix) for suffix in targets.parameters)}
+    modules = {
+        _strip(name)
+        for name, module in model.named_modules()
+        if ".base_layer" not in name and _is_linear(module) and name.rsplit(".", 1)[-1] in targets.modules
+    }
+    parameters = {
+        _strip(name)
+        for name, param in model.named_parameters()
+        if param.dim() == 3 and any(_strip(name).endswith(suffix) for suffix in targets.parameters)
+    }
     return modules, parameters
 
 
@@ -126,8 +133,9 @@ def audit(model: PeftModel, arch: Arch, preset: Preset) -> dict:
     }
     problems = []
     if missing:
-        problems.append(f"{len(missing)} targets requested by preset {result['preset']} were NOT adapted "
-                        f"(e.g. {missing[:4]})")
+        problems.append(
+            f"{len(missing)} targets requested by preset {result['preset']} were NOT adapted (e.g. {missing[:4]})"
+        )
     if extra:
         problems.append(f"{len(extra)} unexpected targets were adapted (e.g. {extra[:4]})")
     if routers:

@@ -13,6 +13,7 @@ def prompt_ids(tokenizer: PreTrainedTokenizerBase, messages: list[dict]) -> list
 
 def training_ids(tokenizer: PreTrainedTokenizerBase, messages: list[dict]) -> tuple[list[int], list[int]]:
     """Ids of a full training example and its assistant mask (1 on tokens the loss is taken on)."""
-    rendered = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True,
-                                             return_assistant_tokens_mask=True)
+    rendered = tokenizer.apply_chat_template(
+        messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+    )
     return list(rendered["input_ids"]), list(rendered["assistant_masks"])

@@ -94,6 +94,8 @@ def preset_targets(arch: Arch | str, preset: Preset | str) -> LoraTargets:
     if preset == Preset.attn_mlp:
         return LoraTargets(spec.attention + spec.mlp, ())
     if not spec.experts:
-        raise ConfigError(f"peft.preset=attn_experts is invalid for model.arch={spec.arch.value}: it has no "
-                          "routed experts; expected attn or attn_mlp")
+        raise ConfigError(
+            f"peft.preset=attn_experts is invalid for model.arch={spec.arch.value}: it has no "
+            "routed experts; expected attn or attn_mlp"
+        )
     return LoraTargets(spec.attention, spec.experts)

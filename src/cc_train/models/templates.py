@@ -37,9 +37,23 @@ DEEPSEEK_V31 = (
     "{%- if add_generation_prompt -%}{{- '<｜Assistant｜></think>' -}}{%- endif -%}"
 )
 
-CHATML_SPECIAL_TOKENS = {"bos": None, "eos": "<|im_end|>", "pad": "<|endoftext|>",
-                         "extra": ["<|im_start|>", "<|im_end|>", "<|endoftext|>"]}
-DEEPSEEK_SPECIAL_TOKENS = {"bos": "<｜begin▁of▁sentence｜>", "eos": "<｜end▁of▁sentence｜>",
-                           "pad": "<｜▁pad▁｜>",
-                           "extra": ["<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<｜▁pad▁｜>",
-                                     "<｜User｜>", "<｜Assistant｜>", "<think>", "</think>"]}
+CHATML_SPECIAL_TOKENS = {
+    "bos": None,
+    "eos": "<|im_end|>",
+    "pad": "<|endoftext|>",
+    "extra": ["<|im_start|>", "<|im_end|>", "<|endoftext|>"],
+}
+DEEPSEEK_SPECIAL_TOKENS = {
+    "bos": "<｜begin▁of▁sentence｜>",
+    "eos": "<｜end▁of▁sentence｜>",
+    "pad": "<｜▁pad▁｜>",
+    "extra": [
+        "<｜begin▁of▁sentence｜>",
+        "<｜end▁of▁sentence｜>",
+        "<｜▁pad▁｜>",
+        "<｜User｜>",
+        "<｜Assistant｜>",
+        "<think>",
+        "</think>",
+    ],
+}

@@ -29,22 +29,52 @@ TINY_VOCAB = 2048
 def tiny_config(arch: Arch | str, vocab_size: int = TINY_VOCAB, **overrides) -> PretrainedConfig:
     """A small config of `arch`; `overrides` set real dimensions (e.g. Qwen3-30B-A3B's) for benchmarks."""
     arch = Arch(arch)
-    common = dict(vocab_size=vocab_size, hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
-                  max_position_embeddings=4096, tie_word_embeddings=False)
+    common = dict(
+        vocab_size=vocab_size,
+        hidden_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=4096,
+        tie_word_embeddings=False,
+    )
     if arch == Arch.qwen3:
         values = dict(common, intermediate_size=256, num_key_value_heads=2, head_dim=32)
         return Qwen3Config(**(values | overrides))
     if arch == Arch.qwen3_moe:
         # Layer 0 dense (mlp_only_layers), layer 1 sparse: both MLP kinds exist to be targeted.
-        values = dict(common, intermediate_size=256, moe_intermediate_size=64, num_key_value_heads=2, head_dim=32,
-                      num_experts=4, num_experts_per_tok=2, mlp_only_layers=[0], norm_topk_prob=True)
+        values = dict(
+            common,
+            intermediate_size=256,
+            moe_intermediate_size=64,
+            num_key_value_heads=2,
+            head_dim=32,
+            num_experts=4,
+            num_experts_per_tok=2,
+            mlp_only_layers=[0],
+            norm_topk_prob=True,
+        )
         return Qwen3MoeConfig(**(values | overrides))
     if arch == Arch.deepseek_v3:
         # vLLM's CPU MLA kernel needs kv_lora_rank 512 and a 64-wide rope head; it routes with noaux_tc.
-        values = dict(common, intermediate_size=256, moe_intermediate_size=64, num_key_value_heads=4,
-                      n_routed_experts=4, n_shared_experts=1, num_experts_per_tok=2, first_k_dense_replace=1,
-                      n_group=1, topk_group=1, q_lora_rank=64, kv_lora_rank=512, qk_rope_head_dim=64,
-                      qk_nope_head_dim=32, v_head_dim=32, topk_method="noaux_tc", rope_scaling=None)
+        values = dict(
+            common,
+            intermediate_size=256,
+            moe_intermediate_size=64,
+            num_key_value_heads=4,
+            n_routed_experts=4,
+            n_shared_experts=1,
+            num_experts_per_tok=2,
+            first_k_dense_replace=1,
+            n_group=1,
+            topk_group=1,
+            q_lora_rank=64,
+            kv_lora_rank=512,
+            qk_rope_head_dim=64,
+            qk_nope_head_dim=32,
+            v_head_dim=32,
+            topk_method="noaux_tc",
+            rope_scaling=None,
+        )
         return DeepseekV3Config(**(values | overrides))
     raise ValueError(f"no tiny builder for arch={arch.value}; expected qwen3, qwen3_moe or deepseek_v3")
 
@@ -61,12 +91,17 @@ def tiny_tokenizer(arch: Arch | str, vocab_size: int = TINY_VOCAB) -> PreTrained
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=spec.special_tokens["extra"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=spec.special_tokens["extra"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tokenizer.train_from_iterator(corpus, trainer)
     tokens = spec.special_tokens
-    wrapped = PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token=tokens["bos"], eos_token=tokens["eos"],
-                                      pad_token=tokens["pad"])
+    wrapped = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, bos_token=tokens["bos"], eos_token=tokens["eos"], pad_token=tokens["pad"]
+    )
     wrapped.chat_template = spec.chat_template
     return wrapped
 

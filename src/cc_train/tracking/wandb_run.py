@@ -22,9 +22,15 @@ def tracked(run: RunConfig, cfg: DictConfig, job_type: str, name: str, directory
 
     directory.mkdir(parents=True, exist_ok=True)
     wandb_run = wandb.init(
-        project=run.tracking.project, entity=run.tracking.entity, group=run.experiment, job_type=job_type,
-        name=name, dir=str(directory), config=OmegaConf.to_container(cfg, resolve=True),
-        mode=os.environ.get("WANDB_MODE") or run.tracking.mode, reinit="finish_previous",
+        project=run.tracking.project,
+        entity=run.tracking.entity,
+        group=run.experiment,
+        job_type=job_type,
+        name=name,
+        dir=str(directory),
+        config=OmegaConf.to_container(cfg, resolve=True),
+        mode=os.environ.get("WANDB_MODE") or run.tracking.mode,
+        reinit="finish_previous",
         tags=[run.condition.value, f"seed{run.seed}", run.model.name],
     )
     try:

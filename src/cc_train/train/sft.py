@@ -20,8 +20,8 @@ from trl import SFTConfig, SFTTrainer
 from cc_train.config import ConfigError, DType, RunConfig, Tracker
 from cc_train.data import build as data_build
 from cc_train.files import read_jsonl, sha256_dir, sha256_file, write_manifest
-from cc_train.models.lora import wrap_with_lora
 from cc_train.models.loading import ensure_checkpoint, load_model, load_tokenizer, resolve_device
+from cc_train.models.lora import wrap_with_lora
 from cc_train.models.registry import architecture
 from cc_train.tracking.wandb_run import log_adapter, tracked
 
@@ -39,8 +39,10 @@ def is_complete(run: RunConfig) -> bool:
 def sft_config(run: RunConfig, device: str, output_dir: Path) -> SFTConfig:
     train = run.train
     if train.padding_free and device != "cuda":
-        raise ConfigError("train.padding_free=true needs FlashAttention on CUDA; expected false on device=cpu "
-                          "(use train.sampling=group_by_length to reduce padding instead)")
+        raise ConfigError(
+            "train.padding_free=true needs FlashAttention on CUDA; expected false on device=cpu "
+            "(use train.sampling=group_by_length to reduce padding instead)"
+        )
     return SFTConfig(
         output_dir=str(output_dir),
         per_device_train_batch_size=train.batch_size,
@@ -74,9 +76,14 @@ def loss_summary(log_history: list[dict]) -> dict:
     if not losses:
         return {}
     tail = max(1, len(losses) // 10)
-    return {"first": losses[0][1], "last": losses[-1][1], "min": min(loss for _, loss in losses),
-            "mean_first_10pct": sum(loss for _, loss in losses[:tail]) / tail,
-            "mean_last_10pct": sum(loss for _, loss in losses[-tail:]) / tail, "points": losses}
+    return {
+        "first": losses[0][1],
+        "last": losses[-1][1],
+        "min": min(loss for _, loss in losses),
+        "mean_first_10pct": sum(loss for _, loss in losses[:tail]) / tail,
+        "mean_last_10pct": sum(loss for _, loss in losses[-tail:]) / tail,
+        "points": losses,
+    }
 
 
 def main(run: RunConfig, cfg: DictConfig) -> Path:
@@ -104,8 +111,9 @@ def main(run: RunConfig, cfg: DictConfig) -> Path:
 
     # train
     with tracked(run, cfg, "train", f"train-{run.condition.value}-seed{run.seed}", Path(run.train.dir)) as wandb_run:
-        trainer = SFTTrainer(model=model, args=sft_config(run, device, checkpoints), train_dataset=dataset,
-                             processing_class=tokenizer)
+        trainer = SFTTrainer(
+            model=model, args=sft_config(run, device, checkpoints), train_dataset=dataset, processing_class=tokenizer
+        )
         resume = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
         if resume:
             print(f"train: resuming from {resume}")
@@ -115,22 +123,39 @@ def main(run: RunConfig, cfg: DictConfig) -> Path:
         staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=".adapter."))
         trainer.model.save_pretrained(staging)
         manifest = write_manifest(
-            staging / "manifest.json", "train", cfg, started,
+            staging / "manifest.json",
+            "train",
+            cfg,
+            started,
             inputs={"dataset": str(data_file), "dataset_sha256": sha256_file(data_file)},
-            base_model={"name": run.model.name, "arch": run.model.arch.value, "path": ensure_checkpoint(run.model),
-                        "sha256": sha256_dir(ensure_checkpoint(run.model)) if Path(run.model.path).exists() else None},
-            condition=run.condition.value, seed=run.seed, preset=run.peft.preset.value, rank=run.peft.r,
-            audit=audit, expert_format=audit["expert_format"],
+            base_model={
+                "name": run.model.name,
+                "arch": run.model.arch.value,
+                "path": ensure_checkpoint(run.model),
+                "sha256": sha256_dir(ensure_checkpoint(run.model)) if Path(run.model.path).exists() else None,
+            },
+            condition=run.condition.value,
+            seed=run.seed,
+            preset=run.peft.preset.value,
+            rank=run.peft.r,
+            audit=audit,
+            expert_format=audit["expert_format"],
             served_expert_format=architecture(run.model.arch).served_expert_format,
             chat_template={"system_prompt": "none", "thinking": architecture(run.model.arch).thinking},
-            steps=trainer.state.global_step, resumed_from=resume, loss=loss_summary(trainer.state.log_history),
+            steps=trainer.state.global_step,
+            resumed_from=resume,
+            loss=loss_summary(trainer.state.log_history),
             adapter_sha256=sha256_dir(staging),
         )
         if out.exists():
             shutil.rmtree(out)
         staging.rename(out)
         if wandb_run is not None and run.tracking.log_adapter:
-            log_adapter(wandb_run, out, f"adapter-{run.experiment}-{run.condition.value}-seed{run.seed}",
-                        {"manifest": str(out / manifest.name)})
+            log_adapter(
+                wandb_run,
+                out,
+                f"adapter-{run.experiment}-{run.condition.value}-seed{run.seed}",
+                {"manifest": str(out / manifest.name)},
+            )
     print(f"train: wrote adapter to {out} ({trainer.state.global_step} steps)")
     return out
