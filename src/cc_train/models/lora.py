@@ -145,5 +145,5 @@ def audit(model: PeftModel, arch: Arch, preset: Preset) -> dict:
     if targets.parameters and not adapted_params:
         problems.append("no routed-expert parameter was adapted")
     if problems:
-        raise AuditError("LoRA audit failed for arch=%s: %s" % (Arch(arch).value, "; ".join(problems)))
+        raise AuditError(f"LoRA audit failed for arch={Arch(arch).value}: " + "; ".join(problems))
     return result
