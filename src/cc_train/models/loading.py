@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -107,6 +108,7 @@ def load_model(model: ModelConfig, device: str) -> PreTrainedModel:
             llm_int8_skip_modules=list(architecture(model.arch).router) + ["lm_head"],
         )
     loaded = AutoModelForCausalLM.from_pretrained(ensure_checkpoint(model), **kwargs)
-    if not model.load_in_4bit:
+    # Under `accelerate launch` (WORLD_SIZE > 1) FSDP / DeepSpeed place the shards themselves.
+    if not model.load_in_4bit and int(os.environ.get("WORLD_SIZE", "1")) == 1:
         loaded.to(device)
     return loaded

@@ -71,6 +71,19 @@ def sft_config(run: RunConfig, device: str, output_dir: Path) -> SFTConfig:
     )
 
 
+def register_zero3_leaves(model, run: RunConfig) -> None:
+    """Under DeepSpeed ZeRO-3, gather each MoE block whole: routing touches a data-dependent subset of experts."""
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    block = architecture(run.model.arch).moe_block
+    if block and is_deepspeed_zero3_enabled():
+        from deepspeed.utils import set_z3_leaf_modules
+
+        classes = {type(module) for module in model.modules() if type(module).__name__ == block}
+        set_z3_leaf_modules(model, list(classes))
+        log.info("DeepSpeed ZeRO-3: %s registered as leaf modules", block)
+
+
 def loss_summary(log_history: list[dict]) -> dict:
     losses = [(entry["step"], entry["loss"]) for entry in log_history if "loss" in entry]
     if not losses:
@@ -96,23 +109,25 @@ def main(run: RunConfig, cfg: DictConfig) -> Path:
     if not data_file.exists():
         data_build.main(run, cfg)
 
-    # setup
+    # setup (training arguments first: under DeepSpeed ZeRO-3 they make from_pretrained load sharded)
     device = resolve_device(run.device)
+    checkpoints = Path(run.train.dir) / "checkpoints"
+    args = sft_config(run, device, checkpoints)
     tokenizer = load_tokenizer(run.model)
     model = load_model(run.model, device)
     if run.model.load_in_4bit:
         from peft import prepare_model_for_kbit_training
 
         model = prepare_model_for_kbit_training(model, run.train.gradient_checkpointing)
+    register_zero3_leaves(model, run)
     model, audit = wrap_with_lora(model, run.model.arch, run.peft)
     log.info("LoRA audit: %s, %d trainable parameters", audit["adapted_counts"], audit["trainable_parameters"])
     dataset = Dataset.from_list([{"messages": row["messages"]} for row in read_jsonl(data_file)])
-    checkpoints = Path(run.train.dir) / "checkpoints"
 
     # train
     with tracked(run, cfg, "train", f"train-{run.condition.value}-seed{run.seed}", Path(run.train.dir)) as wandb_run:
         trainer = SFTTrainer(
-            model=model, args=sft_config(run, device, checkpoints), train_dataset=dataset, processing_class=tokenizer
+            model=model, args=args, train_dataset=dataset, processing_class=tokenizer
         )
         resume = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
         if resume:
