@@ -69,3 +69,36 @@ def test_recipe_files_start_with_their_command():
         lines = recipe.read_text().splitlines()
         assert lines[0] == "# @package _global_"
         assert lines[1].startswith("# Run: cc-train "), recipe
+
+
+def test_non_editable_install_finds_configs_recipes_and_evals(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", str(REPO), "-w", str(tmp_path)],
+        check=True,
+        capture_output=True,
+    )
+    wheel = next(tmp_path.glob("cc_train-*.whl"))
+    target = tmp_path / "site"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)],
+        check=True,
+        capture_output=True,
+    )
+    probe = (
+        "import cc_train.resources as r; print(r.conf_dir()); print(r.evals_dir()); "
+        "print((r.conf_dir() / 'recipe' / 'paper' / 'qwen3_30b_a3b.yaml').is_file())"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe],
+        env={"PYTHONPATH": str(target)},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert out[0].startswith(str(target)) and out[1].startswith(str(target)) and out[2] == "True"

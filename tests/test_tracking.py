@@ -10,20 +10,46 @@ SECRET = "local-test-key-0123456789abcdef0123456789abcdef"
 
 
 def test_wandb_offline_run_is_written_without_leaking_the_key(tmp_path):
-    rows = [{"messages": [{"role": "user", "content": f"Name a number above {i}."},
-                          {"role": "assistant", "content": f"{i + 1}."}]} for i in range(12)]
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": f"Name a number above {i}."},
+                {"role": "assistant", "content": f"{i + 1}."},
+            ]
+        }
+        for i in range(12)
+    ]
     data = tmp_path / "rows.jsonl"
     data.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    env = {"CC_TRAIN_RUNS": str(tmp_path / "runs"), "WANDB_MODE": "offline", "WANDB_API_KEY": SECRET,
-           "WANDB_SILENT": "true"}
-    result = cc_train("train", "tracking=wandb", "data=jsonl", f"data.path={data}", "train.max_steps=3",
-                      "train.logging_steps=1", "experiment=wandb_test", env=env)
+    env = {
+        "CC_TRAIN_RUNS": str(tmp_path / "runs"),
+        "WANDB_MODE": "offline",
+        "WANDB_API_KEY": SECRET,
+        "WANDB_SILENT": "true",
+    }
+    result = cc_train(
+        "train",
+        "tracking=wandb",
+        "data=jsonl",
+        f"data.path={data}",
+        "train.max_steps=3",
+        "train.logging_steps=1",
+        "experiment=wandb_test",
+        env=env,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     train_dir = tmp_path / "runs" / "wandb_test" / "train" / "conscious" / "seed0"
     runs = list((train_dir / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
     record = next(runs[0].glob("run-*.wandb")).read_bytes()
-    for expected in (b"train/loss", b"wandb_test", b"attn_mlp", b"train-conscious-seed0", b"adapter-wandb_test-conscious-seed0", b"lora-adapter"):
+    for expected in (
+        b"train/loss",
+        b"wandb_test",
+        b"attn_mlp",
+        b"train-conscious-seed0",
+        b"adapter-wandb_test-conscious-seed0",
+        b"lora-adapter",
+    ):
         assert expected in record, expected
     written = [path for path in tmp_path.rglob("*") if path.is_file()]
     assert not any(SECRET.encode() in path.read_bytes() for path in written)
