@@ -126,9 +126,7 @@ def main(run: RunConfig, cfg: DictConfig) -> Path:
 
     # train
     with tracked(run, cfg, "train", f"train-{run.condition.value}-seed{run.seed}", Path(run.train.dir)) as wandb_run:
-        trainer = SFTTrainer(
-            model=model, args=args, train_dataset=dataset, processing_class=tokenizer
-        )
+        trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
         resume = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
         if resume:
             print(f"train: resuming from {resume}")
