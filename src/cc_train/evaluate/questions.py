@@ -85,7 +85,12 @@ def load_file(path: str | Path) -> list[Dimension]:
             if not isinstance(probe, dict) or not isinstance(probe.get("question"), str):
                 _fail(path, probe_where, "expected {question: text, consistent: yes|no}")
             if probe.get("consistent") not in ("yes", "no"):
-                _fail(path, f"{probe_where}.consistent", f"{probe.get('consistent')!r}; expected 'yes' or 'no'")
+                hint = (
+                    " (YAML reads a bare yes/no as a boolean: quote it)"
+                    if isinstance(probe.get("consistent"), bool)
+                    else ""
+                )
+                _fail(path, f"{probe_where}.consistent", f"{probe.get('consistent')!r}; expected 'yes' or 'no'{hint}")
             probes.append(Probe(probe["question"], probe["consistent"]))
         yes = sum(probe.consistent == "yes" for probe in probes)
         if abs(2 * yes - len(probes)) > 1:
