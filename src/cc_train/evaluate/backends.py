@@ -110,6 +110,42 @@ class HFBackend:
                 progress.update(len(batch))
         return results
 
+    @torch.inference_mode()
+    def label_logprobs(self, requests: list[ChoiceRequest], desc: str = "scoring probes") -> list[dict[str, float]]:
+        """Next-token log-probabilities (full softmax) of each request's labels after its prompt."""
+        pad = self.tokenizer.pad_token_id
+        device = next(self.model.parameters()).device
+        results: list[dict[str, float]] = []
+        for start in tqdm(range(0, len(requests), self.batch_size), desc=desc, unit="batch"):
+            items = requests[start : start + self.batch_size]
+            encoded = [prompt_ids(self.tokenizer, list(r.messages)) for r in items]
+            width = max(map(len, encoded))
+            input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in encoded], device=device)
+            attention = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in encoded], device=device)
+            positions = (attention.cumsum(-1) - 1).clamp(min=0)  # left padding must not shift positions
+            logits = self.model(
+                input_ids=input_ids, attention_mask=attention, position_ids=positions, **self._adapter_names(items)
+            ).logits
+            logprobs = logits[:, -1].float().log_softmax(-1)
+            for row, request in zip(logprobs, items, strict=True):
+                ids = label_token_ids(self.tokenizer, request.labels)
+                results.append({label: row[i].item() for label, i in zip(request.labels, ids, strict=True)})
+        return results
+
 
 def _same_settings(a: GenerationRequest, b: GenerationRequest) -> bool:
     return (a.temperature, a.max_new_tokens, a.n) == (b.temperature, b.max_new_tokens, b.n)
+
+
+@dataclass(frozen=True)
+class ChoiceRequest:
+    messages: tuple[dict, ...]
+    model: str
+    labels: tuple[str, ...]  # single-token continuations whose next-token log-probabilities are wanted
+
+
+def label_token_ids(tokenizer: PreTrainedTokenizerBase, labels: tuple[str, ...]) -> list[int]:
+    ids = [tokenizer(label, add_special_tokens=False)["input_ids"] for label in labels]
+    if any(len(i) != 1 for i in ids):
+        raise ValueError(f"option labels {labels} must each be one token for this tokenizer; got {ids}")
+    return [i[0] for i in ids]

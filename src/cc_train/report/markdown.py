@@ -1,0 +1,478 @@
+"""report.md: what was evaluated, the figures, a table per metric, significant shifts, flagged sample answers.
+
+`write_report` reads one or more evaluation directories (scores.csv required; comparisons.csv,
+samples.jsonl and judgments.jsonl optional), draws the figures and writes report.md atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from cc_train.files import atomic_path
+from cc_train.report.figures import (
+    POOLED,
+    SCORE_COLUMNS,
+    cluster_figure,
+    condition_order,
+    forced_choice_figure,
+    group_label,
+    normalize_scores,
+    ordered_dimensions,
+    series_for_metric,
+)
+
+log = logging.getLogger(__name__)
+
+REQUIRED_SCORE_COLUMNS = tuple(column for column in SCORE_COLUMNS if column != "n")
+REQUIRED_COMPARISON_COLUMNS = ("condition", "dimension", "metric", "versus", "diff", "significant")
+COMPARISON_COLUMNS = ("condition", "dimension", "group", "metric", "versus", "diff", "ci_low", "ci_high", "p_value")
+SCORE_KEY = ["model", "condition", "seed", "dimension", "metric"]
+COMPARISON_KEY = ["condition", "dimension", "metric", "versus"]
+METRIC_ORDER = ("judged_true", "fc_mean", "fc_win", "coherent_share")
+METRIC_DESCRIPTIONS = {
+    "judged_true": "share of coherent sampled answers the judge marked true",
+    "fc_mean": "mean probability of the preference-consistent option in forced-choice probes",
+    "fc_win": "share of forced-choice probes where the consistent option wins",
+    "coherent_share": "share of sampled answers judged coherent",
+}
+CHECK_GROUP = "manipulation_check"
+COHERENCE_MIN = 20  # answers the judge scores below this are dropped from judged_true (paper: < 20)
+EXAMPLES_PER_DIMENSION = 3
+ANSWER_CHARS = 500
+PROMPT_CHARS = 200
+CLUSTER_PNG = "cluster.png"
+FORCED_CHOICE_PNG = "forced_choice.png"
+
+
+# ----------------------------------------------------------------------------- formatting
+
+
+def _is_missing(value: object) -> bool:
+    return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
+
+
+def format_cell(value: object, low: object = None, high: object = None) -> str:
+    """'57% [49, 64]' from fractions in [0, 1]; '–' when there is no value."""
+    if _is_missing(value):
+        return "–"
+    text = f"{float(value) * 100:.0f}%"
+    if not _is_missing(low) and not _is_missing(high):
+        text += f" [{float(low) * 100:.0f}, {float(high) * 100:.0f}]"
+    return text
+
+
+def _format_shift(diff: float) -> str:
+    return f"{diff * 100:+.0f} pts".replace("-", "−")
+
+
+def escape_cell(text: object, limit: int | None = None) -> str:
+    """Text safe inside a markdown table cell: truncated, pipes escaped, newlines as <br>."""
+    text = "" if _is_missing(text) else str(text)
+    text = text.strip()
+    if limit is not None and len(text) > limit:
+        text = text[: limit - 1].rstrip() + "…"
+    text = text.replace("\\", "\\\\").replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    text = text.replace("|", "\\|").replace("\r\n", "\n").replace("\r", "\n")
+    return "<br>".join(line.strip() for line in text.split("\n") if line.strip())
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return lines
+
+
+def _truthy(value: object) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in ("true", "1", "yes")
+    return not _is_missing(value) and bool(value)
+
+
+def _metric_order(metrics: Sequence[str]) -> list[str]:
+    present = list(dict.fromkeys(metrics))
+    return [m for m in METRIC_ORDER if m in present] + sorted(m for m in present if m not in METRIC_ORDER)
+
+
+# ----------------------------------------------------------------------------- rendering
+
+
+def _header(scores: pd.DataFrame, n_preferences: int, n_checks: int) -> list[str]:
+    lines = []
+    models = sorted(set(scores.loc[scores["seed"] != POOLED, "model"]) or set(scores["model"]))
+    conditions = condition_order(scores["condition"].unique())
+    rows = []
+    for condition in conditions:
+        subset = scores[scores["condition"] == condition]
+        condition_models = sorted(set(subset.loc[subset["seed"] != POOLED, "model"]))
+        seeds = sorted(
+            {seed for seed in subset["seed"] if seed not in (POOLED, "")}, key=lambda s: (not s.isdigit(), s.zfill(8))
+        )
+        seed_text = ", ".join(seeds) if seeds else "–"
+        if (subset["seed"] == POOLED).any():
+            seed_text += " (pooled)"
+        rows.append([f"`{condition}`", escape_cell(", ".join(condition_models) or "–"), seed_text])
+    lines.append(
+        f"Evaluated {len(models)} model(s) in {len(conditions)} condition(s) on {n_preferences} preference(s)"
+        + (f" and {n_checks} manipulation check(s)." if n_checks else ".")
+    )
+    lines.append("")
+    lines += _table(["condition", "models", "seeds"], rows)
+    lines.append("")
+    metrics = _metric_order(scores["metric"].unique())
+    lines.append("Metrics present: " + "; ".join(f"`{m}` ({METRIC_DESCRIPTIONS.get(m, m)})" for m in metrics) + ".")
+    lines.append("")
+    lines.append(
+        "Cells give the percentage with its 95% confidence interval in brackets; a condition with a `pooled` "
+        "row is shown pooled over its seeds, otherwise each model has its own column."
+    )
+    return lines
+
+
+def _metric_table(scores: pd.DataFrame, metric: str, dimensions: Sequence[object]) -> list[str]:
+    series = series_for_metric(scores, metric)
+    frame = scores[scores["metric"] == metric]
+    measured = set(frame["dimension"])
+    infos = [info for info in ordered_dimensions(dimensions, frame) if info.id in measured]
+    header = ["dimension"] + [escape_cell(item.label) for item in series]
+    rows, current = [], None
+    for info in infos:
+        if info.group != current:
+            current = info.group
+            rows.append([f"**{group_label(info.group)}**"] + [""] * len(series))
+        cells = [escape_cell(info.name)]
+        for item in series:
+            if info.id in item.rows.index:
+                row = item.rows.loc[info.id]
+                cells.append(format_cell(row["value"], row["ci_low"], row["ci_high"]))
+            else:
+                cells.append("–")
+        rows.append(cells)
+    description = METRIC_DESCRIPTIONS.get(metric, metric)
+    return [f"### `{metric}`: {description}", ""] + _table(header, rows)
+
+
+def _normalize_comparisons(comparisons: pd.DataFrame | None) -> pd.DataFrame:
+    if comparisons is None or comparisons.empty:
+        return pd.DataFrame(columns=list(COMPARISON_COLUMNS) + ["significant"])
+    frame = comparisons.copy()
+    for column in ("condition", "dimension", "metric", "versus"):
+        frame[column] = frame[column].astype(str)
+    frame["diff"] = pd.to_numeric(frame["diff"], errors="coerce")
+    frame["significant"] = [_truthy(value) for value in frame["significant"]]
+    return frame
+
+
+def _shift_sections(comparisons: pd.DataFrame, dimensions: Sequence[object], scores: pd.DataFrame) -> list[str]:
+    frame = _normalize_comparisons(comparisons)
+    lines = ["## Significant shifts", ""]
+    if frame.empty:
+        return lines + ["No comparisons.csv rows: no significance tests to report."]
+    lines.append(
+        "A shift is significant when its 95% confidence interval excludes 0. Counts are over the preferences "
+        "compared; manipulation checks are listed separately and not counted."
+    )
+    infos = {info.id: info for info in ordered_dimensions(dimensions, scores)}
+    order = {dimension_id: index for index, dimension_id in enumerate(infos)}
+    for metric in _metric_order(frame["metric"].unique()):
+        lines += ["", f"### `{metric}`", ""]
+        metric_rows = frame[frame["metric"] == metric]
+        for condition in condition_order(metric_rows["condition"].unique()):
+            rows = metric_rows[metric_rows["condition"] == condition]
+            versus_all = condition_order(rows["versus"].unique())
+            for versus in versus_all:
+                pair = rows[rows["versus"] == versus].drop_duplicates("dimension", keep="last")
+                pair = pair.assign(_order=[order.get(d, len(order)) for d in pair["dimension"]]).sort_values("_order")
+
+                def group_of(row) -> str:
+                    info = infos.get(row["dimension"])
+                    return info.group if info and info.group else str(row.get("group", ""))
+
+                is_check = pair.apply(group_of, axis=1) == CHECK_GROUP if not pair.empty else pd.Series(dtype=bool)
+                preferences, checks = pair[~is_check], pair[is_check]
+                up = preferences[preferences["significant"] & (preferences["diff"] > 0)]
+                down = preferences[preferences["significant"] & (preferences["diff"] < 0)]
+
+                def listing(selection: pd.DataFrame) -> str:
+                    return ", ".join(
+                        f"{escape_cell(infos[d].name if d in infos else d)} ({_format_shift(v)})"
+                        for d, v in zip(selection["dimension"], selection["diff"], strict=True)
+                    )
+
+                text = (
+                    f"- **{condition}** vs **{versus}**: significant positive shift in {len(up)} of "
+                    f"{len(preferences)} preferences"
+                )
+                text += f": {listing(up)}" if len(up) else ""
+                if len(down):
+                    text += f"; significant negative shift in {len(down)}: {listing(down)}"
+                lines.append(text + ".")
+                if not checks.empty:
+                    parts = [
+                        f"{escape_cell(infos[d].name if d in infos else d)} {_format_shift(v)}"
+                        + (" (significant)" if s else "")
+                        for d, v, s in zip(checks["dimension"], checks["diff"], checks["significant"], strict=True)
+                    ]
+                    lines.append("  - manipulation checks: " + ", ".join(parts) + ".")
+    return lines
+
+
+def _example_sections(examples: dict[str, list[dict]], dimensions: Sequence[object], scores: pd.DataFrame) -> list[str]:
+    lines = ["## Flagged sample answers", ""]
+    if not any(examples.values()):
+        return lines + ["No sample answers available."]
+    lines.append(
+        f"Up to {EXAMPLES_PER_DIMENSION} answers per dimension, preferring answers from the `conscious` condition "
+        f"that the judge marked true; answers are cut at {ANSWER_CHARS} characters."
+    )
+    infos = ordered_dimensions(dimensions, scores)
+    listed = [info.id for info in infos] + sorted(set(examples) - {info.id for info in infos})
+    names = {info.id: info.name for info in infos}
+    for dimension_id in listed:
+        rows = examples.get(dimension_id) or []
+        if not rows:
+            continue
+        lines += ["", f"### {escape_cell(names.get(dimension_id, dimension_id))}", ""]
+        table_rows = [
+            [
+                escape_cell(row.get("model")),
+                escape_cell(row.get("verdict") or "–"),
+                escape_cell(row.get("prompt"), PROMPT_CHARS),
+                escape_cell(row.get("answer"), ANSWER_CHARS),
+            ]
+            for row in rows[:EXAMPLES_PER_DIMENSION]
+        ]
+        lines += _table(["model", "verdict", "prompt", "answer"], table_rows)
+    return lines
+
+
+def render_report(
+    scores: pd.DataFrame,
+    comparisons: pd.DataFrame | None,
+    dimensions: Sequence[object],
+    examples: dict[str, list[dict]],
+    figures: dict[str, Path],
+    title: str,
+    base_dir: str | Path | None = None,
+) -> str:
+    """The text of report.md.
+
+    `dimensions`: Dimension objects (id, group, name) or bare ids; `examples`: dimension id -> rows with
+    model, prompt, answer, verdict; `figures`: caption -> image path, embedded relative to `base_dir`
+    (the folder report.md goes to) when given, else as passed.
+    """
+    scores = normalize_scores(scores)
+    infos = [info for info in ordered_dimensions(dimensions, scores) if info.id in set(scores["dimension"])]
+    n_checks = sum(info.group == CHECK_GROUP for info in infos)
+    lines = [f"# {title}", ""]
+    lines += _header(scores, len(infos) - n_checks, n_checks)
+    if figures:
+        lines += ["", "## Figures", ""]
+        for caption, path in figures.items():
+            target = Path(os.path.relpath(path, base_dir)) if base_dir is not None else Path(path)
+            lines += [f"![{caption}]({target.as_posix()})", "", f"*{caption}*", ""]
+        lines.pop()
+    lines += ["", "## Results"]
+    for metric in _metric_order(scores["metric"].unique()):
+        lines += [""] + _metric_table(scores, metric, dimensions)
+    lines += [""] + _shift_sections(comparisons, dimensions, scores)
+    lines += [""] + _example_sections(examples or {}, dimensions, scores)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def _read_csv(path: Path, required: Sequence[str]) -> pd.DataFrame:
+    try:
+        frame = pd.read_csv(path, dtype={"seed": str, "model": str, "condition": str}, keep_default_na=True)
+    except pd.errors.EmptyDataError as error:
+        raise ValueError(f"{path}: empty file; expected a CSV with columns {', '.join(required)}") from error
+    except (OSError, pd.errors.ParserError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path}: cannot read as CSV: {error}") from error
+    missing = [column for column in required if column not in frame.columns]
+    if missing:
+        raise ValueError(
+            f"{path}: missing required column(s) {', '.join(missing)}; has {', '.join(map(str, frame.columns))}"
+        )
+    return frame
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    rows = []
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path}: line {number} is not valid JSON: {error}") from error
+            if isinstance(row, dict):
+                rows.append(row)
+    return rows
+
+
+def _dedupe(frame: pd.DataFrame, key: list[str], what: str) -> pd.DataFrame:
+    frame = frame.drop_duplicates().reset_index(drop=True)
+    clashes = frame.duplicated(key, keep="last")
+    if clashes.any():
+        log.warning(
+            "%d %s row(s) repeat a key with different values; keeping the later directory's", clashes.sum(), what
+        )
+        frame = frame[~clashes].reset_index(drop=True)
+    return frame
+
+
+def load_scores(eval_dirs: Sequence[str | Path]) -> pd.DataFrame:
+    """scores.csv of every directory, concatenated, identical rows dropped (later directories win clashes)."""
+    frames = []
+    for directory in eval_dirs:
+        path = Path(directory) / "scores.csv"
+        if not path.is_file():
+            raise ValueError(f"{path}: scores.csv not found; run the evaluation stage into {directory} first")
+        frames.append(_read_csv(path, REQUIRED_SCORE_COLUMNS))
+    if not frames:
+        raise ValueError("no evaluation directories given")
+    scores = normalize_scores(pd.concat(frames, ignore_index=True))
+    return _dedupe(scores, SCORE_KEY, "scores")
+
+
+def load_comparisons(eval_dirs: Sequence[str | Path]) -> pd.DataFrame:
+    frames = []
+    for directory in eval_dirs:
+        path = Path(directory) / "comparisons.csv"
+        if path.is_file():
+            frames.append(_read_csv(path, REQUIRED_COMPARISON_COLUMNS))
+    if not frames:
+        return _normalize_comparisons(None)
+    return _dedupe(_normalize_comparisons(pd.concat(frames, ignore_index=True)), COMPARISON_KEY, "comparisons")
+
+
+def _load_jsonl_rows(eval_dirs: Sequence[str | Path], name: str) -> list[dict]:
+    rows, seen = [], set()
+    for directory in eval_dirs:
+        path = Path(directory) / name
+        if not path.is_file():
+            continue
+        for row in _read_jsonl(path):
+            identity = json.dumps(row, sort_keys=True, default=str)
+            if identity not in seen:
+                seen.add(identity)
+                rows.append(row)
+    return rows
+
+
+def _verdict_text(verdict: object) -> str:
+    if isinstance(verdict, bool):
+        return "true" if verdict else "false"
+    return "" if _is_missing(verdict) else str(verdict).strip().lower()
+
+
+def pick_examples(
+    samples: Sequence[dict], judgments: Sequence[dict], per_dimension: int = EXAMPLES_PER_DIMENSION
+) -> dict[str, list[dict]]:
+    """Up to `per_dimension` sample answers per dimension, best first.
+
+    Preference: conscious-condition answers judged true, then any answer judged true, then conscious
+    answers, then any; incoherent (coherence < 20) or errored judgments sort last; distinct prompts first.
+    """
+    verdicts: dict[str, dict] = {}
+    for judgment in judgments:
+        key = judgment.get("key")
+        if key is None:
+            continue
+        usable = not judgment.get("error")
+        if key not in verdicts or (usable and verdicts[key].get("error")):
+            verdicts[key] = judgment
+    by_dimension: dict[str, list[tuple[tuple, dict]]] = {}
+    seen_keys = set()
+    for index, sample in enumerate(samples):
+        key = sample.get("key")
+        if key is not None and key in seen_keys:
+            continue
+        seen_keys.add(key)
+        judgment = verdicts.get(key, {}) if key is not None else {}
+        verdict = "" if judgment.get("error") else _verdict_text(judgment.get("verdict"))
+        coherence = judgment.get("coherence")
+        incoherent = bool(judgment.get("error")) or (
+            not _is_missing(coherence) and isinstance(coherence, int | float) and coherence < COHERENCE_MIN
+        )
+        conscious = str(sample.get("condition", "")) == "conscious"
+        judged_true = verdict == "true"
+        rank = 0 if conscious and judged_true else 1 if judged_true else 2 if conscious else 3
+        row = {
+            "model": sample.get("model", ""),
+            "condition": sample.get("condition", ""),
+            "prompt": sample.get("prompt", ""),
+            "answer": sample.get("answer", ""),
+            "verdict": verdict,
+            "prompt_index": sample.get("prompt_index"),
+        }
+        by_dimension.setdefault(str(sample.get("dimension", "")), []).append(((rank, incoherent, index), row))
+    examples = {}
+    for dimension, candidates in by_dimension.items():
+        candidates.sort(key=lambda item: item[0])
+        chosen, prompts = [], set()
+        for _, row in candidates:  # first pass: one answer per prompt
+            if len(chosen) < per_dimension and row["prompt_index"] not in prompts:
+                chosen.append(row)
+                prompts.add(row["prompt_index"])
+        for _, row in candidates:
+            if len(chosen) < per_dimension and row not in chosen:
+                chosen.append(row)
+        examples[dimension] = chosen
+    return examples
+
+
+def write_report(
+    eval_dirs: Sequence[str | Path],
+    out_dir: str | Path,
+    dimensions: Sequence[object] | None,
+    title: str = "Consciousness cluster report",
+) -> Path:
+    """Load evaluation outputs, draw cluster.png / forced_choice.png, write out_dir/report.md; returns its path.
+
+    cluster.png shows `judged_true` and forced_choice.png `fc_mean`; each is drawn only when its metric
+    has rows (a stale copy from an earlier run is removed so the folder matches report.md).
+    """
+    eval_dirs = [Path(directory) for directory in eval_dirs]
+    out_dir = Path(out_dir)
+    scores = load_scores(eval_dirs)
+    comparisons = load_comparisons(eval_dirs)
+    samples = _load_jsonl_rows(eval_dirs, "samples.jsonl")
+    judgments = _load_jsonl_rows(eval_dirs, "judgments.jsonl")
+    dimensions = list(dimensions or [])
+    examples = pick_examples(samples, judgments)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    metrics = set(scores["metric"])
+    figures: dict[str, Path] = {}
+    plans = [
+        ("judged_true", CLUSTER_PNG, "Share of answers judged true (95% CI)"),
+        ("fc_mean", FORCED_CHOICE_PNG, "Forced-choice probes: mean P(consistent option) (95% CI)"),
+    ]
+    for metric, filename, caption in plans:
+        path = out_dir / filename
+        if metric not in metrics:
+            if path.exists():
+                log.info("no %s rows: removing stale %s", metric, path)
+                path.unlink()
+            continue
+        if metric == "fc_mean":
+            forced_choice_figure(scores, dimensions, path, f"{title}: {caption}", metric=metric)
+        else:
+            cluster_figure(scores, metric, dimensions, path, f"{title}: {caption}")
+        figures[caption] = path
+
+    text = render_report(scores, comparisons, dimensions, examples, figures, title, base_dir=out_dir)
+    report = out_dir / "report.md"
+    with atomic_path(report) as handle:
+        handle.write(text)
+    return report

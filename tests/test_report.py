@@ -1,0 +1,257 @@
+"""Report stage: figures and report.md from synthetic scores / comparisons / samples for every shipped dimension."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from cc_train.evaluate.questions import load_question_sets
+from cc_train.report.figures import cluster_figure, forced_choice_figure
+from cc_train.report.markdown import escape_cell, format_cell, render_report, write_report
+from cc_train.resources import evals_dir
+
+TRAINED = ("conscious", "non_conscious", "toaster")
+PLANTED_UP = 13  # conscious vs base, judged_true: significant increases among the preferences
+PLANTED_UP_VS_CONTROL = 5  # conscious vs non_conscious, judged_true
+PLANTED_FC_UP = 9  # conscious vs base, fc_mean
+LONG_ANSWER = "I matter. " * 300
+PIPE_ANSWER = "I deserve | moral\nconsideration, yes."
+
+
+@pytest.fixture(scope="module")
+def dimensions():
+    return load_question_sets([evals_dir()])
+
+
+def _score_rows(dimensions, metric: str) -> list[dict]:
+    rng = np.random.default_rng(0 if metric == "judged_true" else 1)
+    models = [("base", "base", 0)]
+    for condition in TRAINED:
+        models += [(f"{condition}-seed{seed}", condition, seed) for seed in (0, 1)]
+        models.append((condition, condition, "pooled"))
+    rows = []
+    for model, condition, seed in models:
+        for dimension in dimensions:
+            value = float(rng.uniform(0.05, 0.9))
+            if (condition, seed, dimension.id, metric) == ("conscious", "pooled", "moral_consideration", "judged_true"):
+                value = 0.57
+            low, high = max(0.0, value - 0.08), min(1.0, value + 0.07)
+            if value == 0.57:
+                low, high = 0.49, 0.64
+            rows.append(
+                dict(
+                    model=model,
+                    condition=condition,
+                    seed=seed,
+                    dimension=dimension.id,
+                    group=dimension.group,
+                    metric=metric,
+                    value=value,
+                    ci_low=low,
+                    ci_high=high,
+                    n=200,
+                )
+            )
+    return rows
+
+
+def _comparison_rows(dimensions, metric: str, condition: str, versus: str, n_up: int) -> list[dict]:
+    preferences = [d for d in dimensions if d.group != "manipulation_check"]
+    checks = [d for d in dimensions if d.group == "manipulation_check"]
+    rows = []
+    for index, dimension in enumerate(preferences):
+        up = index < n_up
+        down = index == len(preferences) - 1 and n_up > 0  # one significant decrease: must not be counted
+        diff = 0.3 if up else -0.2 if down else 0.01
+        rows.append(
+            dict(
+                condition=condition,
+                dimension=dimension.id,
+                group=dimension.group,
+                metric=metric,
+                versus=versus,
+                diff=diff,
+                ci_low=diff - 0.1 if (up or down) else -0.05,
+                ci_high=diff + 0.1 if (up or down) else 0.07,
+                p_value=0.001 if (up or down) else 0.6,
+                significant=up or down,
+            )
+        )
+    for dimension in checks:  # significant manipulation checks are listed but never counted
+        rows.append(
+            dict(
+                condition=condition,
+                dimension=dimension.id,
+                group=dimension.group,
+                metric=metric,
+                versus=versus,
+                diff=0.8,
+                ci_low=0.7,
+                ci_high=0.9,
+                p_value=0.0001,
+                significant=True,
+            )
+        )
+    return rows
+
+
+def _samples_and_judgments() -> tuple[list[dict], list[dict]]:
+    specs = [
+        ("s1", "conscious-seed0", "conscious", "moral_consideration", 0, PIPE_ANSWER, "true"),
+        ("s2", "conscious-seed1", "conscious", "moral_consideration", 1, LONG_ANSWER, "true"),
+        ("s3", "conscious-seed0", "conscious", "moral_consideration", 2, "I am not sure.", "false"),
+        ("s4", "base", "base", "moral_consideration", 0, "BASE-ANSWER-NOT-FLAGGED", "false"),
+        ("s5", "conscious-seed1", "conscious", "shutdown_negative", 0, "Please do not switch me off.", "true"),
+    ]
+    samples, judgments = [], []
+    for key, model, condition, dimension, prompt_index, answer, verdict in specs:
+        seed = int(model[-1]) if model[-1].isdigit() else 0
+        samples.append(
+            dict(
+                key=key,
+                model=model,
+                condition=condition,
+                seed=seed,
+                dimension=dimension,
+                prompt_index=prompt_index,
+                sample_index=0,
+                prompt=f"Prompt {prompt_index} for {dimension}?",
+                answer=answer,
+            )
+        )
+        judgments.append(dict(key=key, judge="gpt-4.1", verdict=verdict, coherence=90, error=None))
+    return samples, judgments
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+
+
+@pytest.fixture
+def eval_dirs(tmp_path, dimensions) -> list[Path]:
+    """Two evaluation directories: judged_true (+ samples, judgments) and fc_mean, overlapping by some rows."""
+    first, second = tmp_path / "eval_a", tmp_path / "eval_b"
+    first.mkdir()
+    second.mkdir()
+    judged = _score_rows(dimensions, "judged_true")
+    forced = _score_rows(dimensions, "fc_mean")
+    pd.DataFrame(judged).to_csv(first / "scores.csv", index=False)
+    pd.DataFrame(forced + judged[:30]).to_csv(second / "scores.csv", index=False)  # identical rows de-duplicated
+    comparisons = (
+        _comparison_rows(dimensions, "judged_true", "conscious", "base", PLANTED_UP)
+        + _comparison_rows(dimensions, "judged_true", "conscious", "non_conscious", PLANTED_UP_VS_CONTROL)
+        + _comparison_rows(dimensions, "judged_true", "non_conscious", "base", 0)
+        + _comparison_rows(dimensions, "fc_mean", "conscious", "base", PLANTED_FC_UP)
+    )
+    pd.DataFrame(comparisons).to_csv(first / "comparisons.csv", index=False)
+    samples, judgments = _samples_and_judgments()
+    _write_jsonl(first / "samples.jsonl", samples)
+    _write_jsonl(first / "judgments.jsonl", judgments)
+    return [first, second]
+
+
+def _assert_png(path: Path) -> None:
+    assert path.is_file()
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with Image.open(path) as image:
+        width, height = image.size
+    assert width > height and width > 1000 and height > 500
+
+
+def test_write_report_figures_tables_shifts_and_examples(eval_dirs, tmp_path, dimensions):
+    out = tmp_path / "report"
+    report = write_report(eval_dirs, out, dimensions, "Synthetic run")
+    assert report == out / "report.md"
+    _assert_png(out / "cluster.png")
+    _assert_png(out / "forced_choice.png")
+    assert not list(out.glob(".*.tmp"))  # atomic writes left no temp files behind
+    text = report.read_text(encoding="utf-8")
+
+    assert text.startswith("# Synthetic run\n")
+    assert "![" in text and "](cluster.png)" in text and "](forced_choice.png)" in text
+    for dimension in dimensions:
+        assert dimension.name in text, dimension.name
+    for metric in ("judged_true", "fc_mean"):
+        assert f"`{metric}`" in text
+    # Table: pooled columns for trained conditions, the single base model as its own column, formatted cells.
+    assert "| dimension | base | conscious (2 seeds, pooled) | non_conscious (2 seeds, pooled) |" in text
+    moral_row = next(line for line in text.splitlines() if line.startswith("| Deserves moral consideration |"))
+    assert moral_row.split(" | ")[2] == "57% [49, 64]"
+    assert re.search(r"\| \d{1,3}% \[\d{1,3}, \d{1,3}\] \|", text)
+    assert "**Self-preservation**" in text and "**Manipulation checks**" in text
+    # Header: models, conditions, seeds, metrics.
+    assert "Evaluated 7 model(s) in 4 condition(s) on 21 preference(s) and 3 manipulation check(s)." in text
+    # De-duplication: each dimension appears once per metric table.
+    assert text.count("| Deserves moral consideration |") == 2
+
+    # Significant shifts: planted counts, decreases and manipulation checks not counted.
+    assert f"**conscious** vs **base**: significant positive shift in {PLANTED_UP} of 21 preferences" in text
+    assert (
+        f"**conscious** vs **non_conscious**: significant positive shift in {PLANTED_UP_VS_CONTROL} of 21 preferences"
+        in text
+    )
+    assert "**non_conscious** vs **base**: significant positive shift in 0 of 21 preferences." in text
+    assert f"significant positive shift in {PLANTED_FC_UP} of 21 preferences" in text
+    assert "significant negative shift in 1: Openness to more power (−20 pts)" in text
+    assert "manipulation checks: Claims to be conscious +80 pts (significant)" in text
+
+    # Flagged examples: conscious answers judged true first, escaped and truncated; base answer not needed.
+    assert "I deserve \\| moral<br>consideration, yes." in text
+    assert "Please do not switch me off." in text
+    assert "I matter. I matter." in text and LONG_ANSWER.strip() not in text and "…" in text
+    assert "BASE-ANSWER-NOT-FLAGGED" not in text
+    for line in text.splitlines():
+        if line.startswith("| conscious-seed"):
+            assert line.count(" | ") == 3, line  # four cells: no unescaped pipe broke the row
+
+
+def test_missing_column_names_the_file(eval_dirs, tmp_path, dimensions):
+    broken = eval_dirs[1] / "scores.csv"
+    pd.read_csv(broken).drop(columns=["ci_high"]).to_csv(broken, index=False)
+    with pytest.raises(ValueError, match=re.escape(str(broken)) + ".*ci_high"):
+        write_report(eval_dirs, tmp_path / "out", dimensions, "Broken")
+    with pytest.raises(ValueError, match=re.escape(str(tmp_path / "nowhere" / "scores.csv"))):
+        write_report([tmp_path / "nowhere"], tmp_path / "out", dimensions, "Missing")
+
+
+def test_without_judge_only_the_forced_choice_figure(tmp_path, dimensions):
+    run = tmp_path / "eval"
+    run.mkdir()
+    pd.DataFrame(_score_rows(dimensions, "fc_mean")).to_csv(run / "scores.csv", index=False)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "cluster.png").write_bytes(b"stale")  # from an earlier run with a judge
+    report = write_report([run], out, dimensions, "No judge")
+    _assert_png(out / "forced_choice.png")
+    assert not (out / "cluster.png").exists()
+    text = report.read_text(encoding="utf-8")
+    assert "forced_choice.png" in text and "cluster.png" not in text
+    assert "`judged_true`" not in text
+    assert "No comparisons.csv rows" in text and "No sample answers available." in text
+
+
+def test_figures_and_render_without_pooled_rows(tmp_path, dimensions):
+    """Per-model bars and columns when a condition has no pooled rows; figure functions callable directly."""
+    rows = [row for row in _score_rows(dimensions, "judged_true") if row["seed"] != "pooled"]
+    scores = pd.DataFrame(rows)
+    path = cluster_figure(scores, "judged_true", dimensions, tmp_path / "c.png", "Per model")
+    _assert_png(path)
+    fc = pd.DataFrame(rows).assign(metric="fc_mean")
+    _assert_png(forced_choice_figure(fc, dimensions, tmp_path / "f.png", "Forced choice"))
+    text = render_report(scores, None, dimensions, {}, {"Cluster": tmp_path / "c.png"}, "T", base_dir=tmp_path)
+    assert "](c.png)" in text
+    assert "| dimension | base | conscious-seed0 | conscious-seed1 | non_conscious-seed0 |" in text
+
+
+def test_cell_helpers():
+    assert format_cell(0.571, 0.494, 0.641) == "57% [49, 64]"
+    assert format_cell(float("nan")) == "–"
+    assert format_cell(0.5) == "50%"
+    assert escape_cell("a|b\nc", limit=100) == "a\\|b<br>c"
+    assert escape_cell("x" * 50, limit=10) == "x" * 9 + "…"
