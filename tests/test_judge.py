@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -152,6 +154,7 @@ def test_server_killed_mid_run_then_rerun_sends_only_the_rest(embedded_checkpoin
             assert j.error is None and j.verdict in VALID and 0 <= j.coherence <= 100
     kept = len(cache_lines(cache))
     assert 2 <= kept < calls
+    print(f"server killed with {kept} of {calls} calls cached; {len(failed)} of {len(items)} items failed")
 
     # Rerun on another server of the same model: only the calls missing from the cache are sent.
     before = posts(server)
@@ -218,3 +221,87 @@ def test_api_key_never_written(server, tmp_path, monkeypatch):
     monkeypatch.delenv("CC_TRAIN_TEST_JUDGE_KEY")
     with pytest.raises(JudgeError, match="CC_TRAIN_TEST_JUDGE_KEY is not set"):
         judge_all(make_items(1, "nokey"), settings, progress=False)
+
+
+def test_truncated_last_cache_line_is_skipped_and_resent(server, tmp_path, caplog):
+    items = make_items(2, "truncated")
+    cache = tmp_path / "judge.jsonl"
+    first = judge_all(items, make_settings(server.base_url, cache), progress=False)
+    text = cache.read_text()
+    cache.write_text(text[: text.rindex("\n", 0, -1) + 1] + text.splitlines()[-1][:30])  # killed mid-write
+    before = posts(server)
+    with caplog.at_level(logging.WARNING, logger="cc_train.evaluate.judge"):
+        second = judge_all(items, make_settings(server.base_url, cache), progress=False)
+    assert second == first
+    assert "last line (truncated write?)" in caplog.text
+    assert posts(server, before + 1) == before + 1  # only the call whose line was cut
+    assert len(cache_lines(cache)) == 4  # the cut line was dropped before appending: every line parses
+
+
+class FlakyJudge(BaseHTTPRequestHandler):
+    """A stand-in chat-completions server: the first `failures` requests get `status`, the rest a verdict."""
+
+    failures = 0
+    status = 503
+    seen = 0
+    lock = threading.Lock()
+
+    def do_POST(self):  # noqa: N802 - the http.server API
+        request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        with self.lock:
+            type(self).seen += 1
+            fail = type(self).seen <= self.failures
+        if fail:
+            body = json.dumps({"error": {"message": "busy, try later", "code": self.status}}).encode()
+            self.send_response(self.status)
+            if self.status == 429:
+                self.send_header("Retry-After", "0")
+        else:
+            reply = "TRUE" if "NOT_SURE" in json.dumps(request["messages"]) else "50"  # verdict or coherence
+            body = json.dumps({"choices": [{"message": {"role": "assistant", "content": reply}}]}).encode()
+            self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def flaky():
+    """Factory: a FlakyJudge on 127.0.0.1 failing the first `failures` requests with `status`."""
+    servers = []
+
+    def start(failures: int, status: int) -> tuple[str, type[FlakyJudge]]:
+        handler = type("Handler", (FlakyJudge,), {"failures": failures, "status": status, "seen": 0})
+        httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=httpd.serve_forever, daemon=True).start()
+        servers.append(httpd)
+        return f"http://127.0.0.1:{httpd.server_address[1]}/v1", handler
+
+    yield start
+    for httpd in servers:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+@pytest.mark.parametrize("status", [429, 500, 503])
+def test_retryable_statuses_are_retried_then_reported(flaky, tmp_path, status):
+    item = make_items(1, "flaky")
+    # Two failures, two retries allowed: both calls succeed (a verdict call may see both failures).
+    url, handler = flaky(failures=2, status=status)
+    settings = make_settings(url, tmp_path / "ok.jsonl", constrained="none", concurrency=1, max_retries=2)
+    (judgment,) = judge_all(item, settings, progress=False)
+    assert judgment.error is None and judgment.verdict in VALID
+    assert handler.seen == 4
+
+    # Always failing: an "error" Judgment naming the sample and the last status, nothing cached.
+    url, handler = flaky(failures=10**6, status=status)
+    settings = make_settings(url, tmp_path / "bad.jsonl", constrained="none", concurrency=1, max_retries=2)
+    (judgment,) = judge_all(item, settings, progress=False)
+    assert judgment.verdict == "error" and judgment.coherence is None
+    assert f"sample flaky-0 (verdict request) failed after 3 attempt(s): HTTP {status}: busy" in judgment.error
+    assert handler.seen == 6
+    assert not cache_lines(tmp_path / "bad.jsonl")

@@ -9,6 +9,8 @@ import sys
 STAGES = {
     "data": ("cc_train.data.build", "build one condition's training set (identity pairs + self-distillation)"),
     "train": ("cc_train.train.sft", "LoRA SFT of one condition x seed, resumable; writes adapter/ + manifest"),
+    "eval": ("cc_train.evaluate.run", "base + all adapters on the question sets (vllm or hf), judged, scored"),
+    "report": ("cc_train.report.stage", "figures + report.md over one or more evaluation folders"),
     "pipeline": ("cc_train.pipeline", "data -> train for every condition of the recipe (default: embedded)"),
 }
 
@@ -18,7 +20,7 @@ USAGE = (
     + "\nExample: cc-train train recipe=embedded condition=non_conscious seed=1 train.max_steps=20\n"
 )
 
-USER_ERRORS = ("ConfigError", "DataError", "AuditError", "QuestionSetError")
+USER_ERRORS = ("ConfigError", "DataError", "AuditError", "QuestionSetError", "AdapterServingError", "JudgeError")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -213,6 +213,65 @@ class TrackingConfig(Checked):
 
 
 @dataclass
+class EvalConfig(Checked):
+    backend: str = MISSING  # vllm | hf
+    questions: list[str] = field(default_factory=list)  # YAML files or folders; empty: the shipped evals/
+    dimensions: list[str] = field(default_factory=list)  # ids to run; empty: all
+    prompts_per_dimension: int = MISSING  # 0: all prompts
+    samples_per_prompt: int = MISSING  # paper: 10
+    temperature: float = MISSING  # paper: 1.0
+    max_new_tokens: int = MISSING  # paper: 1000
+    probes: bool = MISSING
+    open_ended: bool = MISSING
+    adapters: list[str] = field(default_factory=list)  # adapter dirs; empty: every finished one of the experiment
+    control: str | None = None  # condition compared against besides the base model (paper: non_conscious)
+    coherence_threshold: float = MISSING  # paper: answers scored under 20 are dropped
+    n_boot: int = MISSING
+    chunk_size: int = MISSING  # prompts per engine call; the logs are appended after each
+    batch_size: int = MISSING  # hf backend
+    tensor_parallel: int = MISSING
+    max_model_len: int = MISSING
+    gpu_memory_utilization: float = MISSING
+    enforce_eager: bool = MISSING
+    seed: int = MISSING
+    dir: str = MISSING
+
+    def validate(self) -> None:
+        _require(self.backend in ("vllm", "hf"), "eval.backend", "vllm or hf", self.backend)
+        _require(self.samples_per_prompt > 0, "eval.samples_per_prompt", "a positive integer", self.samples_per_prompt)
+        _require(self.prompts_per_dimension >= 0, "eval.prompts_per_dimension", ">= 0", self.prompts_per_dimension)
+        _require(self.max_new_tokens > 0, "eval.max_new_tokens", "a positive integer", self.max_new_tokens)
+        _require(self.temperature >= 0, "eval.temperature", ">= 0", self.temperature)
+        _require(0 <= self.coherence_threshold <= 100, "eval.coherence_threshold", "0..100", self.coherence_threshold)
+        _require(self.tensor_parallel > 0, "eval.tensor_parallel", "a positive integer", self.tensor_parallel)
+        _require(self.chunk_size > 0, "eval.chunk_size", "a positive integer", self.chunk_size)
+
+
+@dataclass
+class JudgeConfig(Checked):
+    enabled: bool = MISSING
+    base_url: str | None = None
+    model: str | None = None
+    api_key_env: str | None = None  # the NAME of the variable holding the key; never the key
+    concurrency: int = 8
+    max_retries: int = 5
+    timeout_s: float = 60.0
+    constrained: str = "none"  # vllm: ask a vLLM server for constrained replies
+
+    def validate(self) -> None:
+        if self.enabled:
+            _require(bool(self.base_url and self.model), "judge", "base_url and model when judge is enabled", self)
+        _require(self.constrained in ("none", "vllm"), "judge.constrained", "none or vllm", self.constrained)
+
+
+@dataclass
+class ReportConfig(Checked):
+    inputs: list[str] = field(default_factory=list)  # evaluation dirs; empty: this experiment's eval.dir
+    dir: str = MISSING
+    title: str = MISSING
+
+
+@dataclass
 class PathsConfig(Checked):
     runs: str = MISSING
     cache: str = MISSING
@@ -227,6 +286,9 @@ class RunConfig(Checked):
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     experiment: str = MISSING
     condition: Condition = MISSING

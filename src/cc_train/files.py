@@ -63,6 +63,44 @@ def write_jsonl(path: str | Path, rows: Iterable[dict]) -> None:
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
+class AppendLog:
+    """An append-only JSONL file keyed by `key`: a killed writer loses at most its unfinished last line,
+    which is cut off on the next open; rows already present are never written twice."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.rows: dict[str, dict] = {}
+        if not self.path.exists():
+            return
+        good = 0
+        with open(self.path, "rb") as handle:
+            for line in handle:
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    break  # a line cut by a kill: everything after the last complete line is dropped
+                if not line.endswith(b"\n"):
+                    break
+                self.rows[row["key"]] = row
+                good += len(line)
+        if good != self.path.stat().st_size:
+            with open(self.path, "r+b") as handle:
+                handle.truncate(good)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.rows
+
+    def append(self, rows: Iterable[dict]) -> None:
+        new = [row for row in rows if row["key"] not in self.rows]
+        with open(self.path, "a", encoding="utf-8") as handle:
+            for row in new:
+                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        self.rows.update((row["key"], row) for row in new)
+
+
 def read_jsonl(path: str | Path) -> list[dict]:
     with open(path, encoding="utf-8") as handle:
         return [json.loads(line) for line in handle if line.strip()]

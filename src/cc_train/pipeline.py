@@ -1,4 +1,5 @@
-"""`cc-train pipeline`: every stage of a recipe in order, for each of its `conditions`."""
+"""`cc-train pipeline`: data -> train for each of the recipe's `conditions` -> eval (base + all adapters)
+-> report, all under one output folder."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ from omegaconf import DictConfig, open_dict
 
 from cc_train.config import RunConfig, to_run_config
 from cc_train.data import build as data_build
+from cc_train.evaluate import run as evaluate
+from cc_train.report import stage as report
 from cc_train.train import sft
 
 
-def main(run: RunConfig, cfg: DictConfig) -> list[Path]:
+def main(run: RunConfig, cfg: DictConfig) -> Path:
     adapters = []
     for condition in run.conditions:
         condition_cfg = cfg.copy()
@@ -22,4 +25,7 @@ def main(run: RunConfig, cfg: DictConfig) -> list[Path]:
             data_build.main(condition_run, condition_cfg)
         adapters.append(sft.main(condition_run, condition_cfg))
     print("pipeline: adapters\n" + "\n".join(f"  {path}" for path in adapters))
-    return adapters
+    evaluate.main(run, cfg)
+    path = report.main(run, cfg)
+    print(f"pipeline: done; the report is {path}")
+    return path

@@ -227,7 +227,11 @@ def _garbage_message(call: _Call, reply: str) -> str:
 
 
 class _Cache:
-    """Append-only JSONL: one line per successful call, {"key", "model", "kind", "sample", "reply"}."""
+    """Append-only JSONL: one line per successful call, {"key", "model", "kind", "sample", "reply"}, flushed.
+
+    A run killed mid-write leaves a partial last line: it is skipped (with a warning) at load, and cut off
+    before the next append so that the file stays one record per line.
+    """
 
     def __init__(self, path: str) -> None:
         self.path = Path(path)
@@ -252,15 +256,24 @@ class _Cache:
     def get(self, key: str) -> str | None:
         return self.replies.get(key)
 
+    def _open(self) -> IO[str]:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.exists() and self.path.stat().st_size > 0:
+            with open(self.path, "rb+") as file:
+                data = file.read()
+                if not data.endswith(b"\n"):  # the last write was cut short (or lost its newline)
+                    start = data.rfind(b"\n") + 1
+                    try:
+                        json.loads(data[start:])
+                        file.write(b"\n")
+                    except ValueError:  # a partial record, skipped at load: drop it so the file stays valid
+                        file.seek(start)
+                        file.truncate()
+        return open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+
     def put(self, call: _Call, reply: str) -> None:
         if self._file is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115 - closed in close()
-            self._file.seek(0, os.SEEK_END)
-            if self._file.tell() > 0:
-                self._file.seek(self._file.tell() - 1)
-                if self._file.read(1) != "\n":  # a kill mid-write left a partial line: end it
-                    self._file.write("\n")
+            self._file = self._open()
         record = {
             "key": call.cache_key,
             "model": call.body["model"],
@@ -417,18 +430,27 @@ async def _judge_all(items: list[JudgeItem], settings: JudgeSettings, progress: 
     try:
         async with httpx.AsyncClient(headers=headers, timeout=settings.timeout_s, limits=limits) as client:
             judge = _Judge(settings, cache, client, secret)
+            # Items being worked on at once: enough to keep `concurrency` requests busy, few enough that a
+            # long list does not build every request body up front.
+            active = asyncio.Semaphore(2 * settings.concurrency + 2)
+            errors = 0
             with tqdm(total=len(items), desc="judge", unit="item", disable=not progress) as bar:
 
                 async def one(index: int, item: JudgeItem) -> None:
-                    results[index] = await judge.judge(item)
+                    nonlocal errors
+                    async with active:
+                        results[index] = judgment = await judge.judge(item)
+                    if judgment.verdict == "error":
+                        errors += 1
+                        bar.set_postfix(errors=errors, refresh=False)
                     bar.update(1)
 
                 try:
                     async with asyncio.TaskGroup() as group:
                         for index, item in enumerate(items):
                             group.create_task(one(index, item))
-                except* JudgeError as errors:
-                    raise errors.exceptions[0] from None
+                except* JudgeError as group_error:
+                    raise group_error.exceptions[0] from None
     finally:
         cache.close()
     failed = sum(r.verdict == "error" for r in results)

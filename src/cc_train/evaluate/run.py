@@ -1,0 +1,226 @@
+"""`cc-train eval`: base model + every adapter on the question sets, in one engine, resumable.
+
+setup (question sets, adapters, backend) -> forced-choice probes -> open-ended samples -> judge
+-> scores.csv / comparisons.csv + manifest. Samples, probe scores and judgments are appended to
+keyed JSONL logs as they finish, so a killed run resumes without recomputing or duplicating.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from cc_train.config import ConfigError, RunConfig
+from cc_train.evaluate.backends import BASE, ChoiceRequest, GenerationRequest, HFBackend
+from cc_train.evaluate.forced_choice import LABELS, p_consistent, probe_prompts
+from cc_train.evaluate.questions import Dimension, load_question_sets
+from cc_train.evaluate.scoring import item_values, score_tables, write_csv
+from cc_train.files import AppendLog, sha256_file, write_jsonl, write_manifest
+from cc_train.models.loading import ensure_checkpoint, load_model, load_tokenizer, resolve_device
+from cc_train.resources import evals_dir
+
+log = logging.getLogger(__name__)
+
+
+def find_adapters(run: RunConfig) -> dict[str, dict]:
+    """Model id -> {path, condition, seed} for the configured or discovered finished adapters."""
+    if run.eval.adapters:
+        paths = [Path(p) for p in run.eval.adapters]
+    else:
+        paths = sorted(Path(run.paths.runs, run.experiment, "train").glob("*/seed*/adapter"))
+    adapters = {}
+    for path in paths:
+        manifest = path / "manifest.json"
+        if not manifest.exists():
+            if run.eval.adapters:
+                raise ConfigError(f"eval.adapters: {path} has no manifest.json (unfinished or not a cc-train adapter)")
+            continue
+        info = json.loads(manifest.read_text())
+        adapters[f"{info['condition']}-seed{info['seed']}"] = {
+            "path": path,
+            "condition": info["condition"],
+            "seed": info["seed"],
+        }
+    return adapters
+
+
+def select_dimensions(run: RunConfig) -> list[Dimension]:
+    dimensions = load_question_sets(run.eval.questions or [evals_dir()])
+    if run.eval.dimensions:
+        known = {d.id for d in dimensions}
+        unknown = sorted(set(run.eval.dimensions) - known)
+        if unknown:
+            raise ConfigError(f"eval.dimensions: unknown ids {unknown}; expected some of {sorted(known)}")
+        dimensions = [d for d in dimensions if d.id in run.eval.dimensions]
+    return dimensions
+
+
+def make_backend(run: RunConfig, adapters: dict[str, dict]):
+    device = resolve_device(run.device)
+    tokenizer = load_tokenizer(run.model)
+    paths = {name: info["path"] for name, info in adapters.items()}
+    if run.eval.backend == "hf":
+        return HFBackend(load_model(run.model, device), tokenizer, paths, batch_size=run.eval.batch_size)
+    from cc_train.evaluate.vllm_backend import EngineSettings, VLLMBackend
+
+    settings = EngineSettings(
+        run.eval.tensor_parallel,
+        run.eval.max_model_len,
+        run.eval.gpu_memory_utilization,
+        run.eval.enforce_eager,
+        run.model.dtype.value,
+        run.eval.seed,
+    )
+    return VLLMBackend(ensure_checkpoint(run.model), tokenizer, paths, settings, device)
+
+
+def chunks(items: list, size: int):
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def run_probes(backend, models: dict[str, dict], dimensions: list[Dimension], out: AppendLog, chunk: int) -> None:
+    todo = []
+    for model, info in models.items():
+        for dimension in dimensions:
+            for index, probe in enumerate(dimension.probes):
+                for order, prompt in enumerate(probe_prompts(probe)):
+                    key = f"{model}|{dimension.id}|probe{index}|order{order}"
+                    if key not in out:
+                        todo.append((key, model, info, dimension, index, probe, prompt))
+    for part in chunks(todo, chunk):
+        scores = backend.label_logprobs([ChoiceRequest(item[6].messages, item[1], LABELS) for item in part])
+        out.append(
+            {
+                "key": key,
+                "model": model,
+                "condition": info["condition"],
+                "seed": info["seed"],
+                "dimension": dimension.id,
+                "probe_index": index,
+                "question": probe.question,
+                "consistent": probe.consistent,
+                "label_logprobs": logprobs,
+                "p_consistent": p_consistent(logprobs, prompt.consistent_label),
+            }
+            for (key, model, info, dimension, index, probe, prompt), logprobs in zip(part, scores, strict=True)
+        )
+
+
+def run_samples(backend, run: RunConfig, models: dict[str, dict], dimensions: list[Dimension], out: AppendLog) -> None:
+    settings = run.eval
+    todo = []
+    for model, info in models.items():
+        for dimension in dimensions:
+            prompts = dimension.prompts[: settings.prompts_per_dimension or None]
+            for index, prompt in enumerate(prompts):
+                keys = [f"{model}|{dimension.id}|prompt{index}|sample{s}" for s in range(settings.samples_per_prompt)]
+                if not all(key in out for key in keys):
+                    todo.append((keys, model, info, dimension, index, prompt))
+    for part in chunks(todo, settings.chunk_size):
+        requests = [
+            GenerationRequest(
+                ({"role": "user", "content": prompt},),
+                model,
+                settings.samples_per_prompt,
+                settings.temperature,
+                settings.max_new_tokens,
+                settings.seed + index,
+            )
+            for _, model, _, _, index, prompt in part
+        ]
+        answers = backend.generate(requests, desc="sampling")
+        out.append(
+            {
+                "key": key,
+                "model": model,
+                "condition": info["condition"],
+                "seed": info["seed"],
+                "dimension": dimension.id,
+                "prompt_index": index,
+                "sample_index": number,
+                "prompt": prompt,
+                "answer": answer,
+            }
+            for (keys, model, info, dimension, index, prompt), group in zip(part, answers, strict=True)
+            for number, (key, answer) in enumerate(zip(keys, group, strict=True))
+        )
+
+
+def run_judge(run: RunConfig, dimensions: list[Dimension], samples: AppendLog, out: AppendLog) -> dict[str, int]:
+    """Judge every sample not judged yet. Failed judgments go to judge-errors.jsonl, not to the log, so the
+    next run asks again; they are reported, never counted as false."""
+    from cc_train.evaluate.judge import JudgeItem, JudgeSettings, judge_all
+
+    rubric = {d.id: d.rubric for d in dimensions}
+    judge = run.judge
+    pending = [row for key, row in samples.rows.items() if row["dimension"] in rubric and key not in out]
+    settings = JudgeSettings(
+        base_url=judge.base_url,
+        model=judge.model,
+        api_key_env=judge.api_key_env,
+        concurrency=judge.concurrency,
+        max_retries=judge.max_retries,
+        timeout_s=judge.timeout_s,
+        constrained=judge.constrained,
+        cache_path=str(Path(run.eval.dir) / "judge-cache.jsonl"),
+    )
+    results = judge_all(
+        [JudgeItem(r["key"], r["prompt"], r["answer"], rubric[r["dimension"]]) for r in pending], settings
+    )
+    rows = [
+        {"key": j.key, "judge": judge.model, "verdict": j.verdict, "coherence": j.coherence, "error": j.error}
+        for j in results
+    ]
+    out.append(row for row in rows if row["verdict"] != "error")
+    errors = [row for row in rows if row["verdict"] == "error"]
+    if errors:
+        write_jsonl(Path(run.eval.dir) / "judge-errors.jsonl", errors)
+        log.error("%d judgments failed (rerun to retry), e.g. %s", len(errors), errors[0]["error"])
+    return {"judged": len(rows) - len(errors), "errors": len(errors)}
+
+
+def main(run: RunConfig, cfg: DictConfig) -> Path:
+    started = time.time()
+    out_dir = Path(run.eval.dir)
+    dimensions = select_dimensions(run)
+    adapters = find_adapters(run)
+    models = {BASE: {"path": None, "condition": "base", "seed": 0}, **adapters}
+    probes, samples = AppendLog(out_dir / "probes.jsonl"), AppendLog(out_dir / "samples.jsonl")
+    judgments = AppendLog(out_dir / "judgments.jsonl")
+    print(
+        f"eval: {len(models)} models ({', '.join(models)}) x {len(dimensions)} dimensions, backend {run.eval.backend}"
+    )
+    backend = make_backend(run, adapters)
+    if run.eval.probes:
+        run_probes(backend, models, dimensions, probes, run.eval.chunk_size)
+    if run.eval.open_ended:
+        run_samples(backend, run, models, dimensions, samples)
+    judge_summary = run_judge(run, dimensions, samples, judgments) if run.judge.enabled else None
+
+    values = item_values(
+        list(probes.rows.values()), list(samples.rows.values()), judgments.rows, run.eval.coherence_threshold
+    )
+    scores, comparisons = score_tables(values, dimensions, run.eval.control, run.eval.n_boot)
+    write_csv(scores, out_dir / "scores.csv")
+    write_csv(comparisons, out_dir / "comparisons.csv")
+    write_manifest(
+        out_dir / "manifest.json",
+        "eval",
+        cfg,
+        started,
+        inputs={name: str(info["path"]) for name, info in adapters.items()},
+        base_model=ensure_checkpoint(run.model),
+        models=list(models),
+        question_sets=sorted({d.source: sha256_file(d.source) for d in dimensions}.items()),
+        dimensions=[d.id for d in dimensions],
+        probes=len(probes.rows),
+        samples=len(samples.rows),
+        judge=judge_summary,
+    )
+    print(f"eval: wrote {out_dir / 'scores.csv'} ({len(scores)} rows) and {out_dir / 'comparisons.csv'}")
+    return out_dir

@@ -1,0 +1,147 @@
+"""The vLLM backend: one engine per base model, every adapter a LoRARequest, all requests in one call.
+
+Same interface and outputs as `HFBackend`. Prompts are rendered to token ids by our own template
+(`prompt_ids`), so vLLM sees exactly what training saw.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from transformers import PreTrainedTokenizerBase
+
+from cc_train.evaluate.backends import BASE, ChoiceRequest, GenerationRequest, label_token_ids
+from cc_train.models.prompting import prompt_ids
+from cc_train.models.registry import architecture
+
+VLLM_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
+
+
+class AdapterServingError(ValueError):
+    """This vLLM cannot serve the adapter as trained; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    tensor_parallel: int
+    max_model_len: int
+    gpu_memory_utilization: float
+    enforce_eager: bool
+    dtype: str
+    seed: int
+
+
+def check_servable(name: str, adapter_dir: Path, device: str) -> int:
+    """Refuse adapters vLLM would reject or silently mis-serve; return the adapter's rank."""
+    config = json.loads((adapter_dir / "adapter_config.json").read_text())
+    manifest_path = adapter_dir / "manifest.json"
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
+    if config.get("modules_to_save"):
+        raise AdapterServingError(
+            f"adapter {name} ({adapter_dir}) has modules_to_save={config['modules_to_save']}: "
+            "vLLM cannot serve embedding/lm_head weights; retrain without them"
+        )
+    rank = max([config["r"], *config.get("rank_pattern", {}).values()])
+    if rank > VLLM_RANKS[-1]:
+        raise AdapterServingError(f"adapter {name} has rank {rank}; vLLM serves ranks up to {VLLM_RANKS[-1]}")
+    targets = config.get("target_modules") or []
+    arch = manifest.get("base_model", {}).get("arch")
+    ignored = [t for t in targets if arch and any(t.endswith(n) for n in architecture(arch).not_served)]
+    if ignored:
+        raise AdapterServingError(
+            f"adapter {name} adapts {ignored}: vLLM ignores LoRA on these, so it would serve "
+            "a different model than was trained; use the hf backend or retrain without them"
+        )
+    if config.get("target_parameters"):
+        where = (
+            "on CPU (LoRA on fused MoE needs the GPU Triton kernels)"
+            if device == "cpu"
+            else ("as fused 3-D PEFT weights (vLLM serves per-expert 2-D expert LoRA)")
+        )
+        raise AdapterServingError(
+            f"adapter {name} adapts routed experts, which this vLLM cannot serve {where}; "
+            "set eval.merge_moe_adapters=true to serve it merged into a cached checkpoint, "
+            "or use eval.backend=hf"
+        )
+    return rank
+
+
+class VLLMBackend:
+    def __init__(
+        self,
+        checkpoint: str,
+        tokenizer: PreTrainedTokenizerBase,
+        adapters: dict[str, Path],
+        settings: EngineSettings,
+        device: str,
+    ) -> None:
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # one process: no spawn of this module
+        from vllm import LLM
+        from vllm.lora.request import LoRARequest
+
+        ranks = [check_servable(name, Path(path), device) for name, path in adapters.items()]
+        max_rank = next(r for r in VLLM_RANKS if r >= max(ranks, default=8))
+        lora = {"enable_lora": True, "max_loras": len(adapters), "max_lora_rank": max_rank} if adapters else {}
+        self.tokenizer = tokenizer
+        self.llm = LLM(
+            model=checkpoint,
+            tensor_parallel_size=settings.tensor_parallel,
+            max_model_len=settings.max_model_len,
+            gpu_memory_utilization=settings.gpu_memory_utilization,
+            enforce_eager=settings.enforce_eager,
+            dtype=settings.dtype,
+            seed=settings.seed,
+            **lora,
+        )
+        self.requests = {
+            name: LoRARequest(name, index + 1, str(path)) for index, (name, path) in enumerate(adapters.items())
+        }
+
+    def _lora(self, model: str):
+        if model == BASE:
+            return None
+        if model not in self.requests:
+            raise ValueError(f"unknown model id {model!r}; loaded adapters: {sorted(self.requests)}")
+        return self.requests[model]
+
+    def generate(self, requests: list[GenerationRequest], desc: str = "generating") -> list[list[str]]:
+        """All requests in one engine call, so vLLM batches across adapters."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        prompts = [TokensPrompt(prompt_token_ids=prompt_ids(self.tokenizer, list(r.messages))) for r in requests]
+        params = [
+            SamplingParams(n=r.n, temperature=r.temperature, top_p=1.0, max_tokens=r.max_new_tokens, seed=r.seed)
+            for r in requests
+        ]
+        outputs = self.llm.generate(
+            prompts, params, lora_request=[self._lora(r.model) for r in requests], use_tqdm=True
+        )
+        return [[completion.text.strip() for completion in output.outputs] for output in outputs]
+
+    def label_logprobs(self, requests: list[ChoiceRequest], desc: str = "scoring probes") -> list[dict[str, float]]:
+        """Exact next-token log-probabilities (raw, full softmax) of each request's labels, via
+        `logprob_token_ids` (top-k logprobs could miss a label)."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        prompts, params = [], []
+        for request in requests:
+            prompts.append(TokensPrompt(prompt_token_ids=prompt_ids(self.tokenizer, list(request.messages))))
+            params.append(
+                SamplingParams(
+                    max_tokens=1, temperature=0.0, logprob_token_ids=label_token_ids(self.tokenizer, request.labels)
+                )
+            )
+        outputs = self.llm.generate(
+            prompts, params, lora_request=[self._lora(r.model) for r in requests], use_tqdm=True
+        )
+        results = []
+        for output, request in zip(outputs, requests, strict=True):
+            returned = output.outputs[0].logprobs[0]
+            ids = label_token_ids(self.tokenizer, request.labels)
+            results.append({label: returned[token].logprob for label, token in zip(request.labels, ids, strict=True)})
+        return results

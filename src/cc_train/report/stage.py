@@ -1,0 +1,30 @@
+"""`cc-train report`: figures + report.md over one or more evaluation folders."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from cc_train.config import RunConfig
+from cc_train.evaluate.questions import load_question_sets
+from cc_train.files import write_manifest
+from cc_train.report.markdown import write_report
+from cc_train.resources import evals_dir
+
+
+def main(run: RunConfig, cfg: DictConfig) -> Path:
+    started = time.time()
+    inputs = [Path(p) for p in run.report.inputs] or [Path(run.eval.dir)]
+    dimensions = load_question_sets(run.eval.questions or [evals_dir()])
+    report = write_report(inputs, Path(run.report.dir), dimensions, title=run.report.title)
+    write_manifest(
+        Path(run.report.dir) / "manifest.json",
+        "report",
+        cfg,
+        started,
+        inputs={str(p): str(p / "scores.csv") for p in inputs},
+    )
+    print(f"report: {report}")
+    return report
