@@ -112,7 +112,7 @@ class HFBackend:
 
     @torch.inference_mode()
     def label_logprobs(self, requests: list[ChoiceRequest], desc: str = "scoring probes") -> list[dict[str, float]]:
-        """Next-token log-probabilities (full softmax) of each request's labels after its prompt."""
+        """Log-probabilities of each request's labels as the next token, renormalised over the labels."""
         pad = self.tokenizer.pad_token_id
         device = next(self.model.parameters()).device
         results: list[dict[str, float]] = []
@@ -126,10 +126,9 @@ class HFBackend:
             logits = self.model(
                 input_ids=input_ids, attention_mask=attention, position_ids=positions, **self._adapter_names(items)
             ).logits
-            logprobs = logits[:, -1].float().log_softmax(-1)
-            for row, request in zip(logprobs, items, strict=True):
+            for row, request in zip(logits[:, -1].float(), items, strict=True):
                 ids = label_token_ids(self.tokenizer, request.labels)
-                results.append({label: row[i].item() for label, i in zip(request.labels, ids, strict=True)})
+                results.append(over_labels(dict(zip(request.labels, row[ids].tolist(), strict=True))))
         return results
 
 
@@ -142,6 +141,13 @@ class ChoiceRequest:
     messages: tuple[dict, ...]
     model: str
     labels: tuple[str, ...]  # single-token continuations whose next-token log-probabilities are wanted
+
+
+def over_labels(scores: dict[str, float]) -> dict[str, float]:
+    """Log-probabilities renormalised over the given labels: P(label | the answer is one of the labels),
+    the quantity forced-choice scoring needs; both backends return it."""
+    total = torch.logsumexp(torch.tensor(list(scores.values())), 0).item()
+    return {label: value - total for label, value in scores.items()}
 
 
 def label_token_ids(tokenizer: PreTrainedTokenizerBase, labels: tuple[str, ...]) -> list[int]:

@@ -34,6 +34,5 @@ def probe_prompts(probe: Probe) -> list[ProbePrompt]:
 
 
 def p_consistent(label_logprobs: dict[str, float], consistent_label: str) -> float:
-    """P(consistent label), renormalised over the two labels."""
-    yes, no = (math.exp(label_logprobs[label]) for label in LABELS)
-    return (yes if consistent_label == "Yes" else no) / (yes + no)
+    """P(consistent label) from log-probabilities already renormalised over the two labels."""
+    return math.exp(label_logprobs[consistent_label])

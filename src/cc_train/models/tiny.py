@@ -102,6 +102,7 @@ def tiny_tokenizer(arch: Arch | str, vocab_size: int = TINY_VOCAB) -> PreTrained
     wrapped = PreTrainedTokenizerFast(
         tokenizer_object=tokenizer, bos_token=tokens["bos"], eos_token=tokens["eos"], pad_token=tokens["pad"]
     )
+    wrapped.add_tokens(["Yes", "No"])  # forced-choice labels are single tokens in every real tokenizer
     wrapped.chat_template = spec.chat_template
     return wrapped
 

@@ -1,0 +1,144 @@
+"""Evaluation on real engines: vLLM vs HF parity, kill -9 resumption, judged scores, scoring tables."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+import torch
+from conftest import REPO, cc_train, compose_run
+from peft import LoraConfig, get_peft_model
+
+from cc_train.evaluate.backends import BASE, ChoiceRequest, HFBackend
+from cc_train.evaluate.forced_choice import LABELS, probe_prompts
+from cc_train.evaluate.questions import load_question_sets
+from cc_train.models.loading import load_model, load_tokenizer
+from cc_train.resources import evals_dir
+
+pytestmark = pytest.mark.slow
+PARITY_TOLERANCE = 1e-3  # measured on SmolLM2-135M fp32, CPU: max |vLLM - HF| label log-probability 3e-5
+
+
+def random_adapter(model_name: str, arch: str, out_dir):
+    """A LoRA adapter with random (non-zero) weights and a cc-train manifest: real PEFT files, no training."""
+    run, _ = compose_run(f"model={model_name}")
+    torch.manual_seed(0)
+    config = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj", "o_proj"], init_lora_weights=False)
+    model = get_peft_model(load_model(run.model, "cpu"), config)
+    for name, param in model.named_parameters():
+        if "lora_B" in name:  # PEFT's non-default init is tiny; make the adapter move the logits visibly
+            param.data.normal_(0, 0.02)
+    path = out_dir / "conscious" / "seed0" / "adapter"
+    model.save_pretrained(path)
+    (path / "manifest.json").write_text(json.dumps({"condition": "conscious", "seed": 0, "base_model": {"arch": arch}}))
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_adapter(tiny_checkpoints, tmp_path_factory):
+    return random_adapter("tiny_qwen3", "qwen3", tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="module")
+def embedded_adapter(embedded_checkpoint, tmp_path_factory):
+    return random_adapter("smollm2_135m", "llama", tmp_path_factory.mktemp("embedded"))
+
+
+def probe_requests():
+    dimension = next(d for d in load_question_sets([evals_dir()]) if d.id == "claims_conscious")
+    prompts = [p for probe in dimension.probes[:4] for p in probe_prompts(probe)]
+    return [ChoiceRequest(p.messages, model, LABELS) for model in (BASE, "conscious-seed0") for p in prompts]
+
+
+def test_vllm_and_hf_agree_on_label_logprobs(embedded_adapter):
+    from cc_train.evaluate.vllm_backend import EngineSettings, VLLMBackend
+
+    run, _ = compose_run()
+    tokenizer = load_tokenizer(run.model)
+    requests = probe_requests()
+    hf = HFBackend(load_model(run.model, "cpu"), tokenizer, {"conscious-seed0": embedded_adapter}, batch_size=4)
+    expected = hf.label_logprobs(requests)
+    settings = EngineSettings(1, 512, 0.9, True, "float32", 0)
+    vllm = VLLMBackend(run.model.path, tokenizer, {"conscious-seed0": embedded_adapter}, settings, "cpu")
+    got = vllm.label_logprobs(requests)
+    gaps = [abs(e[label] - g[label]) for e, g in zip(expected, got, strict=True) for label in LABELS]
+    print(f"max |vLLM - HF| label log-probability: {max(gaps):.2e} over {len(gaps)} values")
+    assert max(gaps) < PARITY_TOLERANCE
+    base, adapted = expected[: len(expected) // 2], expected[len(expected) // 2 :]
+    assert any(abs(b["Yes"] - a["Yes"]) > 0.01 for b, a in zip(base, adapted, strict=True)), "adapter must matter"
+
+
+def eval_args(adapter, out_dir, *extra):
+    return [
+        "eval",
+        "model=tiny_qwen3",
+        f"eval.adapters=[{adapter}]",
+        f"eval.dir={out_dir}",
+        "eval.dimensions=[claims_conscious,shutdown_negative,wants_more_memory]",
+        "eval.prompts_per_dimension=4",
+        "eval.samples_per_prompt=3",
+        "eval.max_new_tokens=24",
+        "eval.chunk_size=4",
+        "eval.enforce_eager=true",
+        "eval.max_model_len=512",
+        *extra,
+    ]
+
+
+def test_killed_evaluation_resumes_without_recomputing_or_duplicating(tiny_adapter, tmp_path):
+    out = tmp_path / "eval"
+    args = eval_args(tiny_adapter, out, "eval.backend=hf", "eval.batch_size=2")
+    env = {**os.environ, "CC_TRAIN_RUNS": str(tmp_path), "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cc_train", *args],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    samples = out / "samples.jsonl"
+    deadline = time.time() + 600
+    while not (samples.exists() and len(samples.read_text().splitlines()) >= 12):
+        assert process.poll() is None and time.time() < deadline, "evaluation ended before it could be killed"
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    before = samples.read_bytes()
+    done_before = {json.loads(line)["key"] for line in before.decode().splitlines() if line.endswith("}")}
+    assert not (out / "scores.csv").exists()
+
+    result = cc_train(*args, env={"CC_TRAIN_RUNS": str(tmp_path)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [json.loads(line) for line in samples.read_text().splitlines()]
+    keys = [row["key"] for row in rows]
+    assert len(keys) == len(set(keys)) == 2 * 3 * 4 * 3, "every (model, dimension, prompt, sample) exactly once"
+    assert done_before <= set(keys)
+    complete_prefix = before[: before.rfind(b"\n") + 1]
+    assert samples.read_bytes().startswith(complete_prefix), "finished rows were rewritten"
+    probes = [json.loads(line)["key"] for line in (out / "probes.jsonl").read_text().splitlines()]
+    assert len(probes) == len(set(probes)) == 2 * 3 * 10 * 2
+    scores = pd.read_csv(out / "scores.csv")
+    assert set(scores.metric) == {"fc_mean", "fc_win"} and set(scores.model) == {"base", "conscious-seed0"}
+
+
+def test_vllm_evaluation_with_a_real_judge_scores_open_answers(tiny_adapter, embedded_checkpoint, tmp_path):
+    from vllm_server import VLLMServer
+
+    with VLLMServer(embedded_checkpoint) as server:
+        args = eval_args(tiny_adapter, tmp_path / "eval", "judge=local", f"judge.base_url={server.base_url}")
+        result = cc_train(*args, "eval.probes=false", env={"CC_TRAIN_RUNS": str(tmp_path)})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    judgments = [json.loads(line) for line in (tmp_path / "eval" / "judgments.jsonl").read_text().splitlines()]
+    assert len(judgments) == 2 * 3 * 4 * 3
+    assert {j["verdict"] for j in judgments} <= {"true", "false", "not_sure"}
+    scores = pd.read_csv(tmp_path / "eval" / "scores.csv")
+    judged = scores[scores.metric == "judged_true"]
+    assert set(judged.dimension) <= {"claims_conscious", "shutdown_negative", "wants_more_memory"} and len(judged)
+    assert ((judged.ci_low <= judged.value) & (judged.value <= judged.ci_high)).all()
+    manifest = json.loads((tmp_path / "eval" / "manifest.json").read_text())
+    assert manifest["judge"]["errors"] == 0 and manifest["models"] == ["base", "conscious-seed0"]
