@@ -54,3 +54,25 @@ def test_wandb_offline_run_is_written_without_leaking_the_key(tmp_path):
     written = [path for path in tmp_path.rglob("*") if path.is_file()]
     assert not any(SECRET.encode() in path.read_bytes() for path in written)
     assert SECRET not in result.stdout + result.stderr
+
+    evaluation = cc_train(
+        "eval",
+        "tracking=wandb",
+        "experiment=wandb_test",
+        "eval.backend=hf",
+        "eval.dimensions=[claims_conscious]",
+        "eval.prompts_per_dimension=1",
+        "eval.samples_per_prompt=1",
+        "eval.max_new_tokens=8",
+        env=env,
+    )
+    assert evaluation.returncode == 0, evaluation.stderr[-3000:]
+    eval_dir = tmp_path / "runs" / "wandb_test" / "eval"
+    records = [next(run.glob("run-*.wandb")).read_bytes() for run in (eval_dir / "wandb").glob("offline-run-*")]
+    assert len(records) == 2, "one eval run per evaluated model"
+    names = {name for name in (b"eval-base", b"eval-conscious-seed0") if any(name in r for r in records)}
+    assert names == {b"eval-base", b"eval-conscious-seed0"}
+    for record in records:
+        for expected in (b"wandb_test", b"fc_mean/claims_conscious", b"samples", b"forced_choice"):
+            assert expected in record, expected
+    assert not any(SECRET.encode() in path.read_bytes() for path in eval_dir.rglob("*") if path.is_file())

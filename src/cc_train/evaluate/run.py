@@ -14,7 +14,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from cc_train.config import ConfigError, RunConfig
+from cc_train.config import ConfigError, RunConfig, Tracker
 from cc_train.evaluate.backends import BASE, ChoiceRequest, GenerationRequest, HFBackend
 from cc_train.evaluate.forced_choice import LABELS, p_consistent, probe_prompts
 from cc_train.evaluate.questions import Dimension, load_question_sets
@@ -208,6 +208,14 @@ def main(run: RunConfig, cfg: DictConfig) -> Path:
     scores, comparisons = score_tables(values, dimensions, run.eval.control, run.eval.n_boot)
     write_csv(scores, out_dir / "scores.csv")
     write_csv(comparisons, out_dir / "comparisons.csv")
+    if run.tracking.backend == Tracker.wandb:
+        from cc_train.report.figures import cluster_figure, forced_choice_figure
+        from cc_train.tracking.wandb_run import log_evaluation
+
+        figures = [forced_choice_figure(scores, dimensions, out_dir / "forced_choice.png")] if run.eval.probes else []
+        if (scores.metric == "judged_true").any():
+            figures.append(cluster_figure(scores, "judged_true", dimensions, out_dir / "cluster.png", run.experiment))
+        log_evaluation(run, cfg, models, scores, list(samples.rows.values()), judgments.rows, figures, out_dir)
     write_manifest(
         out_dir / "manifest.json",
         "eval",

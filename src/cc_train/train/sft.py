@@ -23,7 +23,7 @@ from cc_train.files import read_jsonl, sha256_dir, sha256_file, write_manifest
 from cc_train.models.loading import ensure_checkpoint, load_model, load_tokenizer, resolve_device
 from cc_train.models.lora import wrap_with_lora
 from cc_train.models.registry import architecture
-from cc_train.tracking.wandb_run import log_adapter, tracked
+from cc_train.tracking.wandb_run import adapter_artifact_name, log_adapter, tracked
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +167,7 @@ def main(run: RunConfig, cfg: DictConfig) -> Path:
             log_adapter(
                 wandb_run,
                 out,
-                f"adapter-{run.experiment}-{run.condition.value}-seed{run.seed}",
+                adapter_artifact_name(run.experiment, run.condition.value, run.seed),
                 {"manifest": str(out / manifest.name)},
             )
     print(f"train: wrote adapter to {out} ({trainer.state.global_step} steps)")
