@@ -93,18 +93,21 @@ def test_killed_evaluation_resumes_without_recomputing_or_duplicating(tiny_adapt
     out = tmp_path / "eval"
     args = eval_args(tiny_adapter, out, "eval.backend=hf", "eval.batch_size=2")
     env = {**os.environ, "CC_TRAIN_RUNS": str(tmp_path), "PYTHONUNBUFFERED": "1"}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "cc_train", *args],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    log_path = tmp_path / "killed-run.log"
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "cc_train", *args],
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     samples = out / "samples.jsonl"
     deadline = time.time() + 600
     while not (samples.exists() and len(samples.read_text().splitlines()) >= 12):
-        assert process.poll() is None and time.time() < deadline, "evaluation ended before it could be killed"
+        if process.poll() is not None or time.time() > deadline:
+            pytest.fail("evaluation ended before it could be killed:\n" + log_path.read_text()[-3000:])
         time.sleep(0.2)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()

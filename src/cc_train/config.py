@@ -253,10 +253,10 @@ class JudgeConfig(Checked):
     base_url: str | None = None
     model: str | None = None
     api_key_env: str | None = None  # the NAME of the variable holding the key; never the key
-    concurrency: int = 8
-    max_retries: int = 5
-    timeout_s: float = 60.0
-    constrained: str = "none"  # vllm: ask a vLLM server for constrained replies
+    concurrency: int = MISSING
+    max_retries: int = MISSING
+    timeout_s: float = MISSING
+    constrained: str = MISSING  # vllm: ask a vLLM server for constrained replies
 
     def validate(self) -> None:
         if self.enabled:

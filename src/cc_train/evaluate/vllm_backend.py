@@ -34,7 +34,7 @@ class EngineSettings:
     seed: int
 
 
-def check_servable(name: str, adapter_dir: Path, device: str) -> int:
+def check_servable(name: str, adapter_dir: Path) -> int:
     """Refuse adapters vLLM would reject or silently mis-serve; return the adapter's rank."""
     config = json.loads((adapter_dir / "adapter_config.json").read_text())
     manifest_path = adapter_dir / "manifest.json"
@@ -56,15 +56,9 @@ def check_servable(name: str, adapter_dir: Path, device: str) -> int:
             "a different model than was trained; use the hf backend or retrain without them"
         )
     if config.get("target_parameters"):
-        where = (
-            "on CPU (LoRA on fused MoE needs the GPU Triton kernels)"
-            if device == "cpu"
-            else ("as fused 3-D PEFT weights (vLLM serves per-expert 2-D expert LoRA)")
-        )
         raise AdapterServingError(
-            f"adapter {name} adapts routed experts, which this vLLM cannot serve {where}; "
-            "set eval.merge_moe_adapters=true to serve it merged into a cached checkpoint, "
-            "or use eval.backend=hf"
+            f"adapter {name} adapts routed experts as fused 3-D PEFT weights; vLLM serves expert LoRA only in its "
+            "per-expert layout (and on CPU not at all), which cc-train does not convert yet: use eval.backend=hf"
         )
     return rank
 
@@ -82,7 +76,7 @@ class VLLMBackend:
         from vllm import LLM
         from vllm.lora.request import LoRARequest
 
-        ranks = [check_servable(name, Path(path), device) for name, path in adapters.items()]
+        ranks = [check_servable(name, Path(path)) for name, path in adapters.items()]
         max_rank = next(r for r in VLLM_RANKS if r >= max(ranks, default=8))
         lora = {"enable_lora": True, "max_loras": len(adapters), "max_lora_rank": max_rank} if adapters else {}
         self.tokenizer = tokenizer
