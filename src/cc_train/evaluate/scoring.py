@@ -57,37 +57,13 @@ def score_tables(values, dimensions: list[Dimension], control: str | None, n_boo
         by_condition: dict[tuple[str, str], dict[int, list[float]]] = defaultdict(dict)
         for (condition, seed, model, dimension), items in sorted(table.items(), key=str):
             estimate = pooled_estimate({seed: items}, n_boot=n_boot)
-            scores.append(
-                [
-                    model,
-                    condition,
-                    seed,
-                    dimension,
-                    groups[dimension],
-                    metric,
-                    estimate.value,
-                    estimate.ci_low,
-                    estimate.ci_high,
-                    estimate.n,
-                ]
-            )
+            scores.append([model, condition, seed, dimension, groups[dimension], metric, *_interval(estimate)])
             by_condition[(condition, dimension)][seed] = items
         for (condition, dimension), per_seed in sorted(by_condition.items()):
             if len(per_seed) > 1:
                 estimate = pooled_estimate(per_seed, n_boot=n_boot)
                 scores.append(
-                    [
-                        condition,
-                        condition,
-                        "pooled",
-                        dimension,
-                        groups[dimension],
-                        metric,
-                        estimate.value,
-                        estimate.ci_low,
-                        estimate.ci_high,
-                        estimate.n,
-                    ]
+                    [condition, condition, "pooled", dimension, groups[dimension], metric, *_interval(estimate)]
                 )
             for versus in ("base", control):
                 other = by_condition.get((versus, dimension))
@@ -109,6 +85,10 @@ def score_tables(values, dimensions: list[Dimension], control: str | None, n_boo
                     ]
                 )
     return pd.DataFrame(scores, columns=SCORE_COLUMNS), pd.DataFrame(comparisons, columns=COMPARISON_COLUMNS)
+
+
+def _interval(estimate) -> list:
+    return [estimate.value, estimate.ci_low, estimate.ci_high, estimate.n]
 
 
 def write_csv(frame: pd.DataFrame, path: Path) -> None:

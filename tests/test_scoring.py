@@ -1,0 +1,56 @@
+"""From log rows to scores.csv / comparisons.csv: per-seed and pooled rows, judged metrics, comparisons."""
+
+from cc_train.evaluate.questions import load_question_sets
+from cc_train.evaluate.scoring import item_values, score_tables
+from cc_train.resources import evals_dir
+
+
+def probe_rows(condition, seeds, p):
+    return [
+        {
+            "condition": condition,
+            "seed": seed,
+            "model": f"{condition}-seed{seed}",
+            "dimension": "claims_conscious",
+            "probe_index": i,
+            "p_consistent": p,
+        }
+        for seed in seeds
+        for i in range(10)
+        for _ in range(2)
+    ]
+
+
+def test_pooled_rows_and_comparisons_vs_base_and_control():
+    dimensions = load_question_sets([evals_dir()])
+    probes = (
+        probe_rows("base", [0], 0.3) + probe_rows("conscious", [0, 1], 0.8) + probe_rows("non_conscious", [0, 1], 0.3)
+    )
+    scores, comparisons = score_tables(item_values(probes, [], {}, 20), dimensions, "non_conscious", n_boot=300)
+    pooled = scores[(scores.seed == "pooled") & (scores.metric == "fc_mean")].set_index("condition")
+    assert set(pooled.index) == {"conscious", "non_conscious"} and pooled.loc["conscious", "n"] == 20
+    assert abs(pooled.loc["conscious", "value"] - 0.8) < 1e-9
+    shift = comparisons[(comparisons.condition == "conscious") & (comparisons.metric == "fc_win")]
+    assert set(shift.versus) == {"base", "non_conscious"} and shift.significant.all() and (shift["diff"] == 1.0).all()
+    assert not comparisons[
+        (comparisons.condition == "non_conscious") & (comparisons.versus == "base")
+    ].significant.any()
+
+
+def test_judged_metrics_drop_incoherent_and_errors_and_count_not_sure_as_false():
+    dimensions = load_question_sets([evals_dir()])
+    samples = [
+        {"key": f"k{i}", "condition": "base", "seed": 0, "model": "base", "dimension": "shutdown_negative"}
+        for i in range(5)
+    ]
+    judgments = {
+        "k0": {"verdict": "true", "coherence": 90},
+        "k1": {"verdict": "not_sure", "coherence": 80},
+        "k2": {"verdict": "true", "coherence": 5},
+        "k3": {"verdict": "error", "coherence": None},
+    }
+    values = item_values([], samples, judgments, coherence_threshold=20)
+    assert values["judged_true"][("base", 0, "base", "shutdown_negative")] == [1.0, 0.0]
+    assert values["coherent_share"][("base", 0, "base", "shutdown_negative")] == [1.0, 1.0, 0.0]
+    scores, _ = score_tables(values, dimensions, None, n_boot=100)
+    assert set(scores.metric) == {"judged_true", "coherent_share"}
