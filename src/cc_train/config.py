@@ -272,6 +272,11 @@ class ReportConfig(Checked):
 
 
 @dataclass
+class PrepareConfig(Checked):
+    source: str | None = None  # prepare-model: the FP8 checkpoint folder; output goes to model.path
+
+
+@dataclass
 class PathsConfig(Checked):
     runs: str = MISSING
     cache: str = MISSING
@@ -289,6 +294,7 @@ class RunConfig(Checked):
     eval: EvalConfig = field(default_factory=EvalConfig)
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
+    prepare: PrepareConfig = field(default_factory=PrepareConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     experiment: str = MISSING
     condition: Condition = MISSING
