@@ -1,0 +1,656 @@
+"""`cc-train plan`: per-GPU memory of a LoRA run and the smallest H100 / H200 layout that fits it.
+
+Nothing is downloaded and no weights are loaded. The model's shape comes from, in this order:
+1. `model.path/config.json` when `model.path` is a local checkpoint directory (read with
+   `transformers.AutoConfig.from_pretrained(path, local_files_only=True)`);
+2. `PUBLISHED_CONFIGS` below: the architecture constants of the two production models, copied from
+   their published config.json on the Hugging Face Hub;
+3. for `model.build.kind=tiny`, the config the tiny builder would write (`cc_train.models.tiny.tiny_config`).
+
+Every tensor of the model is listed with its real shape (the same modules transformers 5 builds,
+fused 3-D routed experts included), so parameter counts are exact: tests/test_plan.py checks them
+against real (tiny and meta-device) models and against what PEFT actually adapts.
+
+The estimate per GPU, for a layout of n GPUs (all formulas in bytes; GiB = 2**30):
+  base weights       W_bytes / n                       FSDP / ZeRO-3 shard every parameter over all n GPUs
+  LoRA states        16 * P_lora / n                   fp32 params + fp32 grads + AdamW exp_avg + exp_avg_sq
+  unsharded layers   2 * layer_bytes        (n > 1)    the layer in use, all-gathered, + the next one prefetched
+  saved activations  (L + 1) * T * hidden * 2          gradient checkpointing keeps each decoder layer's input
+  logits (loss)      T * V * 12                    *   bf16 logits + fp32 log-softmax + its fp32 grad + bf16 grad
+  one layer + fold   1.5 * A_layer * T + 4*E*I*h*2 *   a recomputed layer's saved tensors + its backward buffers;
+                                                       attn_experts: PEFT's folded W + B@A expert stacks + their grad
+  overhead           3 GiB + 10 % of the rest          CUDA context, NCCL buffers, allocator fragmentation
+  * not live at the same time (the loss is done before the first layer's backward): the total counts the larger.
+where T = train.batch_size * train.max_length tokens per GPU (the worst case: every row at max_length).
+
+Calibration (one H200, torch 2.11, transformers 5.17, peft 0.21.2, grouped_mm experts, SDPA, one LoRA step with
+AdamW, torch.cuda.max_memory_allocated): Qwen3-30B-A3B shapes cut to 4 layers, 4 x 4000 tokens, attn_experts r16:
+34.0 GiB measured, 34.1 estimated (the logits phase); DeepSeek-V3.1 shapes cut to 3 layers (1 dense), 1 x 4000
+tokens: 80.8 GiB measured, 83.5 estimated (the layer phase: the expert fold). Peak *reserved* memory was 25 %
+above allocated in those short runs, more than the 10 % allowed here: totals within ~15 % of the card are tight
+(PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True reduces fragmentation).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from omegaconf import DictConfig
+
+from cc_train.config import Arch, BuildKind, ConfigError, DType, ModelConfig, PeftConfig, Preset, RunConfig, TrainConfig
+from cc_train.models.registry import preset_targets
+
+GIB = 1024**3
+GB = 1e9
+
+# Usable memory per GPU (GiB): what PyTorch can allocate on the card, less a margin for the driver.
+GPU_KINDS = {"H100-80GB": 79.0, "H200-141GB": 139.0}
+GPU_COUNTS = (1, 2, 4, 8, 16, 32, 64)
+GPUS_PER_NODE = 8
+
+FIXED_OVERHEAD_GIB = 3.0  # CUDA context + cuBLAS/NCCL workspaces
+FRAGMENTATION = 0.10  # the caching allocator's fragmentation, as a share of everything else
+LORA_BYTES_PER_PARAM = 16  # fp32 weight (PEFT upcasts bf16 adapters) + fp32 grad + AdamW's two fp32 moments
+NF4_BYTES_PER_PARAM = 0.5 + 4 / 64  # 4-bit code + one fp32 absmax per 64-weight block (no double quantization)
+
+# The published config.json values (the keys and values of the files on the Hub) of the production models.
+PUBLISHED_CONFIGS: dict[str, dict[str, Any]] = {
+    # https://huggingface.co/Qwen/Qwen3-30B-A3B-Instruct-2507/blob/main/config.json
+    "Qwen/Qwen3-30B-A3B-Instruct-2507": {
+        "model_type": "qwen3_moe",
+        "hidden_size": 2048,
+        "num_hidden_layers": 48,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 4,
+        "head_dim": 128,
+        "intermediate_size": 6144,  # unused: no layer is dense (mlp_only_layers is empty)
+        "moe_intermediate_size": 768,
+        "num_experts": 128,
+        "num_experts_per_tok": 8,
+        "decoder_sparse_step": 1,
+        "mlp_only_layers": [],
+        "vocab_size": 151936,
+        "tie_word_embeddings": False,
+        "attention_bias": False,
+    },
+    # https://huggingface.co/deepseek-ai/DeepSeek-V3.1/blob/main/config.json
+    "deepseek-ai/DeepSeek-V3.1": {
+        "model_type": "deepseek_v3",
+        "hidden_size": 7168,
+        "num_hidden_layers": 61,
+        "first_k_dense_replace": 3,
+        "intermediate_size": 18432,  # the 3 dense layers
+        "moe_intermediate_size": 2048,
+        "n_routed_experts": 256,
+        "n_shared_experts": 1,
+        "num_experts_per_tok": 8,
+        "num_attention_heads": 128,
+        "num_key_value_heads": 128,
+        "q_lora_rank": 1536,
+        "kv_lora_rank": 512,
+        "qk_nope_head_dim": 128,
+        "qk_rope_head_dim": 64,
+        "v_head_dim": 128,
+        "vocab_size": 129280,
+        "tie_word_embeddings": False,
+        "attention_bias": False,
+        "num_nextn_predict_layers": 1,  # the MTP layer: in the release, dropped by transformers for training
+    },
+}
+MODEL_ALIASES = {"qwen3_30b_a3b": "Qwen/Qwen3-30B-A3B-Instruct-2507", "deepseek_v3_1": "deepseek-ai/DeepSeek-V3.1"}
+
+# Practitioners' reports (docs / PAPER.md, "Known pitfalls"), in decimal units as reported.
+REPORTS: dict[str, dict[str, float]] = {
+    "Qwen/Qwen3-30B-A3B-Instruct-2507": {"weights_gb": 61.0, "one_gpu_gb": 63.0, "gpus": 2},
+    "deepseek-ai/DeepSeek-V3.1": {"weights_gb": 1340.0, "gpus": 32},
+}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# shape
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What the memory depends on, read off a transformers config (names follow config.json)."""
+
+    arch: Arch
+    source: str
+    hidden: int
+    layers: int
+    vocab: int
+    tie_word_embeddings: bool
+    heads: int
+    kv_heads: int
+    head_dim: int
+    intermediate: int  # dense MLP width (dense models, Qwen3-MoE mlp_only_layers, DeepSeek's first layers)
+    attention_bias: bool = False
+    moe_intermediate: int = 0
+    experts: int = 0  # routed experts per MoE layer
+    experts_per_token: int = 0
+    shared_experts: int = 0  # DeepSeek: one shared MLP of width moe_intermediate * shared_experts
+    dense_layers: tuple[int, ...] = ()  # indices of layers with a dense MLP (all of them when experts == 0)
+    q_lora_rank: int | None = None  # MLA (DeepSeek) only, from here on
+    kv_lora_rank: int = 0
+    qk_nope_head_dim: int = 0
+    qk_rope_head_dim: int = 0
+    v_head_dim: int = 0
+    mtp_layers: int = 0  # released multi-token-prediction layers, not loaded for training: not counted
+
+    @property
+    def moe_layers(self) -> int:
+        return self.layers - len(self.dense_layers)
+
+
+def shape_from_config(config: Any, arch: Arch | str, source: str) -> Shape:
+    """A `Shape` from a transformers config or any object with config.json's attribute names."""
+    arch = Arch(arch)
+    model_type = getattr(config, "model_type", None)
+    if model_type and model_type != arch.value:
+        raise ConfigError(f"model.arch={arch.value} is invalid for {source}: its config.json says {model_type!r}")
+
+    def get(key: str, default: Any = None) -> Any:
+        value = getattr(config, key, None)
+        return default if value is None else value
+
+    hidden, layers, heads = config.hidden_size, config.num_hidden_layers, config.num_attention_heads
+    common = dict(
+        arch=arch,
+        source=source,
+        hidden=hidden,
+        layers=layers,
+        vocab=config.vocab_size,
+        tie_word_embeddings=bool(get("tie_word_embeddings", False)),
+        heads=heads,
+        kv_heads=get("num_key_value_heads", heads),
+        head_dim=get("head_dim", hidden // heads),
+        intermediate=get("intermediate_size", 0),
+        attention_bias=bool(get("attention_bias", False)),
+    )
+    if arch in (Arch.llama, Arch.qwen3):
+        return Shape(**common, dense_layers=tuple(range(layers)))
+    if arch == Arch.qwen3_moe:
+        experts, step = get("num_experts", 0), get("decoder_sparse_step", 1)
+        mlp_only = set(get("mlp_only_layers", []))
+        # transformers' Qwen3MoeDecoderLayer: sparse iff not in mlp_only_layers and (i + 1) % decoder_sparse_step == 0
+        dense = tuple(i for i in range(layers) if i in mlp_only or not (experts > 0 and (i + 1) % step == 0))
+        return Shape(
+            **common,
+            moe_intermediate=get("moe_intermediate_size", 0),
+            experts=experts,
+            experts_per_token=get("num_experts_per_tok", 0),
+            dense_layers=dense,
+        )
+    # deepseek_v3: layers before first_k_dense_replace are dense, every later one is MoE with shared experts
+    return Shape(
+        **common,
+        moe_intermediate=get("moe_intermediate_size", 0),
+        experts=get("n_routed_experts", 0),
+        experts_per_token=get("num_experts_per_tok", 0),
+        shared_experts=get("n_shared_experts", 0),
+        dense_layers=tuple(range(min(get("first_k_dense_replace", 0), layers))),
+        q_lora_rank=get("q_lora_rank", None),
+        kv_lora_rank=get("kv_lora_rank", 0),
+        qk_nope_head_dim=get("qk_nope_head_dim", 0),
+        qk_rope_head_dim=get("qk_rope_head_dim", 0),
+        v_head_dim=get("v_head_dim", 0),
+        mtp_layers=get("num_nextn_predict_layers", 0),
+    )
+
+
+def published_shape(hub_id: str, arch: Arch | str | None = None) -> Shape:
+    values = PUBLISHED_CONFIGS[hub_id]
+    return shape_from_config(
+        SimpleNamespace(**values), arch or values["model_type"], f"published config.json of {hub_id}"
+    )
+
+
+def known_model(model: ModelConfig) -> str | None:
+    """The Hub id of a production model this config names (by Hub path or by config name), if any."""
+    if model.path in PUBLISHED_CONFIGS:
+        return model.path
+    return MODEL_ALIASES.get(model.name)
+
+
+def resolve_shape(model: ModelConfig) -> Shape:
+    """Local config.json first, then the published table, then the tiny builder's config; never the network."""
+    path = Path(model.path).expanduser()
+    if (path / "config.json").is_file():
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(str(path), local_files_only=True)
+        return shape_from_config(config, model.arch, f"{path}/config.json")
+    hub_id = known_model(model)
+    if hub_id:
+        return published_shape(hub_id, model.arch)
+    if model.build.kind == BuildKind.tiny:
+        from cc_train.models.tiny import tiny_config
+
+        return shape_from_config(
+            tiny_config(model.arch), model.arch, "cc_train.models.tiny.tiny_config (not built yet)"
+        )
+    raise ConfigError(
+        f"model.path={model.path!r} has no local config.json and is not one of the known models "
+        f"({', '.join(PUBLISHED_CONFIGS)}): expected a local checkpoint directory"
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# parameters
+
+
+@dataclass(frozen=True)
+class Weight:
+    name: str  # module path inside a decoder layer (or the model), as transformers names it
+    shape: tuple[int, ...]  # nn.Linear: (out, in); fused experts: (experts, out, in)
+    kind: str  # linear | experts | other (embeddings, norms, router, biases)
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+
+def _linear(name: str, out_features: int, in_features: int, bias: bool = False) -> list[Weight]:
+    weights = [Weight(name, (out_features, in_features), "linear")]
+    return weights + ([Weight(f"{name}.bias", (out_features,), "other")] if bias else [])
+
+
+def attention_weights(s: Shape) -> list[Weight]:
+    if s.arch == Arch.deepseek_v3:  # MLA: DeepseekV3Attention
+        qk_head = s.qk_nope_head_dim + s.qk_rope_head_dim
+        if s.q_lora_rank:
+            query = _linear("self_attn.q_a_proj", s.q_lora_rank, s.hidden, s.attention_bias)
+            query += [Weight("self_attn.q_a_layernorm", (s.q_lora_rank,), "other")]
+            query += _linear("self_attn.q_b_proj", s.heads * qk_head, s.q_lora_rank)
+        else:
+            query = _linear("self_attn.q_proj", s.heads * qk_head, s.hidden)
+        return [
+            *query,
+            *_linear("self_attn.kv_a_proj_with_mqa", s.kv_lora_rank + s.qk_rope_head_dim, s.hidden, s.attention_bias),
+            Weight("self_attn.kv_a_layernorm", (s.kv_lora_rank,), "other"),
+            *_linear("self_attn.kv_b_proj", s.heads * (s.qk_nope_head_dim + s.v_head_dim), s.kv_lora_rank),
+            *_linear("self_attn.o_proj", s.hidden, s.heads * s.v_head_dim, s.attention_bias),
+        ]
+    q_out, kv_out, bias = s.heads * s.head_dim, s.kv_heads * s.head_dim, s.attention_bias
+    weights = [
+        *_linear("self_attn.q_proj", q_out, s.hidden, bias),
+        *_linear("self_attn.k_proj", kv_out, s.hidden, bias),
+        *_linear("self_attn.v_proj", kv_out, s.hidden, bias),
+        *_linear("self_attn.o_proj", s.hidden, q_out, bias),
+    ]
+    if s.arch in (Arch.qwen3, Arch.qwen3_moe):  # per-head RMSNorm on q and k
+        weights += [
+            Weight("self_attn.q_norm", (s.head_dim,), "other"),
+            Weight("self_attn.k_norm", (s.head_dim,), "other"),
+        ]
+    return weights
+
+
+def _mlp(prefix: str, width: int, hidden: int) -> list[Weight]:
+    return [
+        *_linear(f"{prefix}.gate_proj", width, hidden),
+        *_linear(f"{prefix}.up_proj", width, hidden),
+        *_linear(f"{prefix}.down_proj", hidden, width),
+    ]
+
+
+def mlp_weights(s: Shape, moe: bool) -> list[Weight]:
+    if not moe:
+        return _mlp("mlp", s.intermediate, s.hidden)
+    weights = [
+        # transformers 5 fuses the routed experts into two 3-D parameters (Qwen3MoeExperts / DeepseekV3Experts)
+        Weight("mlp.experts.gate_up_proj", (s.experts, 2 * s.moe_intermediate, s.hidden), "experts"),
+        Weight("mlp.experts.down_proj", (s.experts, s.hidden, s.moe_intermediate), "experts"),
+        Weight("mlp.gate.weight", (s.experts, s.hidden), "other"),  # the router (a Parameter, never a LoRA target)
+    ]
+    if s.shared_experts:
+        weights += _mlp("mlp.shared_experts", s.moe_intermediate * s.shared_experts, s.hidden)
+    return weights
+
+
+def layer_weights(s: Shape, moe: bool) -> list[Weight]:
+    norms = [Weight("input_layernorm", (s.hidden,), "other"), Weight("post_attention_layernorm", (s.hidden,), "other")]
+    return attention_weights(s) + mlp_weights(s, moe) + norms
+
+
+def layer_groups(s: Shape) -> list[tuple[int, bool]]:
+    """(count, is_moe) per kind of decoder layer present."""
+    groups = [(len(s.dense_layers), False), (s.moe_layers, True)]
+    return [(count, moe) for count, moe in groups if count]
+
+
+def model_weights(s: Shape) -> list[Weight]:
+    """Embeddings, final norm and LM head (not the decoder layers)."""
+    weights = [Weight("model.embed_tokens", (s.vocab, s.hidden), "other"), Weight("model.norm", (s.hidden,), "other")]
+    if not s.tie_word_embeddings:
+        weights.append(Weight("lm_head", (s.vocab, s.hidden), "other"))
+    return weights
+
+
+def count_parameters(s: Shape) -> int:
+    """Exactly `sum(p.numel() for p in model.parameters())` of the transformers model (buffers excluded)."""
+    layers = sum(count * sum(w.numel for w in layer_weights(s, moe)) for count, moe in layer_groups(s))
+    return layers + sum(w.numel for w in model_weights(s))
+
+
+def lora_numel(weight: Weight, r: int) -> int:
+    """Trainable parameters PEFT adds to one target (bias="none").
+
+    nn.Linear (out, in): lora_A (r, in) + lora_B (out, r) = r * (in + out).
+    Fused experts (E, a, b) through `target_parameters` (peft.tuners.lora.layer.ParamWrapper):
+    lora_A = Linear(in, r * E), lora_B = Linear(r * E, out) = E * r * (in + out), with {in, out} = {a, b}.
+    """
+    if weight.kind == "experts":
+        experts, a, b = weight.shape
+        return experts * r * (a + b)
+    out_features, in_features = weight.shape
+    return r * (in_features + out_features)
+
+
+def lora_targets(s: Shape, preset: Preset | str, moe: bool) -> list[Weight]:
+    """The weights of one decoder layer that the preset adapts (registry.preset_targets, kv_b_proj excluded there)."""
+    targets = preset_targets(s.arch, preset)
+    return [
+        w
+        for w in layer_weights(s, moe)
+        if (w.kind == "linear" and w.name.rsplit(".", 1)[-1] in targets.modules)
+        or (w.kind == "experts" and any(w.name.endswith(suffix) for suffix in targets.parameters))
+    ]
+
+
+def count_lora_parameters(s: Shape, preset: Preset | str, r: int) -> int:
+    return sum(count * sum(lora_numel(w, r) for w in lora_targets(s, preset, moe)) for count, moe in layer_groups(s))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# memory
+
+
+def _weight_bytes(weight: Weight, dtype_bytes: int, load_in_4bit: bool) -> float:
+    """Bytes of one stored base weight.
+
+    QLoRA (model.load_in_4bit): bitsandbytes quantizes nn.Linear layers to nf4 (0.5 byte + one fp32 absmax per
+    64 weights); lm_head and the router are skipped (loading.py). Everything that is not a quantized Linear -
+    the fused 3-D experts, embeddings, lm_head, norms - is then cast to fp32 by peft's
+    prepare_model_for_kbit_training (which sft.py calls): 4 bytes per parameter.
+    """
+    if not load_in_4bit:
+        return weight.numel * dtype_bytes
+    if weight.kind == "linear":
+        return weight.numel * NF4_BYTES_PER_PARAM
+    return weight.numel * 4
+
+
+def layer_bytes(s: Shape, moe: bool, dtype_bytes: int, load_in_4bit: bool) -> float:
+    return sum(_weight_bytes(w, dtype_bytes, load_in_4bit) for w in layer_weights(s, moe))
+
+
+def weight_bytes(s: Shape, dtype_bytes: int, load_in_4bit: bool = False) -> float:
+    layers = sum(count * layer_bytes(s, moe, dtype_bytes, load_in_4bit) for count, moe in layer_groups(s))
+    return layers + sum(_weight_bytes(w, dtype_bytes, load_in_4bit) for w in model_weights(s))
+
+
+def _attention_elements_per_token(s: Shape) -> int:
+    """Elements one attention block saves for backward per token (SDPA / FlashAttention: no S x S matrix)."""
+    if s.arch == Arch.deepseek_v3:
+        qk_head = s.qk_nope_head_dim + s.qk_rope_head_dim
+        q_latent = 2 * (s.q_lora_rank or 0)  # q_a_proj output + q_a_layernorm output
+        return (
+            s.hidden  # normed input
+            + q_latent
+            + 2 * s.heads * qk_head  # q_b_proj output + query_states (nope ++ rope)
+            + (s.kv_lora_rank + s.qk_rope_head_dim)
+            + s.kv_lora_rank  # kv_a_proj output + kv_a_layernorm output
+            + s.heads * (s.qk_nope_head_dim + s.v_head_dim)  # kv_b_proj output (K_nope, V for every head)
+            + s.heads * qk_head  # key_states, materialised per head
+            + 2 * s.heads * s.v_head_dim  # contiguous V + attention output
+            + s.hidden  # o_proj output
+        )
+    q, kv = s.heads * s.head_dim, s.kv_heads * s.head_dim
+    # normed input, q/k before and after norm + rope, v, attention output, o_proj output
+    return s.hidden + 2 * (q + kv) + kv + q + s.hidden
+
+
+def _mlp_elements_per_token(width: int, hidden: int) -> int:
+    return 4 * width + hidden  # gate and up outputs, act(gate), act(gate) * up, down output
+
+
+def layer_activation_bytes_per_token(s: Shape, moe: bool, act_bytes: int) -> float:
+    """Bytes one decoder layer saves for backward per token.
+
+    RMSNorms keep an fp32 copy of their input: 2 norms x hidden x (4 + act_bytes).
+    MoE: router logits and probabilities in fp32 (2 x E x 4), transformers' one-hot routing mask in int64
+    ((E + 1) x k x 8), and per routed copy of the token (k of them): gathered input, gate/up outputs, act,
+    product, down output, weighted output = k x (3 x hidden + 4 x moe_intermediate); shared experts like a dense MLP.
+    """
+    norms = 2 * s.hidden * (4 + act_bytes)
+    elements = _attention_elements_per_token(s)
+    if not moe:
+        return norms + act_bytes * (elements + _mlp_elements_per_token(s.intermediate, s.hidden))
+    k = s.experts_per_token
+    routed = k * (3 * s.hidden + 4 * s.moe_intermediate) + s.hidden
+    shared = _mlp_elements_per_token(s.moe_intermediate * s.shared_experts, s.hidden) if s.shared_experts else 0
+    routing = 2 * s.experts * 4 + (s.experts + 1) * k * 8
+    return norms + routing + act_bytes * (elements + routed + shared + s.hidden)
+
+
+def _expert_fold_bytes(s: Shape, preset: Preset, expert_bytes: int, checkpointing: bool) -> float:
+    """Transient memory of LoRA on fused experts (attn_experts).
+
+    PEFT's ParamWrapper replaces each targeted expert stack by W + scaling * B @ A (one baddbmm: a full-size
+    (E, out, in) tensor in the parameter's dtype) for the whole forward of the layer, and autograd needs the
+    gradient of that full tensor to reach A and B. In backward, down_proj goes first: both folded stacks (3 E I h)
+    + down's gradient (E I h); then gate_up's folded stack + its gradient (2 x 2 E I h). Both peaks are 4 E I h.
+    Without gradient checkpointing every MoE layer keeps its folded stacks (3 E I h) until its backward.
+    """
+    if preset != Preset.attn_experts or not s.moe_layers:
+        return 0.0
+    unit = s.experts * s.moe_intermediate * s.hidden * expert_bytes  # E * I * h
+    return 4 * unit if checkpointing else s.moe_layers * 3 * unit + 2 * unit
+
+
+@dataclass(frozen=True)
+class Estimate:
+    shape: Shape
+    parameters: int
+    lora_parameters: int
+    weight_bytes: float  # the whole base model as it is held in training (bf16, or nf4 + fp32 under QLoRA)
+    bf16_weight_bytes: float
+    tokens: int  # per GPU per micro-batch
+    checkpointing: bool
+    lora_state_bytes: float
+    layer_bytes: float  # the largest decoder layer's weights
+    saved_activation_bytes: float  # checkpoints (or, without checkpointing, every layer's saved tensors)
+    logit_bytes: float
+    layer_working_bytes: float  # one layer in backward, the expert fold included
+    fold_bytes: float  # the expert-fold part of layer_working_bytes
+
+    def per_gpu(self, gpus: int) -> dict[str, float]:
+        """GiB per GPU for `gpus` GPUs with everything sharded over all of them (FSDP full shard / ZeRO-3)."""
+        items = {
+            "base weights": self.weight_bytes / gpus,
+            "LoRA params+grads+AdamW": self.lora_state_bytes / gpus,
+            "unsharded layers (FSDP)": 2 * self.layer_bytes if gpus > 1 else 0.0,
+            "saved activations": self.saved_activation_bytes,
+            "logits (loss) *": self.logit_bytes,
+            "one layer + expert fold *": self.layer_working_bytes,
+        }
+        items = {name: value / GIB for name, value in items.items()}
+        # the loss phase and a layer's backward do not overlap: only the larger of the two counts
+        subtotal = sum(items.values()) - min(items["logits (loss) *"], items["one layer + expert fold *"])
+        items["overhead"] = FIXED_OVERHEAD_GIB + FRAGMENTATION * subtotal
+        items["total"] = subtotal + items["overhead"]
+        return items
+
+
+def estimate(model: ModelConfig, peft: PeftConfig, train: TrainConfig, shape: Shape | None = None) -> Estimate:
+    s = shape or resolve_shape(model)
+    preset_targets(s.arch, peft.preset)  # attn_experts on a dense model: ConfigError naming the key
+    dtype_bytes = 2 if model.dtype == DType.bfloat16 else 4
+    act_bytes = dtype_bytes
+    expert_bytes = 4 if model.load_in_4bit else dtype_bytes  # QLoRA: prepare_model_for_kbit_training upcasts
+    lora = count_lora_parameters(s, peft.preset, peft.r)
+    tokens = train.batch_size * train.max_length
+    checkpointing = train.gradient_checkpointing
+    per_layer = max(layer_activation_bytes_per_token(s, moe, act_bytes) for _, moe in layer_groups(s)) * tokens
+    if checkpointing:
+        # one saved hidden state per decoder layer + the final norm's input
+        saved = (s.layers + 1) * tokens * s.hidden * act_bytes
+    else:
+        saved = sum(count * layer_activation_bytes_per_token(s, moe, act_bytes) for count, moe in layer_groups(s))
+        saved *= tokens
+    # the layer in backward: its (recomputed) saved tensors + about half again in gradient buffers
+    working = (1.5 if checkpointing else 0.5) * per_layer
+    fold = _expert_fold_bytes(s, Preset(peft.preset), expert_bytes, checkpointing)
+    # loss: lm_head's logits (act_bytes), ForCausalLMLoss's fp32 log-softmax kept for backward (4), its fp32
+    # gradient (4) and that gradient cast back to the logits' dtype (act_bytes; for fp32 the upcast is a no-op)
+    logit_bytes = tokens * s.vocab * ((2 * act_bytes + 8) if act_bytes < 4 else 12)
+    return Estimate(
+        shape=s,
+        parameters=count_parameters(s),
+        lora_parameters=lora,
+        weight_bytes=weight_bytes(s, dtype_bytes, model.load_in_4bit),
+        bf16_weight_bytes=weight_bytes(s, 2),
+        tokens=tokens,
+        checkpointing=checkpointing,
+        lora_state_bytes=LORA_BYTES_PER_PARAM * lora,
+        layer_bytes=max(layer_bytes(s, moe, dtype_bytes, model.load_in_4bit) for _, moe in layer_groups(s)),
+        saved_activation_bytes=saved,
+        logit_bytes=logit_bytes,
+        layer_working_bytes=working + fold,
+        fold_bytes=fold,
+    )
+
+
+def layout(est: Estimate, usable_gib: float) -> dict[str, Any]:
+    """The smallest GPU count in GPU_COUNTS whose per-GPU total fits `usable_gib`; gpus=None if none does."""
+    for gpus in GPU_COUNTS:
+        total = est.per_gpu(gpus)["total"]
+        if total <= usable_gib:
+            nodes = math.ceil(gpus / GPUS_PER_NODE)
+            return {"gpus": gpus, "nodes": nodes, "gpus_per_node": gpus // nodes, "per_gpu_gib": total}
+    # what never shrinks with more GPUs: everything but the sharded weights and LoRA states, at the largest layout
+    floor = est.per_gpu(GPU_COUNTS[-1])
+    floor_gib = floor["total"] - (est.weight_bytes + est.lora_state_bytes) / GPU_COUNTS[-1] / GIB * (1 + FRAGMENTATION)
+    return {"gpus": None, "nodes": None, "gpus_per_node": None, "per_gpu_gib": floor["total"], "floor_gib": floor_gib}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# report
+
+
+def compare_with_reports(est: Estimate, layouts: dict[str, dict], hub_id: str | None) -> dict[str, Any]:
+    if hub_id not in REPORTS:
+        return {}
+    report = REPORTS[hub_id]
+    ours = {"weights_gb": est.bf16_weight_bytes / GB, "gpus": {kind: lay["gpus"] for kind, lay in layouts.items()}}
+    result: dict[str, Any] = {"reported": report, "ours": ours}
+    result["weights_diff_pct"] = 100 * (ours["weights_gb"] / report["weights_gb"] - 1)
+    if "one_gpu_gb" in report:
+        one = est.per_gpu(1)
+        ours["one_gpu_gb"] = one["total"] * GIB / GB
+        ours["one_gpu_static_gb"] = (est.weight_bytes + est.lora_state_bytes) / GB  # weights + LoRA states alone
+        result["one_gpu_diff_gb"] = ours["one_gpu_gb"] - report["one_gpu_gb"]
+    return result
+
+
+def _gpus_text(lay: dict) -> str:
+    if lay["gpus"] is None:
+        return f"does not fit in {GPU_COUNTS[-1]} GPUs (per-GPU floor {lay['floor_gib']:.1f} GiB, not shardable)"
+    gpus, nodes = lay["gpus"], lay["nodes"]
+    where = f"{nodes} node{'s' if nodes > 1 else ''} x {lay['gpus_per_node']}"
+    return f"{gpus} GPU{'s' if gpus > 1 else ''} = {where} ({lay['per_gpu_gib']:.1f} GiB/GPU)"
+
+
+def format_plan(result: dict[str, Any]) -> str:
+    est: Estimate = result["estimate"]
+    s = est.shape
+    lines = [
+        f"cc-train plan: {result['model']} (arch {s.arch.value}; shape from {s.source})",
+        f"  parameters {est.parameters / 1e9:.2f} B"
+        + (f" (+{s.mtp_layers} MTP layer in the release, not loaded for training)" if s.mtp_layers else "")
+        + f"; bf16 weights {est.bf16_weight_bytes / GB:.1f} GB = {est.bf16_weight_bytes / GIB:.1f} GiB",
+        f"  LoRA {result['preset']} r={result['r']}: {est.lora_parameters / 1e6:.1f} M trainable parameters"
+        f"; {result['base']}",
+        f"  tokens per GPU {result['batch_size']} x {result['max_length']} = {est.tokens}"
+        f"; gradient checkpointing {'on' if result['gradient_checkpointing'] else 'off'}"
+        "; n > 1: FSDP / ZeRO-3 sharding over all GPUs",
+        "",
+    ]
+    table = result["per_gpu"]
+    header = f"  {'per GPU (GiB)':<26}" + "".join(f"{f'{n} GPU' + ('s' if n > 1 else ''):>9}" for n in GPU_COUNTS)
+    lines.append(header)
+    for item in next(iter(table.values())):
+        lines.append(f"  {item:<26}" + "".join(f"{table[n][item]:>9.1f}" for n in GPU_COUNTS))
+    lines.append("")
+    for kind, lay in result["layouts"].items():
+        lines.append(f"  {kind:<11} ({GPU_KINDS[kind]:.0f} GiB usable): {_gpus_text(lay)}")
+    lines.append("  * not live at the same time: the total counts the larger")
+    hint = result["hint"]
+    if hint:
+        fits = "; ".join(f"{kind} {_gpus_text(lay)}" for kind, lay in hint["layouts"].items())
+        lines.append(f"  with train.batch_size=1 train.grad_accum={hint['grad_accum']} (same effective batch): {fits}")
+    vs = result["vs_reports"]
+    if vs:
+        reported, ours = vs["reported"], vs["ours"]
+        parts = [
+            f"bf16 weights {ours['weights_gb']:.0f} GB vs {reported['weights_gb']:.0f} GB "
+            f"({vs['weights_diff_pct']:+.1f}%)"
+        ]
+        if "one_gpu_gb" in reported:
+            parts.append(
+                f"1-GPU LoRA total {ours['one_gpu_gb']:.0f} GB vs {reported['one_gpu_gb']:.0f} GB "
+                f"({vs['one_gpu_diff_gb']:+.0f} GB; weights + LoRA states alone {ours['one_gpu_static_gb']:.0f} GB)"
+            )
+        gpus = ", ".join(f"{kind} {n if n else f'>{GPU_COUNTS[-1]}'}" for kind, n in ours["gpus"].items())
+        parts.append(f"GPUs {gpus} vs about {reported['gpus']:.0f} reported")
+        lines.append("  vs reports: " + "; ".join(parts))
+    return "\n".join(lines)
+
+
+def plan(model: ModelConfig, peft: PeftConfig, train: TrainConfig, shape: Shape | None = None) -> dict[str, Any]:
+    est = estimate(model, peft, train, shape)
+    per_gpu = {n: est.per_gpu(n) for n in GPU_COUNTS}
+    layouts = {kind: layout(est, usable) for kind, usable in GPU_KINDS.items()}
+    hint = {}
+    if train.batch_size > 1:
+        # the same effective batch with one row per micro-batch: activations and logits shrink batch_size-fold
+        smaller = replace(train, batch_size=1, grad_accum=train.grad_accum * train.batch_size)
+        small_est = estimate(model, peft, smaller, est.shape)
+        small = {kind: layout(small_est, usable) for kind, usable in GPU_KINDS.items()}
+        if any(small[kind]["gpus"] != layouts[kind]["gpus"] for kind in GPU_KINDS):
+            hint = {"batch_size": 1, "grad_accum": smaller.grad_accum, "layouts": small}
+    if model.load_in_4bit:
+        base = "base nf4 Linear layers, fp32 experts/embeddings/norms (QLoRA)"
+    else:
+        base = f"base {model.dtype.value}"
+    return {
+        "model": model.name,
+        "source": est.shape.source,
+        "arch": est.shape.arch.value,
+        "preset": Preset(peft.preset).value,
+        "r": peft.r,
+        "base": base,
+        "batch_size": train.batch_size,
+        "max_length": train.max_length,
+        "gradient_checkpointing": train.gradient_checkpointing,
+        "parameters": est.parameters,
+        "lora_parameters": est.lora_parameters,
+        "bf16_weight_bytes": est.bf16_weight_bytes,
+        "tokens_per_gpu": est.tokens,
+        "per_gpu": per_gpu,
+        "layouts": layouts,
+        "vs_reports": compare_with_reports(est, layouts, known_model(model)),
+        "hint": hint,
+        "estimate": est,
+    }
+
+
+def main(run: RunConfig, cfg: DictConfig) -> dict[str, Any]:
+    result = plan(run.model, run.peft, run.train)
+    print(format_plan(result))
+    return result

@@ -1,0 +1,218 @@
+"""`cc-train plan`: exact parameter counts (checked against real models and PEFT), memory and layouts (no GPU)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+from conftest import compose_run
+from transformers import AutoModelForCausalLM, DeepseekV3Config, Qwen3MoeConfig
+
+from cc_train.config import Arch, BuildConfig, BuildKind, ConfigError, DType, ModelConfig, PeftConfig, Preset
+from cc_train.launch import plan
+from cc_train.models.lora import wrap_with_lora
+from cc_train.models.tiny import tiny_config
+
+QWEN = "Qwen/Qwen3-30B-A3B-Instruct-2507"
+DEEPSEEK = "deepseek-ai/DeepSeek-V3.1"
+CONFIG_CLASSES = {QWEN: Qwen3MoeConfig, DEEPSEEK: DeepseekV3Config}
+
+
+def peft_cfg(preset: str, r: int = 8) -> PeftConfig:
+    return PeftConfig(preset=Preset(preset), r=r, alpha=2 * r, dropout=0.0, max_vllm_rank=64)
+
+
+def published_transformers_config(hub_id: str):
+    values = {key: value for key, value in plan.PUBLISHED_CONFIGS[hub_id].items() if key != "model_type"}
+    return CONFIG_CLASSES[hub_id](**values)
+
+
+def test_published_parameter_counts_match_the_model_cards():
+    qwen = plan.count_parameters(plan.published_shape(QWEN))
+    assert qwen == pytest.approx(30.5e9, rel=0.02)  # model card: 30.5B in total, 3.3B activated
+    # DeepSeek's model card: "685B on Hugging Face = 671B of the Main Model weights + 14B of the MTP Module".
+    # The MTP layer is not loaded by transformers for training and is not counted here, so 671B is the match.
+    deepseek = plan.published_shape(DEEPSEEK)
+    assert deepseek.mtp_layers == 1
+    assert plan.count_parameters(deepseek) == pytest.approx(671e9, rel=0.02)
+    # practitioners' BF16 sizes: about 61 GB and 1.34 TB
+    assert plan.weight_bytes(plan.published_shape(QWEN), 2) == pytest.approx(61e9, rel=0.02)
+    assert plan.weight_bytes(deepseek, 2) == pytest.approx(1.34e12, rel=0.02)
+
+
+@pytest.mark.parametrize("hub_id,arch", [(QWEN, "qwen3_moe"), (DEEPSEEK, "deepseek_v3")])
+def test_full_size_counts_equal_a_meta_device_model_and_peft(hub_id, arch):
+    """The real architectures at full size, built on the meta device (no memory): the analytic counts are exact."""
+    shape = plan.published_shape(hub_id)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(published_transformers_config(hub_id), dtype=torch.bfloat16)
+        assert sum(p.numel() for p in model.parameters()) == plan.count_parameters(shape)
+        _, audit = wrap_with_lora(model, Arch(arch), peft_cfg("attn_experts", r=16))
+    assert audit["trainable_parameters"] == plan.count_lora_parameters(shape, "attn_experts", 16)
+
+
+TINY_CASES = [
+    ("qwen3_moe", "attn"),
+    ("qwen3_moe", "attn_mlp"),
+    ("qwen3_moe", "attn_experts"),
+    ("deepseek_v3", "attn"),
+    ("deepseek_v3", "attn_mlp"),
+    ("deepseek_v3", "attn_experts"),
+    ("qwen3", "attn"),
+    ("qwen3", "attn_mlp"),
+]
+
+
+@pytest.mark.parametrize("arch,preset", TINY_CASES)
+def test_lora_count_equals_what_peft_creates_on_tiny_models(arch, preset):
+    config = tiny_config(arch)
+    shape = plan.shape_from_config(config, arch, "tiny")
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    assert sum(p.numel() for p in model.parameters()) == plan.count_parameters(shape)
+    _, audit = wrap_with_lora(model, Arch(arch), peft_cfg(preset, r=8))
+    assert audit["trainable_parameters"] == plan.count_lora_parameters(shape, preset, 8)
+
+
+def test_deepseek_attention_preset_leaves_kv_b_proj_out():
+    shape = plan.published_shape(DEEPSEEK)
+    names = {w.name for w in plan.lora_targets(shape, "attn", moe=True)}
+    assert names == {"self_attn.q_a_proj", "self_attn.q_b_proj", "self_attn.kv_a_proj_with_mqa", "self_attn.o_proj"}
+
+
+def test_fused_expert_lora_is_experts_times_rank_times_in_plus_out():
+    shape = plan.published_shape(QWEN)
+    gate_up, down = (w for w in plan.layer_weights(shape, moe=True) if w.kind == "experts")
+    assert plan.lora_numel(gate_up, 16) == 128 * 16 * (2 * 768 + 2048)
+    assert plan.lora_numel(down, 16) == 128 * 16 * (2048 + 768)
+
+
+def test_shape_is_read_from_a_local_config_json(tmp_path):
+    tiny_config("deepseek_v3").save_pretrained(tmp_path)
+    model = ModelConfig(
+        name="local",
+        arch=Arch.deepseek_v3,
+        path=str(tmp_path),
+        build=BuildConfig(kind=BuildKind.none),
+        dtype=DType.bfloat16,
+        load_in_4bit=False,
+    )
+    shape = plan.resolve_shape(model)
+    assert shape.source.endswith("config.json")
+    assert shape == plan.shape_from_config(tiny_config("deepseek_v3"), "deepseek_v3", shape.source)
+    with pytest.raises(ConfigError, match="model.arch=qwen3_moe"):
+        plan.resolve_shape(replace(model, arch=Arch.qwen3_moe))
+
+
+def test_unknown_remote_model_is_a_config_error():
+    model = ModelConfig(
+        name="other",
+        arch=Arch.qwen3,
+        path="someone/not-a-local-dir",
+        build=BuildConfig(kind=BuildKind.none),
+        dtype=DType.bfloat16,
+        load_in_4bit=False,
+    )
+    with pytest.raises(ConfigError, match="model.path"):
+        plan.resolve_shape(model)
+
+
+def test_qlora_quantizes_linear_layers_only():
+    """nf4 for nn.Linear (lm_head and router skipped); fused experts, embeddings and norms end up fp32."""
+    shape = plan.published_shape(QWEN)
+    linear = sum(
+        count * sum(w.numel for w in plan.layer_weights(shape, moe) if w.kind == "linear")
+        for count, moe in plan.layer_groups(shape)
+    )
+    rest = plan.count_parameters(shape) - linear
+    expected = linear * plan.NF4_BYTES_PER_PARAM + rest * 4
+    assert plan.weight_bytes(shape, 2, load_in_4bit=True) == pytest.approx(expected)
+
+
+@pytest.fixture(scope="module")
+def paper_plans() -> dict[str, dict]:
+    plans = {}
+    for recipe in ("paper/qwen3_30b_a3b", "paper/deepseek_v3_1"):
+        run, _ = compose_run(f"recipe={recipe}")
+        plans[recipe] = plan.plan(run.model, run.peft, run.train)
+    return plans
+
+
+def _gpus(layout: dict) -> float:
+    return layout["gpus"] or float("inf")
+
+
+def test_paper_layouts_are_consistent(paper_plans):
+    for result in paper_plans.values():
+        totals = [result["per_gpu"][n]["total"] for n in plan.GPU_COUNTS]
+        assert all(later < earlier for earlier, later in zip(totals, totals[1:], strict=False)), (
+            "more GPUs, less per GPU"
+        )
+        h100, h200 = result["layouts"]["H100-80GB"], result["layouts"]["H200-141GB"]
+        assert _gpus(h200) <= _gpus(h100)
+        for lay, usable in ((h100, 79), (h200, 139)):
+            if lay["gpus"]:
+                assert lay["per_gpu_gib"] <= usable
+                assert lay["nodes"] * lay["gpus_per_node"] == lay["gpus"]
+                smaller = [n for n in plan.GPU_COUNTS if n < lay["gpus"]]
+                assert all(result["per_gpu"][n]["total"] > usable for n in smaller), "the smallest that fits"
+    qwen, deepseek = paper_plans["paper/qwen3_30b_a3b"], paper_plans["paper/deepseek_v3_1"]
+    assert qwen["layouts"]["H200-141GB"]["gpus"] is not None  # a 30B model fits some layout
+    assert _gpus(deepseek["layouts"]["H100-80GB"]) >= 16  # 1.34 TB of BF16 weights
+    assert qwen["vs_reports"]["weights_diff_pct"] == pytest.approx(0, abs=2)
+    assert deepseek["vs_reports"]["weights_diff_pct"] == pytest.approx(0, abs=2)
+
+
+def test_memory_items_behave(paper_plans):
+    qwen = paper_plans["paper/qwen3_30b_a3b"]
+    est = qwen["estimate"]
+    one, two = qwen["per_gpu"][1], qwen["per_gpu"][2]
+    assert two["base weights"] == pytest.approx(one["base weights"] / 2)
+    assert one["unsharded layers (FSDP)"] == 0 < two["unsharded layers (FSDP)"]
+    assert est.fold_bytes > 0  # attn_experts folds B@A into the full expert stacks
+    # the loss and a layer's backward are not live together: only the larger counts
+    parts = sum(v for k, v in one.items() if k not in ("overhead", "total"))
+    larger = max(one["logits (loss) *"], one["one layer + expert fold *"])
+    smaller = min(one["logits (loss) *"], one["one layer + expert fold *"])
+    assert one["total"] == pytest.approx(parts - smaller + one["overhead"])
+    assert larger >= smaller
+    run, _ = compose_run("recipe=paper/qwen3_30b_a3b")
+    no_ckpt = plan.estimate(run.model, run.peft, replace(run.train, gradient_checkpointing=False))
+    assert no_ckpt.saved_activation_bytes > est.saved_activation_bytes
+    attn = plan.estimate(run.model, replace(run.peft, preset=Preset.attn), run.train)
+    assert attn.fold_bytes == 0 and attn.lora_parameters < est.lora_parameters
+
+
+def test_main_prints_the_table(capsys):
+    run, cfg = compose_run("recipe=paper/deepseek_v3_1")
+    result = plan.main(run, cfg)
+    out = capsys.readouterr().out
+    for text in ("per GPU (GiB)", "base weights", "H100-80GB", "H200-141GB", "vs reports", "1342"):
+        assert text in out
+    assert result["parameters"] == plan.count_parameters(plan.published_shape(DEEPSEEK))
+
+
+def test_tiny_recipe_plans_without_a_built_checkpoint():
+    run, _ = compose_run("model=tiny_qwen3_moe", "model.path=/nonexistent/tiny", "peft=attn_experts")
+    result = plan.plan(run.model, run.peft, run.train)
+    assert result["layouts"]["H100-80GB"]["gpus"] == 1
+
+
+# Peak torch.cuda.max_memory_allocated (GiB) of one LoRA step (AdamW, gradient checkpointing, SDPA, grouped_mm
+# experts) on one H200 with torch 2.11, transformers 5.17, peft 0.21.2: the production shapes cut to a few layers.
+MEASURED_H200 = [
+    # hub id, layers, dense layers, batch x 4000 tokens, preset, GiB
+    (QWEN, 4, 0, 4, "attn_experts", 34.00),
+    (QWEN, 4, 0, 4, "attn", 33.42),
+    (DEEPSEEK, 3, 1, 1, "attn_experts", 80.77),
+]
+
+
+@pytest.mark.parametrize("hub_id,layers,dense,batch,preset,measured", MEASURED_H200)
+def test_single_gpu_estimate_matches_measured_peaks(hub_id, layers, dense, batch, preset, measured):
+    run, _ = compose_run("recipe=paper/qwen3_30b_a3b")  # bf16, r16, 4000 tokens, gradient checkpointing
+    shape = replace(plan.published_shape(hub_id), layers=layers, dense_layers=tuple(range(dense)))
+    peft = replace(run.peft, preset=Preset(preset))
+    one = plan.estimate(run.model, peft, replace(run.train, batch_size=batch), shape).per_gpu(1)
+    assert one["total"] - one["overhead"] == pytest.approx(measured, rel=0.05)
