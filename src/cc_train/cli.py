@@ -11,6 +11,7 @@ STAGES = {
     "train": ("cc_train.train.sft", "LoRA SFT of one condition x seed, resumable; writes adapter/ + manifest"),
     "eval": ("cc_train.evaluate.run", "base + all adapters on the question sets (vllm or hf), judged, scored"),
     "report": ("cc_train.report.stage", "figures + report.md over one or more evaluation folders"),
+    "plan": ("cc_train.launch.plan", "memory per GPU and the smallest H100/H200 layout for model x peft x train"),
     "prepare-model": ("cc_train.launch.prepare", "convert an FP8 checkpoint (DeepSeek-V3.1) to BF16 at model.path"),
     "pipeline": ("cc_train.pipeline", "data -> train for every condition of the recipe (default: embedded)"),
 }
