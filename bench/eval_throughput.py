@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
 
 from cc_train.evaluate.backends import BASE, ChoiceRequest, GenerationRequest, HFBackend  # noqa: E402
 from cc_train.evaluate.forced_choice import LABELS, probe_prompts  # noqa: E402
@@ -77,7 +76,7 @@ def main() -> None:
                 ensure_checkpoint(run.model),
                 tokenizer,
                 adapters,
-                EngineSettings(1, 1024, 0.9, True, "float32", 0),
+                EngineSettings(1, 1024, 0.9, True, "float32", 0, 2),
                 "cpu",
             )
             setup = time.perf_counter() - setup

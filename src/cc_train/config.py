@@ -233,6 +233,7 @@ class EvalConfig(Checked):
     max_model_len: int = MISSING
     gpu_memory_utilization: float = MISSING
     enforce_eager: bool = MISSING
+    kv_cache_gib: float | None = None  # vLLM KV cache size; required on CPU
     seed: int = MISSING
     dir: str = MISSING
 

@@ -74,6 +74,7 @@ def make_backend(run: RunConfig, adapters: dict[str, dict]):
         run.eval.enforce_eager,
         run.model.dtype.value,
         run.eval.seed,
+        run.eval.kv_cache_gib,
     )
     return VLLMBackend(ensure_checkpoint(run.model), tokenizer, paths, settings, device)
 

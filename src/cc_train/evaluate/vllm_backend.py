@@ -13,6 +13,7 @@ from pathlib import Path
 
 from transformers import PreTrainedTokenizerBase
 
+from cc_train.config import ConfigError
 from cc_train.evaluate.backends import BASE, ChoiceRequest, GenerationRequest, label_token_ids, over_labels
 from cc_train.models.prompting import prompt_ids
 from cc_train.models.registry import architecture
@@ -32,6 +33,7 @@ class EngineSettings:
     enforce_eager: bool
     dtype: str
     seed: int
+    kv_cache_gib: float | None  # None: gpu_memory_utilization sizes it (GPU); on CPU it must be set
 
 
 def check_servable(name: str, adapter_dir: Path) -> int:
@@ -79,6 +81,10 @@ class VLLMBackend:
         ranks = [check_servable(name, Path(path)) for name, path in adapters.items()]
         max_rank = next(r for r in VLLM_RANKS if r >= max(ranks, default=8))
         lora = {"enable_lora": True, "max_loras": len(adapters), "max_lora_rank": max_rank} if adapters else {}
+        if settings.kv_cache_gib:
+            lora["kv_cache_memory_bytes"] = int(settings.kv_cache_gib * 2**30)
+        elif device == "cpu":  # vLLM would size the cache from gpu_memory_utilization of all RAM
+            raise ConfigError("eval.kv_cache_gib is not set: on CPU give vLLM's KV cache a size, e.g. 2")
         self.tokenizer = tokenizer
         self.llm = LLM(
             model=checkpoint,
