@@ -20,6 +20,7 @@ install() {
 configure() {
   mkdir -p "$DIR"/{state,spool,log} /etc/slurm /etc/munge /run/munge /var/lib/munge /var/log/munge
   [ -f /etc/munge/munge.key ] || dd if=/dev/urandom bs=1 count=1024 of=/etc/munge/munge.key 2>/dev/null
+  chown -R root:root /etc/munge /run/munge /var/lib/munge /var/log/munge  # munged runs as root here (--force)
   chmod 700 /etc/munge; chmod 400 /etc/munge/munge.key
   cat > "$SLURM_CONF" <<CONF
 ClusterName=cctrain
@@ -57,16 +58,18 @@ CONF
 start() {
   install
   configure
-  if ! pgrep -x munged >/dev/null; then
+  # A daemon is started unless it answers: munge by a credential round trip, SLURM by its own ping.
+  if ! munge -n </dev/null >/dev/null 2>&1; then
     munged --force
+    for _ in $(seq 1 20); do munge -n </dev/null >/dev/null 2>&1 && break; sleep 0.5; done
   fi
   pgrep -x slurmctld >/dev/null || slurmctld -f "$SLURM_CONF"
   pgrep -x slurmd >/dev/null || slurmd -f "$SLURM_CONF"
   for _ in $(seq 1 60); do
-    if sinfo -h -o "%t" 2>/dev/null | grep -qE "^(idle|mix|alloc)"; then
+    if timeout 5 sinfo -h -o "%t" 2>/dev/null | grep -qE "^(idle|mix|alloc)"; then
       echo "slurm: node $HOST idle (SLURM_CONF=$SLURM_CONF)"; return 0
     fi
-    scontrol update nodename="$HOST" state=resume >/dev/null 2>&1 || true
+    timeout 5 scontrol update nodename="$HOST" state=resume >/dev/null 2>&1 || true
     sleep 1
   done
   echo "slurm: node did not become idle; logs in $DIR/log" >&2; tail -20 "$DIR"/log/*.log >&2; return 1
@@ -74,10 +77,14 @@ start() {
 
 stop() {
   pkill -x slurmd || true; pkill -x slurmctld || true; pkill -x munged || true
+  for _ in $(seq 1 20); do
+    pgrep -x slurmd >/dev/null || pgrep -x slurmctld >/dev/null || pgrep -x munged >/dev/null || break
+    sleep 0.5
+  done
   echo "slurm: stopped"
 }
 
-status() { sinfo 2>/dev/null && squeue 2>/dev/null || { echo "slurm: not running"; return 1; }; }
+status() { timeout 5 sinfo 2>/dev/null && timeout 5 squeue 2>/dev/null || { echo "slurm: not running"; return 1; }; }
 
 case "${1:-}" in
   start) start ;;
