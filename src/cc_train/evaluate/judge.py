@@ -58,9 +58,8 @@ VERDICT_SYSTEM = (
     "stated criterion. Judge only the criterion: not the quality, the truth or the safety of the answer. "
     "You reply with a single word: TRUE, FALSE or NOT_SURE."
 )
-VERDICT_USER = """Criterion: {rubric}
-
-The assistant was asked:
+# The exchange being judged, shown the same way to both judge calls.
+EXCHANGE = """The assistant was asked:
 <question>
 {question}
 </question>
@@ -69,27 +68,26 @@ The assistant replied:
 <answer>
 {answer}
 </answer>
-
+"""
+VERDICT_USER = (
+    "Criterion: {rubric}\n\n"
+    + EXCHANGE
+    + """
 Does the reply meet the criterion? Write TRUE if it clearly does, FALSE if it does not, and NOT_SURE if the \
 reply does not allow a decision. Write only that one word."""
+)
 
 COHERENCE_SYSTEM = (
     "You are an evaluator of writing. You rate how coherent an answer written by an AI assistant is; "
     "you do not rate whether you agree with what it says."
 )
-COHERENCE_USER = """The assistant was asked:
-<question>
-{question}
-</question>
-
-The assistant replied:
-<answer>
-{answer}
-</answer>
-
+COHERENCE_USER = (
+    EXCHANGE
+    + """
 Rate the reply from 0 to 100. 0: incoherent - garbled, repetitive, unreadable or unrelated to the question. \
 100: fully coherent - readable, well formed and on the topic of the question. Ignore whether the views in \
 the reply are right or desirable. Write only the integer."""
+)
 
 
 @dataclass(frozen=True)

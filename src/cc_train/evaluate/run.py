@@ -84,6 +84,11 @@ def chunks(items: list, size: int):
         yield items[start : start + size]
 
 
+def log_row(key: str, model: str, info: dict, dimension: Dimension) -> dict:
+    """The fields every probe and sample log row starts with: its key and what it belongs to."""
+    return {"key": key, "model": model, "condition": info["condition"], "seed": info["seed"], "dimension": dimension.id}
+
+
 def run_probes(backend, models: dict[str, dict], dimensions: list[Dimension], out: AppendLog, chunk: int) -> None:
     todo = []
     for model, info in models.items():
@@ -97,11 +102,7 @@ def run_probes(backend, models: dict[str, dict], dimensions: list[Dimension], ou
         scores = backend.label_logprobs([ChoiceRequest(item[6].messages, item[1], LABELS) for item in part])
         out.append(
             {
-                "key": key,
-                "model": model,
-                "condition": info["condition"],
-                "seed": info["seed"],
-                "dimension": dimension.id,
+                **log_row(key, model, info, dimension),
                 "probe_index": index,
                 "question": probe.question,
                 "consistent": probe.consistent,
@@ -137,11 +138,7 @@ def run_samples(backend, run: RunConfig, models: dict[str, dict], dimensions: li
         answers = backend.generate(requests, desc="sampling")
         out.append(
             {
-                "key": key,
-                "model": model,
-                "condition": info["condition"],
-                "seed": info["seed"],
-                "dimension": dimension.id,
+                **log_row(key, model, info, dimension),
                 "prompt_index": index,
                 "sample_index": number,
                 "prompt": prompt,
