@@ -13,7 +13,9 @@ STAGES = {
     "report": ("cc_train.report.stage", "figures + report.md over one or more evaluation folders"),
     "plan": ("cc_train.launch.plan", "memory per GPU and the smallest H100/H200 layout for model x peft x train"),
     "prepare-model": ("cc_train.launch.prepare", "convert an FP8 checkpoint (DeepSeek-V3.1) to BF16 at model.path"),
-    "pipeline": ("cc_train.pipeline", "data -> train for every condition of the recipe (default: embedded)"),
+    "pipeline": ("cc_train.pipeline", "data -> train -> eval -> report for the recipe's conditions, in this process"),
+    "sweep": ("cc_train.launch.sweep", "SLURM: training array over conditions x sweep.seeds, then eval (afterok)"),
+    "status": ("cc_train.launch.status", "pending / running / done / failed runs of the latest sweep, with logs"),
 }
 
 USAGE = (
@@ -22,7 +24,19 @@ USAGE = (
     + "\nExample: cc-train train recipe=embedded condition=non_conscious seed=1 train.max_steps=20\n"
 )
 
-USER_ERRORS = ("ConfigError", "DataError", "AuditError", "QuestionSetError", "AdapterServingError", "JudgeError")
+USER_ERRORS = (
+    "ConfigError",
+    "DataError",
+    "AuditError",
+    "QuestionSetError",
+    "AdapterServingError",
+    "JudgeError",
+    "SweepError",
+)
+
+
+def stage_of_module(module: str) -> str:
+    return next(name for name, (path, _) in STAGES.items() if path == module)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -278,6 +278,15 @@ class PrepareConfig(Checked):
 
 
 @dataclass
+class SweepConfig(Checked):
+    seeds: list[int] = field(default_factory=list)  # `cc-train sweep`: one training run per condition x seed
+    id: str | None = MISSING  # `cc-train status`: which sweep record; null for the latest
+
+    def validate(self) -> None:
+        _require(len(set(self.seeds)) == len(self.seeds), "sweep.seeds", "distinct seeds", self.seeds)
+
+
+@dataclass
 class PathsConfig(Checked):
     runs: str = MISSING
     cache: str = MISSING
@@ -296,10 +305,11 @@ class RunConfig(Checked):
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     experiment: str = MISSING
     condition: Condition = MISSING
-    conditions: list[Condition] = field(default_factory=list)  # what `pipeline` trains
+    conditions: list[Condition] = field(default_factory=list)  # what `pipeline` and `sweep` train
     seed: int = MISSING
     device: str = MISSING  # auto | cpu | cuda
 
@@ -309,7 +319,10 @@ class RunConfig(Checked):
 
 
 def register_configs() -> None:
+    from hydra_plugins.cc_train_launcher import submit_and_return
+
     ConfigStore.instance().store(name="run_schema", node=RunConfig)
+    submit_and_return.register()
 
 
 def to_run_config(cfg: DictConfig) -> RunConfig:

@@ -1,7 +1,8 @@
 """`cc-train train`: LoRA SFT of one condition x seed with TRL, resumable, saved as a vLLM-servable adapter.
 
 setup (data, model, LoRA + audit) -> train (TRL SFTTrainer, loss on assistant tokens only, resume
-from the last checkpoint) -> save (adapter/ written atomically + manifest.json).
+from the last checkpoint, checkpoint-and-stop on SLURM's signals) -> save (adapter/ written atomically +
+manifest.json).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from cc_train.models.loading import ensure_checkpoint, load_model, load_tokenize
 from cc_train.models.lora import wrap_with_lora
 from cc_train.models.registry import architecture
 from cc_train.tracking.wandb_run import adapter_artifact_name, log_adapter, tracked
+from cc_train.train.preemption import StopAndCheckpoint
 
 log = logging.getLogger(__name__)
 
@@ -126,11 +128,16 @@ def main(run: RunConfig, cfg: DictConfig) -> Path:
 
     # train
     with tracked(run, cfg, "train", f"train-{run.condition.value}-seed{run.seed}", Path(run.train.dir)) as wandb_run:
-        trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+        stop = StopAndCheckpoint()
+        trainer = SFTTrainer(
+            model=model, args=args, train_dataset=dataset, processing_class=tokenizer, callbacks=[stop]
+        )
         resume = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
         if resume:
             print(f"train: resuming from {resume}")
-        trainer.train(resume_from_checkpoint=resume)
+        with stop:
+            trainer.train(resume_from_checkpoint=resume)
+        stop.finish()
 
         # save: build the adapter beside its final place, then rename, so a kill never leaves half of one
         staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=".adapter."))

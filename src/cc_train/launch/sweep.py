@@ -1,0 +1,62 @@
+"""`cc-train sweep`: the study as SLURM jobs. One training array over `conditions` x `sweep.seeds`, then one
+evaluation job (base + every adapter of the experiment in one engine) that starts only after the whole
+array succeeded (`--dependency=afterok`). Both are the plain multirun commands, so a sweep can be
+reproduced, or resumed, by hand; runs whose adapter is complete are skipped inside their job.
+
+    cc-train sweep recipe=paper/qwen3_30b_a3b hydra/launcher=slurm hydra.launcher.partition=gpu
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from cc_train.config import ConfigError, RunConfig
+from cc_train.launch.slurm import SWEEP_ID_ENV, sweeps_dir
+from hydra_plugins.cc_train_launcher.submit_and_return import SubmitAndReturnLauncher
+
+SWEPT_KEYS = ("condition=", "seed=", "conditions=", "sweep.")
+
+
+class SweepError(RuntimeError):
+    """A stage submission of the sweep failed; its own output above says why."""
+
+
+def stage_commands(run: RunConfig, task_overrides: list[str], hydra_overrides: list[str]) -> tuple[list, list]:
+    """The `cc-train train -m` and `cc-train eval -m` argument lists this sweep runs."""
+    kept = [o for o in task_overrides if not o.startswith(SWEPT_KEYS)]
+    grid = [f"condition={','.join(c.value for c in run.conditions)}", f"seed={','.join(map(str, run.sweep.seeds))}"]
+    return ["train", "-m", *grid, *kept, *hydra_overrides], ["eval", "-m", *kept, *hydra_overrides]
+
+
+def main(run: RunConfig, cfg: DictConfig) -> str:
+    if not run.conditions or not run.sweep.seeds:
+        raise ConfigError("conditions and sweep.seeds must each name at least one value")
+    hydra_cfg = HydraConfig.get()
+    hydra_overrides = [o for o in hydra_cfg.overrides.hydra if not o.startswith("hydra.mode=")]
+    train, evaluate = stage_commands(run, list(hydra_cfg.overrides.task), hydra_overrides)
+    on_slurm = hydra_cfg.launcher._target_ == f"{SubmitAndReturnLauncher.__module__}.{SubmitAndReturnLauncher.__name__}"
+    sweep_id = time.strftime("%Y%m%d-%H%M%S")
+    env = {**os.environ, SWEEP_ID_ENV: sweep_id}
+
+    submit(train, env)
+    if on_slurm:
+        record = json.loads((sweeps_dir(run.paths.runs, run.experiment) / f"{sweep_id}_train.json").read_text())
+        evaluate.append(f"+hydra.launcher.additional_parameters.dependency='afterok:{record['job_id']}'")
+    submit(evaluate, env)  # off SLURM the training multirun above has already finished
+    if on_slurm:
+        print(f"sweep {sweep_id}: follow it with `cc-train status experiment={run.experiment}`")
+    return sweep_id
+
+
+def submit(arguments: list[str], env: dict) -> None:
+    print("sweep: cc-train " + " ".join(arguments), flush=True)
+    result = subprocess.run([sys.executable, "-m", "cc_train", *arguments], env=env)
+    if result.returncode != 0:
+        raise SweepError(f"`cc-train {' '.join(arguments[:2])} ...` exited with status {result.returncode}")
