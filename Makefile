@@ -23,8 +23,12 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	$(VENV)/bin/cc-train pipeline
 
-test: setup
+lint: setup
 	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/hadolint Dockerfile
+	$(VENV)/bin/shellcheck slurm/*.sh slurm/*.sbatch .ci/run
+
+test: lint
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 clean:

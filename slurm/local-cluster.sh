@@ -47,7 +47,7 @@ SlurmdPort=6818
 JobCompType=jobcomp/none
 JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
-KillWait=10
+KillWait=30
 MinJobAge=600
 InactiveLimit=0
 NodeName=$HOST CPUs=$CPUS RealMemory=$MEM_MB State=UNKNOWN
@@ -84,7 +84,12 @@ stop() {
   echo "slurm: stopped"
 }
 
-status() { timeout 5 sinfo 2>/dev/null && timeout 5 squeue 2>/dev/null || { echo "slurm: not running"; return 1; }; }
+status() {
+  if ! { timeout 5 sinfo 2>/dev/null && timeout 5 squeue 2>/dev/null; }; then
+    echo "slurm: not running"
+    return 1
+  fi
+}
 
 case "${1:-}" in
   start) start ;;

@@ -1,9 +1,14 @@
-"""Sweeps on a real SLURM (slurm/local-cluster.sh, started by .ci/run): a 2 conditions x 2 seeds array of the
-embedded recipe, every job COMPLETED with its adapter and manifest; a resubmission skips finished runs."""
+"""Sweeps on a real SLURM (slurm/local-cluster.sh, started by .ci/run): `cc-train sweep` queues a 2 conditions
+x 2 seeds training array and an evaluation job that waits for it (afterok), then returns; every job ends
+COMPLETED with its outputs; a resubmission skips finished runs; a training job requeued mid-run resumes
+from the checkpoint it saved on the way out."""
 
+import json
 import re
 import shutil
 import subprocess
+import time
+from pathlib import Path
 
 import pytest
 from conftest import cc_train
@@ -21,28 +26,64 @@ def slurm_idle() -> bool:
 requires_slurm = pytest.mark.skipif(not slurm_idle(), reason="no SLURM reachable: run `slurm/local-cluster.sh start`")
 
 
-def job_states(slurm_dir) -> dict[str, str]:
-    states = {}
-    for task in sorted(p.name for p in slurm_dir.iterdir() if re.fullmatch(r"\d+_\d+", p.name)):
-        shown = subprocess.run(["scontrol", "show", "job", task], capture_output=True, text=True).stdout
-        states[task] = re.search(r"JobState=(\w+)", shown).group(1)
-    return states
+def show_job(job_id: str) -> dict[str, str]:
+    shown = subprocess.run(["scontrol", "-o", "show", "job", job_id], capture_output=True, text=True).stdout
+    return dict(re.findall(r"(\w+)=(\S*)", shown))
+
+
+def queued(job_ids: list[str]) -> set[str]:
+    listed = subprocess.run(["squeue", "-h", "-r", "-o", "%i"], capture_output=True, text=True).stdout.split()
+    return {job for job in job_ids if job in listed}
+
+
+def wait_until(condition, timeout: float, what: str) -> None:
+    deadline = time.time() + timeout
+    while not condition():
+        assert time.time() < deadline, f"timed out after {timeout:.0f} s waiting for {what}"
+        time.sleep(2)
+
+
+def sweep_records(root, experiment: str) -> dict[str, dict]:
+    records = [json.loads(p.read_text()) for p in sorted((root / experiment / "sweeps").glob("*.json"))]
+    latest = records[-1]["id"]
+    return {record["stage"]: record for record in records if record["id"] == latest}
 
 
 @requires_slurm
-def test_sweep_runs_as_a_slurm_array_and_resubmission_skips_finished_runs(tmp_path):
+def test_sweep_queues_training_array_then_dependent_eval_and_resubmission_skips_finished_runs(tmp_path):
     env = {"CC_TRAIN_RUNS": str(tmp_path)}
     common = ["experiment=sweep", "train.max_steps=3", "train.save_steps=2"]
     for condition in ("conscious", "non_conscious"):  # build each dataset once, not in every array task
         assert cc_train("data", f"condition={condition}", *common, env=env).returncode == 0
-    sweep = ["train", "-m", "condition=conscious,non_conscious", "seed=0,1", "hydra/launcher=slurm_local", *common]
-    first = cc_train(*sweep, env=env, timeout=1500)
+    sweep = [
+        "sweep",
+        "conditions=[conscious,non_conscious]",
+        "sweep.seeds=[0,1]",
+        "eval.dimensions=[claims_conscious]",
+        "eval.open_ended=false",
+        "hydra/launcher=slurm_local",
+        *common,
+    ]
+    started = time.time()
+    first = cc_train(*sweep, env=env, timeout=300)
     assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-3000:]
+    submit_seconds = time.time() - started
+    records = sweep_records(tmp_path, "sweep")
+    train_jobs = [run["job_id"] for run in records["train"]["runs"]]
+    eval_job = records["eval"]["runs"][0]["job_id"]
+    assert len(train_jobs) == 4 and {job.split("_")[0] for job in train_jobs} == {records["train"]["job_id"]}
+    assert queued(train_jobs + [eval_job]), f"the sweep returned after {submit_seconds:.0f} s with nothing queued"
+    assert f"afterok:{records['train']['job_id']}" in show_job(eval_job)["Dependency"]
 
-    slurm_dir = tmp_path / "sweep" / "slurm"
-    states = job_states(slurm_dir)
-    assert len(states) == 4 and len({task.split("_")[0] for task in states}) == 1, "one array of four tasks"
-    assert set(states.values()) == {"COMPLETED"}, states
+    status = cc_train("status", "experiment=sweep", env=env)
+    assert status.returncode == 0 and re.search(r"status: \d+ pending, \d+ running, \d+ done, 0 failed", status.stdout)
+    wait_until(lambda: not queued(train_jobs + [eval_job]), 1500, "the sweep's jobs to leave the queue")
+
+    train_states = {job: show_job(job) for job in train_jobs}
+    assert {info["JobState"] for info in train_states.values()} == {"COMPLETED"}, train_states
+    evaluation = show_job(eval_job)
+    assert evaluation["JobState"] == "COMPLETED", evaluation
+    assert evaluation["StartTime"] >= max(info["EndTime"] for info in train_states.values()), "eval ran before training"
     manifests = sorted((tmp_path / "sweep" / "train").glob("*/seed*/adapter/manifest.json"))
     assert [p.parts[-4:-2] for p in manifests] == [
         ("conscious", "seed0"),
@@ -50,10 +91,58 @@ def test_sweep_runs_as_a_slurm_array_and_resubmission_skips_finished_runs(tmp_pa
         ("non_conscious", "seed0"),
         ("non_conscious", "seed1"),
     ]
+    evaluated = json.loads((tmp_path / "sweep" / "eval" / "manifest.json").read_text())
+    assert sorted(evaluated["models"]) == sorted(
+        ["base"] + [f"{c}-seed{s}" for c in ("conscious", "non_conscious") for s in (0, 1)]
+    )
+    status = cc_train("status", "experiment=sweep", env=env)
+    assert "status: 0 pending, 0 running, 5 done, 0 failed" in status.stdout, status.stdout[-3000:]
     written = {p: p.stat().st_mtime_ns for p in manifests}
 
-    again = cc_train(*sweep, env=env, timeout=1500)
+    again = cc_train(*sweep, env=env, timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
+    records = sweep_records(tmp_path, "sweep")
+    jobs = [run["job_id"] for record in records.values() for run in record["runs"]]
+    wait_until(lambda: not queued(jobs), 900, "the resubmitted sweep")
     assert {p: p.stat().st_mtime_ns for p in manifests} == written, "finished adapters must not be retrained"
-    logs = [p.read_text() for p in slurm_dir.glob("*/*_log.out")]
+    logs = [Path(run["stdout"]).read_text() for run in records["train"]["runs"]]
     assert sum("is complete (manifest present); nothing to do" in log for log in logs) == 4
+
+
+def training_step(log_path) -> int:
+    """The last optimizer step shown by the trainer's progress bar in a job's stderr."""
+    try:
+        steps = re.findall(r"\b(\d+)/40 \[", Path(log_path).read_text())
+    except FileNotFoundError:
+        return 0
+    return int(steps[-1]) if steps else 0
+
+
+@requires_slurm
+def test_requeued_training_job_resumes_from_the_checkpoint_it_saved(tmp_path):
+    """`scontrol requeue` (SIGTERM): checkpoint and exit; then a time-limit warning (SIGUSR2, as submitit sends
+    it): checkpoint and requeue itself. No periodic checkpoints (save_steps > max_steps), so each resume
+    point can only come from the stop handler."""
+    env = {"CC_TRAIN_RUNS": str(tmp_path)}
+    common = ["experiment=requeue", "condition=conscious", "train.max_steps=40", "train.save_steps=1000"]
+    assert cc_train("data", *common, env=env).returncode == 0
+    submitted = cc_train("train", "-m", *common, "hydra/launcher=slurm_local", env=env, timeout=300)
+    assert submitted.returncode == 0, submitted.stderr[-3000:]
+    run = sweep_records(tmp_path, "requeue")["train"]["runs"][0]
+    job, checkpoints = run["job_id"], tmp_path / "requeue" / "train" / "conscious" / "seed0" / "checkpoints"
+
+    wait_until(lambda: training_step(run["stderr"]) >= 5, 600, "training to reach step 5")
+    subprocess.run(["scontrol", "requeue", job], check=True)
+    wait_until(lambda: any(checkpoints.glob("checkpoint-*")), 120, "the checkpoint saved on SIGTERM")
+    first_stop = int(next(checkpoints.glob("checkpoint-*")).name.split("-")[1])
+    assert 5 <= first_stop < 40
+
+    wait_until(lambda: training_step(run["stderr"]) >= first_stop + 5, 600, "the requeued job to train on")
+    subprocess.run(["scancel", "--signal=USR2", job], check=True)
+    wait_until(lambda: not queued([job]), 900, "the job to finish")
+
+    info = show_job(job)
+    assert info["JobState"] == "COMPLETED" and int(info["Restarts"]) == 2, info
+    manifest = json.loads((checkpoints.parent / "adapter" / "manifest.json").read_text())
+    second_stop = int(manifest["resumed_from"].rsplit("-", 1)[1])
+    assert first_stop + 5 <= second_stop < 40 and manifest["steps"] == 40, manifest["resumed_from"]

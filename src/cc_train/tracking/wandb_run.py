@@ -16,8 +16,9 @@ from cc_train.config import RunConfig, Tracker
 def tracked(
     run: RunConfig, cfg: DictConfig, job_type: str, name: str, directory: Path, tags: list[str] | None = None
 ) -> Iterator[object | None]:
-    """A W&B run for this job when `tracking=wandb` (offline when WANDB_MODE=offline), else None."""
-    if run.tracking.backend == Tracker.none:
+    """A W&B run for this job when `tracking=wandb` (offline when WANDB_MODE=offline), else None. Under a
+    multi-process launcher only rank 0 has one."""
+    if run.tracking.backend == Tracker.none or int(os.environ.get("RANK", "0")) != 0:
         yield None
         return
     import wandb

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -86,6 +85,25 @@ def register_zero3_leaves(model, run: RunConfig) -> None:
         log.info("DeepSpeed ZeRO-3: %s registered as leaf modules", block)
 
 
+def save_adapter(trainer: SFTTrainer, directory: Path) -> None:
+    """Write the LoRA adapter (PEFT format) to `directory` from rank 0. Every rank must call this: the weights
+    are gathered first. Under FSDP only the LoRA tensors are gathered, never the frozen base."""
+    if trainer.is_world_process_zero() and directory.exists():
+        shutil.rmtree(directory)  # left by a run killed while saving
+    if trainer.is_deepspeed_enabled:
+        trainer.save_model(str(directory))  # under ZeRO-3 this gathers the trainable (LoRA) weights only
+        return
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    state = None
+    if trainer.is_fsdp_enabled:
+        from torch.distributed.tensor import DTensor
+
+        lora = {name: t for name, t in model.state_dict().items() if "lora_" in name}  # sharded views, no copy
+        state = {name: (t.full_tensor() if isinstance(t, DTensor) else t).cpu() for name, t in lora.items()}
+    if trainer.is_world_process_zero():
+        model.save_pretrained(str(directory), state_dict=state)
+
+
 def loss_summary(log_history: list[dict]) -> dict:
     losses = [(entry["step"], entry["loss"]) for entry in log_history if "loss" in entry]
     if not losses:
@@ -140,8 +158,10 @@ def main(run: RunConfig, cfg: DictConfig) -> Path:
         stop.finish()
 
         # save: build the adapter beside its final place, then rename, so a kill never leaves half of one
-        staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=".adapter."))
-        trainer.model.save_pretrained(staging)
+        staging = out.parent / ".adapter.staging"
+        save_adapter(trainer, staging)
+        if not trainer.is_world_process_zero():
+            return out
         manifest = write_manifest(
             staging / "manifest.json",
             "train",
