@@ -4,14 +4,16 @@ COMPLETED with its outputs; a resubmission skips finished runs; a training job r
 from the checkpoint it saved on the way out."""
 
 import json
+import os
 import re
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
-from conftest import cc_train
+from conftest import REPO, cc_train
 
 pytestmark = pytest.mark.slow
 
@@ -146,3 +148,40 @@ def test_requeued_training_job_resumes_from_the_checkpoint_it_saved(tmp_path):
     manifest = json.loads((checkpoints.parent / "adapter" / "manifest.json").read_text())
     second_stop = int(manifest["resumed_from"].rsplit("-", 1)[1])
     assert first_stop + 5 <= second_stop < 40 and manifest["steps"] == 40, manifest["resumed_from"]
+
+
+@requires_slurm
+def test_train_sbatch_template_checkpoints_on_its_trap_and_requeues_itself(tmp_path):
+    """slurm/train.sbatch on the CPU node: the time-limit signal to the batch shell (B:USR1) makes the trap
+    create the stop file; training checkpoints and exits; the script requeues the job; the rerun resumes."""
+    env = {
+        **os.environ,
+        "CC_TRAIN_RUNS": str(tmp_path),
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+        "PYTHONUNBUFFERED": "1",
+    }
+    overrides = ["experiment=template", "condition=conscious", "train.max_steps=40", "train.save_steps=1000"]
+    log = tmp_path / "train.out"
+    job = subprocess.run(
+        ["sbatch", "--parsable", "--gpus-per-node=0", "--cpus-per-task=1", "--mem=6G", f"--output={log}"]
+        + ["slurm/train.sbatch", *overrides],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        check=True,
+    ).stdout.strip()
+    checkpoints = tmp_path / "template" / "train" / "conscious" / "seed0" / "checkpoints"
+
+    wait_until(lambda: training_step(log) >= 5, 600, "training under accelerate launch to reach step 5")
+    subprocess.run(["scancel", "--batch", "--signal=USR1", job], check=True)
+    wait_until(lambda: not queued([job]), 900, "the job to finish")
+
+    info = show_job(job)
+    text = log.read_text()
+    assert info["JobState"] == "COMPLETED" and int(info["Restarts"]) == 1, (info, text[-3000:])
+    assert "asking training to checkpoint" in text and f"requeueing job {job}" in text
+    manifest = json.loads((checkpoints.parent / "adapter" / "manifest.json").read_text())
+    stopped = int(manifest["resumed_from"].rsplit("-", 1)[1])
+    assert 5 <= stopped < 40 and manifest["steps"] == 40, manifest["resumed_from"]
+    assert not list(REPO.glob(f".cc-train-stop-{job}")), "the stop file is removed"

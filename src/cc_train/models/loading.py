@@ -107,8 +107,13 @@ def load_model(model: ModelConfig, device: str) -> PreTrainedModel:
             bnb_4bit_compute_dtype=dtype,
             llm_int8_skip_modules=list(architecture(model.arch).router) + ["lm_head"],
         )
+    # Under `accelerate launch` (WORLD_SIZE > 1) FSDP / DeepSpeed place the shards themselves. One process
+    # that sees several GPUs (a SLURM array task with gpus_per_node > 1) splits the layers across them.
+    single_process = int(os.environ.get("WORLD_SIZE", "1")) == 1
+    spread = single_process and device == "cuda" and torch.cuda.device_count() > 1
+    if spread:
+        kwargs["device_map"] = "auto"
     loaded = AutoModelForCausalLM.from_pretrained(ensure_checkpoint(model), **kwargs)
-    # Under `accelerate launch` (WORLD_SIZE > 1) FSDP / DeepSpeed place the shards themselves.
-    if not model.load_in_4bit and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+    if single_process and not spread and not model.load_in_4bit:
         loaded.to(device)
     return loaded

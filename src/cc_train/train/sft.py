@@ -135,10 +135,10 @@ def main(run: RunConfig, cfg: DictConfig) -> Path:
     args = sft_config(run, device, checkpoints)
     tokenizer = load_tokenizer(run.model)
     model = load_model(run.model, device)
-    if run.model.load_in_4bit:
-        from peft import prepare_model_for_kbit_training
-
-        model = prepare_model_for_kbit_training(model, run.train.gradient_checkpointing)
+    if run.model.load_in_4bit and run.train.gradient_checkpointing:
+        # Not PEFT's prepare_model_for_kbit_training: it upcasts every weight bitsandbytes left unquantized to
+        # fp32, and in an MoE those are the fused routed experts (bnb quantizes nn.Linear only), doubling them.
+        model.enable_input_require_grads()
     register_zero3_leaves(model, run)
     model, audit = wrap_with_lora(model, run.model.arch, run.peft)
     log.info("LoRA audit: %s, %d trainable parameters", audit["adapted_counts"], audit["trainable_parameters"])
