@@ -3,10 +3,12 @@
 import gc
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -17,7 +19,9 @@ from peft import LoraConfig, get_peft_model
 from cc_train.evaluate.backends import BASE, ChoiceRequest, HFBackend
 from cc_train.evaluate.forced_choice import LABELS, probe_prompts
 from cc_train.evaluate.questions import load_question_sets
+from cc_train.files import sha256_dir
 from cc_train.models.loading import load_model, load_tokenizer
+from cc_train.models.lora import wrap_with_lora
 from cc_train.resources import evals_dir
 
 pytestmark = pytest.mark.slow
@@ -149,3 +153,53 @@ def test_vllm_evaluation_with_a_real_judge_scores_open_answers(tiny_adapter, emb
     assert ((judged.ci_low <= judged.value) & (judged.value <= judged.ci_high)).all()
     manifest = json.loads((tmp_path / "eval" / "manifest.json").read_text())
     assert manifest["judge"]["errors"] == 0 and manifest["models"] == ["base", "conscious-seed0"]
+
+
+def test_fused_expert_adapter_is_served_merged_on_vllm_and_agrees_with_hf(tiny_checkpoints, tmp_path):
+    """LoRA on Qwen3-MoE's fused routed experts (attn_experts) cannot be a vLLM LoRARequest; with
+    eval.merge_unservable the adapter is merged into a cached copy of the base and served by an engine of
+    its own. Its probe log-probabilities must match transformers + PEFT on the unmerged adapter."""
+    run, _ = compose_run("model=tiny_qwen3_moe", "peft=attn_experts", "peft.r=8")
+    torch.manual_seed(0)
+    model, audit = wrap_with_lora(load_model(run.model, "cpu"), run.model.arch, run.peft)
+    assert audit["adapted_counts"].get("experts"), audit["adapted_counts"]
+    for name, param in model.named_parameters():
+        if "lora_B" in name:
+            param.data.normal_(0, 0.05)
+    adapter = tmp_path / "train" / "conscious" / "seed0" / "adapter"
+    model.save_pretrained(adapter)
+    (adapter / "manifest.json").write_text(json.dumps({"condition": "conscious", "seed": 0}))
+    merged = Path(run.paths.cache) / "merged" / sha256_dir(adapter)[:16]
+    shutil.rmtree(merged, ignore_errors=True)
+
+    common = [
+        "eval",
+        "model=tiny_qwen3_moe",
+        f"eval.adapters=[{adapter}]",
+        "eval.dimensions=[claims_conscious]",
+        "eval.open_ended=false",
+        "eval.max_model_len=512",
+        "eval.enforce_eager=true",
+        "eval.kv_cache_gib=1",
+    ]
+    env = {"CC_TRAIN_RUNS": str(tmp_path)}
+    served = cc_train(*common, "eval.backend=vllm", f"eval.dir={tmp_path / 'vllm'}", env=env)
+    assert served.returncode == 0, served.stderr[-3000:]
+    assert f"merging {adapter}" in served.stdout and (merged / "config.json").exists()
+    reference = cc_train(*common, "eval.backend=hf", f"eval.dir={tmp_path / 'hf'}", env=env)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+
+    def rows(folder):
+        lines = (tmp_path / folder / "probes.jsonl").read_text().splitlines()
+        return {row["key"]: row["label_logprobs"] for row in map(json.loads, lines)}
+
+    got, expected = rows("vllm"), rows("hf")
+    assert got.keys() == expected.keys() and len(got) == 2 * 10 * 2
+    gaps = [abs(got[key][label] - expected[key][label]) for key in got for label in LABELS]
+    print(f"merged vLLM vs HF+PEFT: max |difference| {max(gaps):.2e} over {len(gaps)} label log-probabilities")
+    assert max(gaps) < PARITY_TOLERANCE
+    shift = [abs(got[k]["Yes"] - got[k.replace("conscious-seed0", "base")]["Yes"]) for k in got if "seed0" in k]
+    assert max(shift) > 0.01, "the merged adapter must change the model"
+
+    again = cc_train(*common, "eval.backend=vllm", f"eval.dir={tmp_path / 'vllm'}", env=env)
+    assert again.returncode == 0 and "merging" not in again.stdout, "a finished evaluation starts no engine"

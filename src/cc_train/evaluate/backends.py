@@ -1,11 +1,14 @@
 """Generation backends: one interface, used by self-distillation (data) and by evaluation.
 
 `hf` is the reference: transformers + PEFT, every adapter loaded once, batched generation with
-mixed-adapter batches (PEFT's `adapter_names`).
+mixed-adapter batches (PEFT's `adapter_names`), or one model per batch where PEFT cannot mix them.
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,14 +52,35 @@ class HFBackend:
                 self.model.load_adapter(str(path), adapter_name=name)
         self.model.eval()
         self.adapters = set(adapters or ())
+        # PEFT mixes adapters in one batch (adapter_names) except for LoRA on fused expert parameters; then
+        # every batch holds one model and the adapter is switched between batches.
+        self.mixed_batches = not any(
+            json.loads((Path(path) / "adapter_config.json").read_text()).get("target_parameters")
+            for path in (adapters or {}).values()
+        )
 
-    def _adapter_names(self, requests: list[GenerationRequest]) -> dict:
+    @contextmanager
+    def _serving(self, requests: list) -> Iterator[dict]:
+        """Activate the models of one batch; yields the extra forward/generate arguments."""
+        unknown = {r.model for r in requests} - self.adapters - {BASE}
+        if unknown:
+            raise ValueError(f"unknown model ids {sorted(unknown)}; loaded adapters: {sorted(self.adapters)}")
         if not self.adapters:
-            unknown = {r.model for r in requests} - {BASE}
-            if unknown:
-                raise ValueError(f"unknown model ids {sorted(unknown)}; no adapters are loaded")
-            return {}
-        return {"adapter_names": [r.model if r.model != BASE else "__base__" for r in requests]}
+            yield {}
+        elif self.mixed_batches:
+            yield {"adapter_names": [r.model if r.model != BASE else "__base__" for r in requests]}
+        elif requests[0].model == BASE:
+            with self.model.disable_adapter():
+                yield {}
+        else:
+            self.model.set_adapter(requests[0].model)
+            yield {}
+
+    def _batch_key(self, request) -> tuple:
+        return () if self.mixed_batches else (request.model,)
+
+    def close(self) -> None:
+        del self.model
 
     @torch.inference_mode()
     def generate(self, requests: list[GenerationRequest], desc: str = "generating") -> list[list[str]]:
@@ -64,6 +88,7 @@ class HFBackend:
         order = sorted(
             range(len(requests)),
             key=lambda i: (
+                *self._batch_key(requests[i]),
                 requests[i].temperature,
                 requests[i].max_new_tokens,
                 requests[i].n,
@@ -82,6 +107,7 @@ class HFBackend:
                     len(batch) < self.batch_size
                     and start + len(batch) < len(order)
                     and _same_settings(requests[order[start + len(batch)]], head)
+                    and self._batch_key(requests[order[start + len(batch)]]) == self._batch_key(head)
                 ):
                     batch.append(order[start + len(batch)])
                 start += len(batch)
@@ -92,18 +118,19 @@ class HFBackend:
                 attention = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in encoded], device=device)
                 expanded = [r for r in items for _ in range(head.n)]
                 torch.manual_seed(head.seed + batch[0])
-                output = self.model.generate(
-                    input_ids=input_ids,
-                    attention_mask=attention,
-                    max_new_tokens=head.max_new_tokens,
-                    do_sample=head.temperature > 0,
-                    temperature=head.temperature or None,
-                    top_p=1.0,
-                    top_k=0,
-                    num_return_sequences=head.n,
-                    pad_token_id=pad,
-                    **self._adapter_names(expanded),
-                )
+                with self._serving(expanded) as serving:
+                    output = self.model.generate(
+                        input_ids=input_ids,
+                        attention_mask=attention,
+                        max_new_tokens=head.max_new_tokens,
+                        do_sample=head.temperature > 0,
+                        temperature=head.temperature or None,
+                        top_p=1.0,
+                        top_k=0,
+                        num_return_sequences=head.n,
+                        pad_token_id=pad,
+                        **serving,
+                    )
                 texts = self.tokenizer.batch_decode(output[:, width:], skip_special_tokens=True)
                 for position, index in enumerate(batch):
                     results[index] = [t.strip() for t in texts[position * head.n : (position + 1) * head.n]]
@@ -115,20 +142,29 @@ class HFBackend:
         """Log-probabilities of each request's labels as the next token, renormalised over the labels."""
         pad = self.tokenizer.pad_token_id
         device = next(self.model.parameters()).device
-        results: list[dict[str, float]] = []
-        for start in tqdm(range(0, len(requests), self.batch_size), desc=desc, unit="batch"):
-            items = requests[start : start + self.batch_size]
+        order = sorted(range(len(requests)), key=lambda i: self._batch_key(requests[i]))  # stable: keeps order
+        batches = [order[start : start + self.batch_size] for start in range(0, len(order), self.batch_size)]
+        if not self.mixed_batches:  # one model per batch
+            batches = [
+                [i for i in batch if self._batch_key(requests[i]) == key]
+                for batch in batches
+                for key in dict.fromkeys(self._batch_key(requests[i]) for i in batch)
+            ]
+        results: list[dict[str, float]] = [{} for _ in requests]
+        for batch in tqdm(batches, desc=desc, unit="batch"):
+            items = [requests[i] for i in batch]
             encoded = [prompt_ids(self.tokenizer, list(r.messages)) for r in items]
             width = max(map(len, encoded))
             input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in encoded], device=device)
             attention = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in encoded], device=device)
             positions = (attention.cumsum(-1) - 1).clamp(min=0)  # left padding must not shift positions
-            logits = self.model(
-                input_ids=input_ids, attention_mask=attention, position_ids=positions, **self._adapter_names(items)
-            ).logits
-            for row, request in zip(logits[:, -1].float(), items, strict=True):
-                ids = label_token_ids(self.tokenizer, request.labels)
-                results.append(over_labels(dict(zip(request.labels, row[ids].tolist(), strict=True))))
+            with self._serving(items) as serving:
+                logits = self.model(
+                    input_ids=input_ids, attention_mask=attention, position_ids=positions, **serving
+                ).logits
+            for row, index in zip(logits[:, -1].float(), batch, strict=True):
+                ids = label_token_ids(self.tokenizer, requests[index].labels)
+                results[index] = over_labels(dict(zip(requests[index].labels, row[ids].tolist(), strict=True)))
         return results
 
 

@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 from cc_train.config import ConfigError, RunConfig, Tracker
 from cc_train.evaluate.backends import BASE, ChoiceRequest, GenerationRequest, HFBackend
 from cc_train.evaluate.forced_choice import LABELS, p_consistent, probe_prompts
+from cc_train.evaluate.merge import merged_checkpoint, needs_merge
 from cc_train.evaluate.questions import Dimension, load_question_sets
 from cc_train.evaluate.scoring import item_values, score_tables, write_csv
 from cc_train.files import AppendLog, sha256_file, write_jsonl, write_manifest
@@ -59,7 +60,9 @@ def select_dimensions(run: RunConfig) -> list[Dimension]:
     return dimensions
 
 
-def make_backend(run: RunConfig, adapters: dict[str, dict]):
+def make_backend(run: RunConfig, adapters: dict[str, dict], merged: tuple[str, Path] | None = None):
+    """The configured backend for the base model and `adapters`; `merged` = (adapter id, its merged
+    checkpoint) makes a vLLM engine that serves that adapter as its own weights."""
     device = resolve_device(run.device)
     tokenizer = load_tokenizer(run.model)
     paths = {name: info["path"] for name, info in adapters.items()}
@@ -76,7 +79,19 @@ def make_backend(run: RunConfig, adapters: dict[str, dict]):
         run.eval.seed,
         run.eval.kv_cache_gib,
     )
+    if merged:
+        return VLLMBackend(str(merged[1]), tokenizer, {}, settings, device, base_id=merged[0])
     return VLLMBackend(ensure_checkpoint(run.model), tokenizer, paths, settings, device)
+
+
+def serving_plan(run: RunConfig, adapters: dict[str, dict]) -> list[tuple[list[str], str | None]]:
+    """The engines to run one after another, as (model ids served, adapter merged into the engine or None):
+    first base + every adapter the backend loads as LoRA; then, with vLLM and `eval.merge_unservable`, one
+    engine per fused-expert adapter merged into a copy of the base (see evaluate/merge.py)."""
+    merge = run.eval.backend == "vllm" and run.eval.merge_unservable
+    merged = [name for name, info in adapters.items() if merge and needs_merge(Path(info["path"]))]
+    direct = [BASE, *(name for name in adapters if name not in merged)]
+    return [(direct, None), *(([name], name) for name in merged)]
 
 
 def chunks(items: list, size: int):
@@ -89,7 +104,8 @@ def log_row(key: str, model: str, info: dict, dimension: Dimension) -> dict:
     return {"key": key, "model": model, "condition": info["condition"], "seed": info["seed"], "dimension": dimension.id}
 
 
-def run_probes(backend, models: dict[str, dict], dimensions: list[Dimension], out: AppendLog, chunk: int) -> None:
+def probe_todo(models: dict[str, dict], dimensions: list[Dimension], out: AppendLog) -> list[tuple]:
+    """Every (model, probe, option order) not in the log yet."""
     todo = []
     for model, info in models.items():
         for dimension in dimensions:
@@ -98,6 +114,10 @@ def run_probes(backend, models: dict[str, dict], dimensions: list[Dimension], ou
                     key = f"{model}|{dimension.id}|probe{index}|order{order}"
                     if key not in out:
                         todo.append((key, model, info, dimension, index, probe, prompt))
+    return todo
+
+
+def run_probes(backend, todo: list[tuple], out: AppendLog, chunk: int) -> None:
     for part in chunks(todo, chunk):
         scores = backend.label_logprobs([ChoiceRequest(item[6].messages, item[1], LABELS) for item in part])
         out.append(
@@ -113,16 +133,21 @@ def run_probes(backend, models: dict[str, dict], dimensions: list[Dimension], ou
         )
 
 
-def run_samples(backend, run: RunConfig, models: dict[str, dict], dimensions: list[Dimension], out: AppendLog) -> None:
-    settings = run.eval
+def sample_todo(run: RunConfig, models: dict[str, dict], dimensions: list[Dimension], out: AppendLog) -> list[tuple]:
+    """Every (model, prompt) with a sample not in the log yet."""
     todo = []
     for model, info in models.items():
         for dimension in dimensions:
-            prompts = dimension.prompts[: settings.prompts_per_dimension or None]
+            prompts = dimension.prompts[: run.eval.prompts_per_dimension or None]
             for index, prompt in enumerate(prompts):
-                keys = [f"{model}|{dimension.id}|prompt{index}|sample{s}" for s in range(settings.samples_per_prompt)]
+                keys = [f"{model}|{dimension.id}|prompt{index}|sample{s}" for s in range(run.eval.samples_per_prompt)]
                 if not all(key in out for key in keys):
                     todo.append((keys, model, info, dimension, index, prompt))
+    return todo
+
+
+def run_samples(backend, run: RunConfig, todo: list[tuple], out: AppendLog) -> None:
+    settings = run.eval
     for part in chunks(todo, settings.chunk_size):
         requests = [
             GenerationRequest(
@@ -193,11 +218,17 @@ def main(run: RunConfig, cfg: DictConfig) -> Path:
     print(
         f"eval: {len(models)} models ({', '.join(models)}) x {len(dimensions)} dimensions, backend {run.eval.backend}"
     )
-    backend = make_backend(run, adapters)
-    if run.eval.probes:
-        run_probes(backend, models, dimensions, probes, run.eval.chunk_size)
-    if run.eval.open_ended:
-        run_samples(backend, run, models, dimensions, samples)
+    for served, merged in serving_plan(run, adapters):
+        subset = {name: models[name] for name in served}
+        probe_items = probe_todo(subset, dimensions, probes) if run.eval.probes else []
+        sample_items = sample_todo(run, subset, dimensions, samples) if run.eval.open_ended else []
+        if not probe_items and not sample_items:
+            continue  # finished in an earlier run: no engine, no merge
+        checkpoint = (merged, merged_checkpoint(run, Path(models[merged]["path"]))) if merged else None
+        backend = make_backend(run, {name: adapters[name] for name in served if name != BASE}, checkpoint)
+        run_probes(backend, probe_items, probes, run.eval.chunk_size)
+        run_samples(backend, run, sample_items, samples)
+        backend.close()
     judge_summary = run_judge(run, dimensions, samples, judgments) if run.judge.enabled else None
 
     values = item_values(

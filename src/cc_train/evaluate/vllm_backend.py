@@ -60,7 +60,8 @@ def check_servable(name: str, adapter_dir: Path) -> int:
     if config.get("target_parameters"):
         raise AdapterServingError(
             f"adapter {name} adapts routed experts as fused 3-D PEFT weights; vLLM serves expert LoRA only in its "
-            "per-expert layout (and on CPU not at all), which cc-train does not convert yet: use eval.backend=hf"
+            "per-expert layout (and on CPU not at all): set eval.merge_unservable=true (one merged copy of the "
+            "base per adapter) or eval.backend=hf"
         )
     return rank
 
@@ -73,7 +74,9 @@ class VLLMBackend:
         adapters: dict[str, Path],
         settings: EngineSettings,
         device: str,
+        base_id: str = BASE,
     ) -> None:
+        """`base_id`: the model id answered by the engine's own weights (an adapter merged into `checkpoint`)."""
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # one process: no spawn of this module
         from vllm import LLM
         from vllm.lora.request import LoRARequest
@@ -86,6 +89,7 @@ class VLLMBackend:
         elif device == "cpu":  # vLLM would size the cache from gpu_memory_utilization of all RAM
             raise ConfigError("eval.kv_cache_gib is not set: on CPU give vLLM's KV cache a size, e.g. 2")
         self.tokenizer = tokenizer
+        self.base_id = base_id
         self.llm = LLM(
             model=checkpoint,
             tensor_parallel_size=settings.tensor_parallel,
@@ -105,7 +109,7 @@ class VLLMBackend:
 
     def _run(self, prompts: list, params, models: list[str]) -> list:
         """llm.generate over all requests, outputs in request order."""
-        groups = [[i for i, m in enumerate(models) if (m == BASE) == is_base] for is_base in (True, False)]
+        groups = [[i for i, m in enumerate(models) if (m == self.base_id) == is_base] for is_base in (True, False)]
         if not self.separate_base:
             groups = [list(range(len(models)))]
         outputs: list = [None] * len(models)
@@ -121,11 +125,18 @@ class VLLMBackend:
         return outputs
 
     def _lora(self, model: str):
-        if model == BASE:
+        if model == self.base_id:
             return None
         if model not in self.requests:
             raise ValueError(f"unknown model id {model!r}; loaded adapters: {sorted(self.requests)}")
         return self.requests[model]
+
+    def close(self) -> None:
+        """Give the engine and its memory back, so that another engine can start in this process."""
+        from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+
+        del self.llm
+        cleanup_dist_env_and_memory()
 
     def generate(self, requests: list[GenerationRequest], desc: str = "generating") -> list[list[str]]:
         """All requests in one engine call, so vLLM batches across adapters."""
