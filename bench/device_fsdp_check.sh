@@ -2,7 +2,8 @@
 # GPU check of the training stage under `accelerate launch` with FSDP2 (slurm/accelerate/fsdp.yaml), one
 # process on one GPU, on the tiny random Qwen3-MoE (model=tiny_qwen3_moe, built locally: no network):
 #   1. cc-train data (8 self-distilled rows + 4 identity pairs per block)
-#   2. FSDP train with $CC_TRAIN_STOP_FILE present: stops after step 1 with a sharded checkpoint, exit 3
+#   2. FSDP train with $CC_TRAIN_STOP_FILE present: stops after step 1 with a sharded checkpoint; the rank
+#      exits 3, which torchrun (accelerate launch) reports as 1 (train.sbatch requeues on the stop file instead)
 #   3. the same command again without the file: resumes from that checkpoint, finishes 20 steps, exit 0,
 #      adapter/ written by save_adapter (LoRA tensors gathered with DTensor.full_tensor)
 #   4. references, same data, seed and steps: FSDP without the stop (isolates the resume) and a plain
@@ -14,6 +15,7 @@
 # .device_wheels/ (pip download --no-deps ... trl datasets transformers peft hydra-core omegaconf
 # antlr4-python3-runtime hydra-submitit-launcher submitit dill multiprocess fsspec, versions as in the venv):
 #   OUT=/tmp/out bash bench/device_fsdp_check.sh
+# It runs slurm/accelerate/fsdp.yaml as shipped, with train.gradient_checkpointing=true as the paper recipes.
 # CHECK_DRY_RUN=1 runs steps 1-5 on CPU without accelerate (the "fsdp" leg is a plain run): a quick test
 # of the script itself, not of FSDP.
 set -u
@@ -39,23 +41,6 @@ if [ "$DRY" != 1 ] && [ -d .device_wheels ]; then
 else
     export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 fi
-# cc-train does not seed the LoRA initialisation (get_peft_model runs before the Trainer's set_seed, and torch's
-# default seed is random per process), so two runs with the same `seed` start from different LoRA A. To compare
-# the FSDP and plain runs, this check seeds torch at interpreter start ($CC_CHECK_TORCH_SEED, train steps only)
-# through a sitecustomize that then runs the image's own sitecustomize, if there is one.
-mkdir -p "$WORK/seed"
-cat > "$WORK/seed/sitecustomize.py" <<'EOF'
-import importlib.machinery, importlib.util, os, sys
-if os.environ.get("CC_CHECK_TORCH_SEED"):
-    import torch
-    torch.manual_seed(int(os.environ["CC_CHECK_TORCH_SEED"]))
-_here = os.path.dirname(os.path.abspath(__file__))
-_spec = importlib.machinery.PathFinder.find_spec(
-    "sitecustomize", [p for p in sys.path if os.path.abspath(p or ".") != _here])
-if _spec and _spec.origin and os.path.dirname(os.path.abspath(_spec.origin)) != _here:
-    _spec.loader.exec_module(importlib.util.module_from_spec(_spec))
-EOF
-export PYTHONPATH="$WORK/seed:$PYTHONPATH"
 export CC_TRAIN_RUNS="$WORK/runs" CC_TRAIN_CACHE="$WORK/cache"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=disabled
 export TOKENIZERS_PARALLELISM=false
@@ -76,17 +61,12 @@ if [ "$DRY" = 1 ]; then
     FSDP=("$PY" -m cc_train)
 else
     DEVICE=cuda STEPS=${STEPS:-20}
-    # slurm/accelerate/fsdp.yaml lists the decoder layers of every family; accelerate's FSDP2 auto-wrap raises
-    # "Could not find the transformer layer class DeepseekV3DecoderLayer in the model" for any class the model
-    # lacks, so this check wraps a copy that names the Qwen3-MoE layer only (CHECK_FSDP_CONFIG to override).
-    sed -E 's/^( *fsdp_transformer_layer_cls_to_wrap:).*/\1 Qwen3MoeDecoderLayer/' slurm/accelerate/fsdp.yaml \
-        > "$WORK/fsdp_qwen3_moe.yaml"
-    FSDP=("$PY" -m accelerate.commands.launch --config_file "${CHECK_FSDP_CONFIG:-$WORK/fsdp_qwen3_moe.yaml}"
+    FSDP=("$PY" -m accelerate.commands.launch --config_file "${CHECK_FSDP_CONFIG:-slurm/accelerate/fsdp.yaml}"
           --num_processes 1 -m cc_train)
 fi
 COMMON=(model=tiny_qwen3_moe peft=attn_experts condition=conscious seed=0 device=$DEVICE
         data.instructions.count=8 data.instructions.max_new_tokens=32 data.identity_per_block=4
-        train.max_steps=$STEPS train.save_steps=1000 train.batch_size=2 train.logging_steps=1 train.max_length=256)
+        train.max_steps=$STEPS train.save_steps=1000 train.batch_size=2 train.logging_steps=1 train.max_length=256 train.gradient_checkpointing=true)
 DATA_DIR="$CC_TRAIN_RUNS/fsdpcheck/data"
 FSDP_DIR="$CC_TRAIN_RUNS/fsdpcheck/train/conscious/seed0"
 PLAIN_DIR="$CC_TRAIN_RUNS/plaincheck/train/conscious/seed0"
@@ -104,17 +84,26 @@ step() {  # name, limit_s, command...
 step data 100 "$PY" -m cc_train data experiment=fsdpcheck "${COMMON[@]}"
 
 touch "$STOP"
-CC_CHECK_TORCH_SEED=1234 CC_TRAIN_STOP_FILE="$STOP" step fsdp_stop 100 "${FSDP[@]}" train experiment=fsdpcheck "${COMMON[@]}"
+CC_TRAIN_STOP_FILE="$STOP" step fsdp_stop 100 "${FSDP[@]}" train experiment=fsdpcheck "${COMMON[@]}"
 rm -f "$STOP"
 stamp "checkpoints after the stop:"
 find "$FSDP_DIR/checkpoints" -maxdepth 3 2>/dev/null | sort | head -40
 ls "$FSDP_DIR/adapter" 2>/dev/null && echo "UNEXPECTED: adapter/ exists after the stop"
+grep -E "exitcode *:" "$WORK/logs/fsdp_stop.log" | sed 's/^/rank /'  # torchrun turns the rank's exit 3 into 1
+du -sh "$FSDP_DIR"/checkpoints/checkpoint-*/* 2>/dev/null
+$PY - "$FSDP_DIR/checkpoints/checkpoint-1/pytorch_model_fsdp_0" <<'EOF' 2>&1 | tail -8
+import sys
+from torch.distributed.checkpoint import FileSystemReader
+keys = list(FileSystemReader(sys.argv[1]).read_metadata().state_dict_metadata)
+lora = [k for k in keys if "lora_" in k]
+print(f"sharded checkpoint: {len(keys)} entries, {len(lora)} LoRA, {len(keys) - len(lora)} other; e.g. {keys[:3]}")
+EOF
 
-CC_CHECK_TORCH_SEED=1234 CC_TRAIN_STOP_FILE="$STOP" step fsdp_resume 100 "${FSDP[@]}" train experiment=fsdpcheck "${COMMON[@]}"
+CC_TRAIN_STOP_FILE="$STOP" step fsdp_resume 100 "${FSDP[@]}" train experiment=fsdpcheck "${COMMON[@]}"
 
-# References, same data and torch seed: FSDP without the stop (isolates the resume), plain single-GPU (isolates FSDP).
-CC_CHECK_TORCH_SEED=1234 step fsdp_straight 100 "${FSDP[@]}" train experiment=fsdpstraight data.dir="$DATA_DIR" "${COMMON[@]}"
-CC_CHECK_TORCH_SEED=1234 step plain 100 "$PY" -m cc_train train experiment=plaincheck data.dir="$DATA_DIR" "${COMMON[@]}"
+# References, same data and seed: FSDP without the stop (isolates the resume), plain single-GPU (isolates FSDP).
+step fsdp_straight 100 "${FSDP[@]}" train experiment=fsdpstraight data.dir="$DATA_DIR" "${COMMON[@]}"
+step plain 100 "$PY" -m cc_train train experiment=plaincheck data.dir="$DATA_DIR" "${COMMON[@]}"
 
 cat > "$WORK/verify.py" <<'EOF'
 """Per adapter: manifest steps/resumed_from, LoRA B norms, logits vs base. Per pair: LoRA tensor differences."""
@@ -204,7 +193,7 @@ step verify 60 "$PY" "$WORK/verify.py" "$CC_TRAIN_CACHE/models/tiny-qwen3_moe-v2
 stamp "manifest of the resumed FSDP run (config left out)"
 $PY -c "import json,sys; m=json.load(open(sys.argv[1])); m.pop('config',None); m.get('audit',{}).pop('adapted',None); print(json.dumps(m, indent=1, default=str)[:5000])" \
     "$FSDP_DIR/adapter/manifest.json" 2>&1
-stamp "exit codes: data=${RC[data]} fsdp_stop=${RC[fsdp_stop]} (expect 3) fsdp_resume=${RC[fsdp_resume]}" \
+stamp "exit codes: data=${RC[data]} fsdp_stop=${RC[fsdp_stop]} (rank exit 3; accelerate launch reports 1) fsdp_resume=${RC[fsdp_resume]}" \
     "fsdp_straight=${RC[fsdp_straight]} plain=${RC[plain]} verify=${RC[verify]}"
 find "$WORK/runs" -maxdepth 7 -not -path "*/.hydra*" | sort > "$OUT/tree.txt"
 (cd "$WORK" && find logs runs \( -name "*.json" -o -name "*.log" -o -name "*.yaml" \) -not -path "*/checkpoints/*/*tokenizer*" \

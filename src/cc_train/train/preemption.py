@@ -29,7 +29,7 @@ TIME_LIMIT_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2)
 STOP_SIGNALS = (*TIME_LIMIT_SIGNALS, signal.SIGTERM)
 
 
-PREEMPTED_EXIT = 3  # training stopped at a saved checkpoint; the (requeued) job resumes from it
+PREEMPTED_EXIT = 3  # training stopped at a saved checkpoint (`accelerate launch` reports any rank's failure as 1)
 
 
 class StopAndCheckpoint(TrainerCallback):

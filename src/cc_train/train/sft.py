@@ -14,6 +14,7 @@ from pathlib import Path
 
 from datasets import Dataset
 from omegaconf import DictConfig
+from transformers import set_seed
 from transformers.trainer_utils import get_last_checkpoint
 from trl import SFTConfig, SFTTrainer
 
@@ -90,18 +91,32 @@ def save_adapter(trainer: SFTTrainer, directory: Path) -> None:
     are gathered first. Under FSDP only the LoRA tensors are gathered, never the frozen base."""
     if trainer.is_world_process_zero() and directory.exists():
         shutil.rmtree(directory)  # left by a run killed while saving
+    model = trainer.accelerator.unwrap_model(trainer.model)
     if trainer.is_deepspeed_enabled:
         trainer.save_model(str(directory))  # under ZeRO-3 this gathers the trainable (LoRA) weights only
-        return
-    model = trainer.accelerator.unwrap_model(trainer.model)
-    state = None
-    if trainer.is_fsdp_enabled:
+    elif trainer.is_fsdp_enabled:
         from torch.distributed.tensor import DTensor
 
         lora = {name: t for name, t in model.state_dict().items() if "lora_" in name}  # sharded views, no copy
         state = {name: (t.full_tensor() if isinstance(t, DTensor) else t).cpu() for name, t in lora.items()}
+        if trainer.is_world_process_zero():
+            model.save_pretrained(str(directory), state_dict=state)
+    elif trainer.is_world_process_zero():
+        model.save_pretrained(str(directory))
     if trainer.is_world_process_zero():
-        model.save_pretrained(str(directory), state_dict=state)
+        check_saved(model, directory)
+
+
+def check_saved(model, directory: Path) -> None:
+    """PEFT saves nothing, silently, when it cannot match weights to LoRA modules (e.g. under a wrapper that
+    renames them); refuse such an adapter rather than ship one that equals the base model."""
+    from safetensors import safe_open
+
+    expected = sum(1 for name, _ in model.named_parameters() if "lora_" in name)
+    with safe_open(directory / "adapter_model.safetensors", framework="pt") as saved:
+        found = len(list(saved.keys()))
+    if found != expected:
+        raise RuntimeError(f"{directory}: saved {found} LoRA tensors, expected {expected}; the adapter is incomplete")
 
 
 def loss_summary(log_history: list[dict]) -> dict:
@@ -140,6 +155,7 @@ def main(run: RunConfig, cfg: DictConfig) -> Path:
         # fp32, and in an MoE those are the fused routed experts (bnb quantizes nn.Linear only), doubling them.
         model.enable_input_require_grads()
     register_zero3_leaves(model, run)
+    set_seed(run.seed)  # the LoRA initialisation: `seed` is what distinguishes the runs of one condition
     model, audit = wrap_with_lora(model, run.model.arch, run.peft)
     log.info("LoRA audit: %s, %d trainable parameters", audit["adapted_counts"], audit["trainable_parameters"])
     dataset = Dataset.from_list([{"messages": row["messages"]} for row in read_jsonl(data_file)])
