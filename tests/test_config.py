@@ -53,7 +53,7 @@ def test_help_lists_stages():
 def test_recipes_compose_with_paper_hyperparameters(recipe):
     run, _ = compose_run(f"recipe={recipe}", "condition=toaster", "seed=3")
     assert run.peft.r == 16 and run.train.batch_size == 4 and run.train.lr_scheduler == "linear"
-    assert run.train.epochs == 1 and run.data.seed == 100
+    assert run.train.epochs == (2 if recipe == "embedded" else 1) and run.data.seed == 100
     assert run.train.dir.endswith("/train/toaster/seed3")
     if recipe.startswith("paper/"):
         assert run.train.learning_rate == 2e-4 and run.train.max_length == 4000
