@@ -14,7 +14,6 @@ all ranks save the same step.
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
 import subprocess
@@ -22,8 +21,6 @@ import sys
 from pathlib import Path
 
 from transformers import TrainerCallback
-
-log = logging.getLogger(__name__)
 
 TIME_LIMIT_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2)
 STOP_SIGNALS = (*TIME_LIMIT_SIGNALS, signal.SIGTERM)
@@ -68,7 +65,7 @@ class StopAndCheckpoint(TrainerCallback):
         return bool(flag.item())
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self._requested(args):
+        if self._requested(args) and state.global_step < state.max_steps:  # at the last step: just finish
             control.should_save = True
             control.should_training_stop = True
             self.stopped_at = state.global_step
@@ -81,12 +78,10 @@ class StopAndCheckpoint(TrainerCallback):
             return
         reason = self.signal.name if self.signal else f"stop file {self.stop_file}"
         message = f"train: stopped at step {self.stopped_at} ({reason}); checkpoint saved, the next run resumes from it"
-        if self.signal in TIME_LIMIT_SIGNALS:
-            job = slurm_job_id()
-            if job:
-                subprocess.run(["scontrol", "requeue", job], check=False, timeout=60)
-                message += f"; requeued SLURM job {job}"
-        print(message, flush=True)
+        job = slurm_job_id() if self.signal in TIME_LIMIT_SIGNALS else None
+        print(message + (f"; requeueing SLURM job {job}" if job else ""), flush=True)
+        if job:  # SLURM ends this process soon after: nothing below matters then
+            subprocess.run(["scontrol", "requeue", job], check=False, timeout=60)
         sys.exit(PREEMPTED_EXIT)
 
 
