@@ -60,12 +60,13 @@ def records(run: RunConfig) -> list[dict]:
 
 
 def main(run: RunConfig, cfg: DictConfig) -> list[dict]:
+    chosen = records(run)
     queue = queue_states()
     table = Table(title=f"sweep {run.sweep.id or '(latest)'} of experiment {run.experiment}")
     for column in ("stage", "job", "run", "state", "detail", "log"):
         table.add_column(column, overflow="fold")
     rows = []
-    for record in records(run):
+    for record in chosen:
         shared = set.intersection(*(set(entry["overrides"]) for entry in record["runs"]))
         for entry in record["runs"]:
             state, detail = run_state(entry, queue)
