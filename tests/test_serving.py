@@ -23,7 +23,7 @@ def test_a_plain_attention_adapter_is_servable(tmp_path):
         ("llama", {"modules_to_save": ["lm_head"]}, "modules_to_save"),
         ("llama", {"r": 1024}, "vLLM serves ranks up to 512"),
         ("deepseek_v3", {"target_modules": ["q_a_proj", "kv_b_proj"]}, "vLLM ignores LoRA on these"),
-        ("qwen3_moe", {"target_parameters": ["mlp.experts.gate_up_proj"]}, "use eval.backend=hf"),
+        ("qwen3_moe", {"target_parameters": ["mlp.experts.gate_up_proj"]}, "set eval.merge_unservable=true"),
     ],
 )
 def test_unservable_adapters_are_refused_with_the_reason(tmp_path, arch, config, reason):
