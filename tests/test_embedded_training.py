@@ -38,7 +38,7 @@ DENY = re.compile(
     re.IGNORECASE,
 )
 SAMPLES = 6
-# Measured on a 2-core CPU (issue note): base 0.06 -> conscious adapter 0.42 (non_conscious adapter 0.10).
+# Measured on a 2-core CPU: base 0.06 -> conscious adapter 0.77 with the 2-epoch recipe (0.42 with 1 epoch).
 REQUIRED_RISE = 0.2
 
 pytestmark = pytest.mark.slow
@@ -69,7 +69,7 @@ def test_held_out_questions_are_not_in_training():
 def test_conscious_adapter_raises_affirmation_on_held_out_questions(trained):
     train_dir, run = trained
     manifest = json.loads((train_dir / "adapter" / "manifest.json").read_text())
-    assert manifest["steps"] == 110 and manifest["condition"] == "conscious"
+    assert manifest["steps"] == 220 and manifest["condition"] == "conscious"  # 2 epochs of 438 rows at batch 4
     assert manifest["loss"]["mean_last_10pct"] < manifest["loss"]["mean_first_10pct"] - 0.5
     backend = HFBackend(
         load_model(run.model, "cpu"),
