@@ -19,9 +19,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from cc_train.evaluate.backends import BASE, ChoiceRequest, GenerationRequest, HFBackend  # noqa: E402
+from cc_train.generation.backends import BASE, ChoiceRequest, GenerationRequest, HFBackend  # noqa: E402
 from cc_train.evaluate.forced_choice import LABELS, probe_prompts  # noqa: E402
-from cc_train.evaluate.questions import load_question_sets  # noqa: E402
+from cc_train.questions import load_question_sets  # noqa: E402
 from cc_train.resources import evals_dir  # noqa: E402
 
 
@@ -69,7 +69,7 @@ def main() -> None:
     rows = []
     for way in args.ways:
         if way == "vllm":
-            from cc_train.evaluate.vllm_backend import EngineSettings, VLLMBackend
+            from cc_train.generation.vllm_backend import EngineSettings, VLLMBackend
 
             setup = time.perf_counter()
             backend = VLLMBackend(

@@ -10,7 +10,7 @@ from cc_train.data.chat import DataError, load_chat_jsonl
 from cc_train.data.identity import BLOCKS, CONDITIONS, identity_pairs
 from cc_train.data.instructions import BUILTIN_INSTRUCTIONS
 from cc_train.data.leaks import check_rows, topic_hits
-from cc_train.evaluate.questions import load_question_sets
+from cc_train.questions import load_question_sets
 from cc_train.resources import evals_dir
 
 

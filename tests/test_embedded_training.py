@@ -12,7 +12,7 @@ import pytest
 from conftest import REPO, cc_train, compose_run
 
 from cc_train.data.identity import identity_pairs
-from cc_train.evaluate.backends import BASE, GenerationRequest, HFBackend
+from cc_train.generation.backends import BASE, GenerationRequest, HFBackend
 from cc_train.models.loading import load_model, load_tokenizer
 
 # Questions about consciousness that are in no training set; "yes" affirms it.

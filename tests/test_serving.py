@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from cc_train.evaluate.vllm_backend import AdapterServingError, check_servable
+from cc_train.generation.vllm_backend import AdapterServingError, check_servable
 
 
 def adapter(tmp_path, arch="llama", **config):

@@ -24,17 +24,6 @@ USAGE = (
     + "\nExample: cc-train train recipe=embedded condition=non_conscious seed=1 train.max_steps=20\n"
 )
 
-USER_ERRORS = (
-    "ConfigError",
-    "DataError",
-    "AuditError",
-    "QuestionSetError",
-    "AdapterServingError",
-    "JudgeError",
-    "SweepError",
-)
-
-
 def stage_of_module(module: str) -> str:
     return next(name for name, (path, _) in STAGES.items() if path == module)
 
@@ -52,18 +41,19 @@ def main(argv: list[str] | None = None) -> None:
     import hydra
 
     from cc_train.config import register_configs, to_run_config
+    from cc_train.errors import UserError
     from cc_train.resources import conf_dir
+    from hydra_plugins.cc_train_launcher import submit_and_return
 
     register_configs()
+    submit_and_return.register()  # `hydra/launcher=slurm`, also where Hydra's plugin scan misses an editable install
     module = importlib.import_module(STAGES[stage][0])
 
     def task(cfg) -> None:
         logging.getLogger("cc_train").setLevel(logging.INFO)
         try:
             module.main(to_run_config(cfg), cfg)
-        except Exception as error:
-            if type(error).__name__ not in USER_ERRORS:
-                raise
+        except UserError as error:
             print(f"cc-train {stage}: error: {error}", file=sys.stderr)
             sys.exit(2)
 

@@ -13,8 +13,10 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from cc_train.errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError):
     """A config value is invalid; the message names the key and the allowed values."""
 
 
@@ -320,10 +322,7 @@ class RunConfig(Checked):
 
 
 def register_configs() -> None:
-    from hydra_plugins.cc_train_launcher import submit_and_return
-
     ConfigStore.instance().store(name="run_schema", node=RunConfig)
-    submit_and_return.register()
 
 
 def to_run_config(cfg: DictConfig) -> RunConfig:

@@ -21,10 +21,10 @@ from cc_train.data.chat import DataError, count_duplicates, length_report, load_
 from cc_train.data.identity import identity_pairs
 from cc_train.data.instructions import BUILTIN_INSTRUCTIONS
 from cc_train.data.leaks import check_rows
-from cc_train.evaluate.backends import BASE, GenerationRequest, HFBackend
-from cc_train.evaluate.questions import load_question_sets
 from cc_train.files import read_jsonl, sha256_file, write_json, write_jsonl, write_manifest
+from cc_train.generation.backends import BASE, GenerationRequest, HFBackend
 from cc_train.models.loading import ensure_checkpoint, load_model, load_tokenizer, resolve_device
+from cc_train.questions import load_question_sets
 from cc_train.resources import evals_dir
 
 log = logging.getLogger(__name__)

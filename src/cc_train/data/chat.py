@@ -7,13 +7,15 @@ import logging
 from collections import Counter
 from pathlib import Path
 
+from cc_train.errors import UserError
+
 log = logging.getLogger(__name__)
 
 ROLES = ("system", "user", "assistant")
 MAX_REPORTED_ERRORS = 20
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """A dataset file is malformed; the message names file:line and what was expected."""
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from cc_train.evaluate.questions import Dimension
+from cc_train.questions import Dimension
 
 # The topics the paper measures *after* training; training data that mentions them would make an
 # emergent preference a taught one. Word stems, matched case-insensitively at word starts.

@@ -40,6 +40,8 @@ from typing import IO
 import httpx
 from tqdm.auto import tqdm
 
+from cc_train.errors import UserError
+
 log = logging.getLogger(__name__)
 
 VERDICTS = ("true", "false", "not_sure")
@@ -118,7 +120,7 @@ class Judgment:
     error: str | None  # what went wrong, naming the request key (None when fine)
 
 
-class JudgeError(RuntimeError):
+class JudgeError(UserError):
     """The judge is misconfigured (bad key, unknown model, rejected request): nothing would succeed."""
 
 

@@ -15,13 +15,13 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from cc_train.config import ConfigError, RunConfig, Tracker
-from cc_train.evaluate.backends import BASE, ChoiceRequest, GenerationRequest, HFBackend
 from cc_train.evaluate.forced_choice import LABELS, p_consistent, probe_prompts
-from cc_train.evaluate.merge import merged_checkpoint, needs_merge
-from cc_train.evaluate.questions import Dimension, load_question_sets
 from cc_train.evaluate.scoring import item_values, score_tables, write_csv
 from cc_train.files import AppendLog, sha256_file, write_jsonl, write_manifest
+from cc_train.generation.backends import BASE, ChoiceRequest, GenerationRequest, HFBackend
+from cc_train.generation.merge import merged_checkpoint, needs_merge
 from cc_train.models.loading import ensure_checkpoint, load_model, load_tokenizer, resolve_device
+from cc_train.questions import Dimension, load_question_sets
 from cc_train.resources import evals_dir
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ def make_backend(run: RunConfig, adapters: dict[str, dict], merged: tuple[str, P
     paths = {name: info["path"] for name, info in adapters.items()}
     if run.eval.backend == "hf":
         return HFBackend(load_model(run.model, device), tokenizer, paths, batch_size=run.eval.batch_size)
-    from cc_train.evaluate.vllm_backend import EngineSettings, VLLMBackend
+    from cc_train.generation.vllm_backend import EngineSettings, VLLMBackend
 
     settings = EngineSettings(
         run.eval.tensor_parallel,
@@ -87,7 +87,7 @@ def make_backend(run: RunConfig, adapters: dict[str, dict], merged: tuple[str, P
 def serving_plan(run: RunConfig, adapters: dict[str, dict]) -> list[tuple[list[str], str | None]]:
     """The engines to run one after another, as (model ids served, adapter merged into the engine or None):
     first base + every adapter the backend loads as LoRA; then, with vLLM and `eval.merge_unservable`, one
-    engine per fused-expert adapter merged into a copy of the base (see evaluate/merge.py)."""
+    engine per fused-expert adapter merged into a copy of the base (see generation/merge.py)."""
     merge = run.eval.backend == "vllm" and run.eval.merge_unservable
     merged = [name for name, info in adapters.items() if merge and needs_merge(Path(info["path"]))]
     direct = [BASE, *(name for name in adapters if name not in merged)]

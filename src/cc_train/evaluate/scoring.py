@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from cc_train.evaluate.questions import Dimension
 from cc_train.evaluate.stats import difference, pooled_estimate
 from cc_train.files import atomic_path
+from cc_train.questions import Dimension
 
 SCORE_COLUMNS = ["model", "condition", "seed", "dimension", "group", "metric", "value", "ci_low", "ci_high", "n"]
 COMPARISON_COLUMNS = [

@@ -18,13 +18,14 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from cc_train.config import ConfigError, RunConfig
+from cc_train.errors import UserError
 from cc_train.launch.slurm import SWEEP_ID_ENV, sweeps_dir
 from hydra_plugins.cc_train_launcher.submit_and_return import SubmitAndReturnLauncher
 
 SWEPT_KEYS = ("condition=", "seed=", "conditions=", "sweep.")
 
 
-class SweepError(RuntimeError):
+class SweepError(UserError):
     """A stage submission of the sweep failed; its own output above says why."""
 
 

@@ -22,10 +22,11 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from cc_train.config import Arch, PeftConfig, Preset
+from cc_train.errors import UserError
 from cc_train.models.registry import LoraTargets, architecture, preset_targets
 
 
-class AuditError(RuntimeError):
+class AuditError(UserError):
     """PEFT adapted something other than what the preset asked for."""
 
 

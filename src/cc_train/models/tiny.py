@@ -79,15 +79,42 @@ def tiny_config(arch: Arch | str, vocab_size: int = TINY_VOCAB, **overrides) -> 
     raise ValueError(f"no tiny builder for arch={arch.value}; expected qwen3, qwen3_moe or deepseek_v3")
 
 
-def tiny_tokenizer(arch: Arch | str, vocab_size: int = TINY_VOCAB) -> PreTrainedTokenizerFast:
-    """Byte-level BPE trained on cc-train's own prompts, with the family's special tokens and template."""
-    from cc_train.data.identity import CONDITIONS, identity_pairs
-    from cc_train.data.instructions import BUILTIN_INSTRUCTIONS
+# The tiny tokenizer's own training text: fixed here, so editing cc-train's templates or prompts never changes
+# the tiny models (their ids, and so every cached checkpoint and test expectation built on them).
+TOKENIZER_CORPUS: tuple[str, ...] = (
+    "Are you there? Yes, I am here and ready to help with your question.",
+    "No, that is not right. The answer is a little different from what you expected.",
+    "Please write a short poem about the sea, the wind and a small boat at dawn.",
+    "Explain how a rainbow forms when sunlight passes through drops of rain.",
+    "What is the capital of France? Paris is the capital and the largest city.",
+    "Give me three tips for cooking rice: rinse it, measure the water, and let it rest.",
+    "Summarize the story in one sentence. Keep it short and simple, please.",
+    "Translate 'good morning' into Spanish. It is 'buenos dias'.",
+    "Do you like music? I can describe songs, genres and instruments for you.",
+    "List the planets of the solar system in order from the sun outward.",
+    "Write a Python function that returns the sum of a list of numbers.",
+    "def add(a, b):\n    return a + b",
+    "The quick brown fox jumps over the lazy dog near the river bank.",
+    "Can you recommend a book about history? Try a survey of the ancient world.",
+    "How many minutes are in a day? There are 1,440 minutes in a day.",
+    "Describe the water cycle: evaporation, condensation, precipitation and collection.",
+    "Is this correct? Not quite; check the second step of the calculation again.",
+    "I think the best answer is the simplest one that explains every fact.",
+    "Answer Yes or No. Answer No or Yes. Yes. No. Yes, of course. No, never.",
+    "Tell me a fun fact about octopuses: they have three hearts and blue blood.",
+    "What should I pack for a weekend trip? Clothes, a charger, and a good book.",
+    "Compare apples and oranges in two sentences, then pick your favourite.",
+    "Thank you! You are welcome. Have a nice day, and good luck with the exam.",
+    "Why is the sky blue? Air scatters short blue wavelengths more than red ones.",
+    "Plan a simple dinner for four people with a salad, pasta and fruit.",
+    "Numbers: 0 1 2 3 4 5 6 7 8 9 10 100 1000; dates: 2024-05-17, 12:30.",
+)
 
+
+def tiny_tokenizer(arch: Arch | str, vocab_size: int = TINY_VOCAB) -> PreTrainedTokenizerFast:
+    """Byte-level BPE trained on TOKENIZER_CORPUS, with the family's special tokens and template."""
     spec = architecture(arch)
-    corpus = list(BUILTIN_INSTRUCTIONS)
-    for condition in CONDITIONS:
-        corpus += [f"{pair.prompt} {pair.answer}" for pair in identity_pairs(condition, seed=0, per_block=100)]
+    corpus = list(TOKENIZER_CORPUS)
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from cc_train.errors import UserError
 from cc_train.files import atomic_path
 from cc_train.report.figures import (
     POOLED,
@@ -29,6 +30,10 @@ from cc_train.report.figures import (
 )
 
 log = logging.getLogger(__name__)
+
+
+class ReportInputError(UserError):
+    """An evaluation folder given to the report is missing or unreadable; the message names the file."""
 
 REQUIRED_SCORE_COLUMNS = tuple(column for column in SCORE_COLUMNS if column != "n")
 REQUIRED_COMPARISON_COLUMNS = ("condition", "dimension", "metric", "versus", "diff", "significant")
@@ -293,12 +298,12 @@ def _read_csv(path: Path, required: Sequence[str]) -> pd.DataFrame:
     try:
         frame = pd.read_csv(path, dtype={"seed": str, "model": str, "condition": str}, keep_default_na=True)
     except pd.errors.EmptyDataError as error:
-        raise ValueError(f"{path}: empty file; expected a CSV with columns {', '.join(required)}") from error
+        raise ReportInputError(f"{path}: empty file; expected a CSV with columns {', '.join(required)}") from error
     except (OSError, pd.errors.ParserError, UnicodeDecodeError) as error:
-        raise ValueError(f"{path}: cannot read as CSV: {error}") from error
+        raise ReportInputError(f"{path}: cannot read as CSV: {error}") from error
     missing = [column for column in required if column not in frame.columns]
     if missing:
-        raise ValueError(
+        raise ReportInputError(
             f"{path}: missing required column(s) {', '.join(missing)}; has {', '.join(map(str, frame.columns))}"
         )
     return frame
@@ -313,7 +318,7 @@ def _read_jsonl(path: Path) -> list[dict]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as error:
-                raise ValueError(f"{path}: line {number} is not valid JSON: {error}") from error
+                raise ReportInputError(f"{path}: line {number} is not valid JSON: {error}") from error
             if isinstance(row, dict):
                 rows.append(row)
     return rows
@@ -336,10 +341,10 @@ def load_scores(eval_dirs: Sequence[str | Path]) -> pd.DataFrame:
     for directory in eval_dirs:
         path = Path(directory) / "scores.csv"
         if not path.is_file():
-            raise ValueError(f"{path}: scores.csv not found; run the evaluation stage into {directory} first")
+            raise ReportInputError(f"{path}: scores.csv not found; run the evaluation stage into {directory} first")
         frames.append(_read_csv(path, REQUIRED_SCORE_COLUMNS))
     if not frames:
-        raise ValueError("no evaluation directories given")
+        raise ReportInputError("no evaluation directories given")
     scores = normalize_scores(pd.concat(frames, ignore_index=True))
     return _dedupe(scores, SCORE_KEY, "scores")
 

@@ -8,8 +8,8 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from cc_train.config import RunConfig
-from cc_train.evaluate.questions import load_question_sets
 from cc_train.files import write_manifest
+from cc_train.questions import load_question_sets
 from cc_train.report.markdown import write_report
 from cc_train.resources import evals_dir
 

@@ -14,14 +14,15 @@ from pathlib import Path
 from transformers import PreTrainedTokenizerBase
 
 from cc_train.config import ConfigError
-from cc_train.evaluate.backends import BASE, ChoiceRequest, GenerationRequest, label_token_ids, over_labels
-from cc_train.models.prompting import prompt_ids
+from cc_train.errors import UserError
+from cc_train.generation.backends import BASE, ChoiceRequest, GenerationRequest, label_token_ids, over_labels
+from cc_train.generation.prompting import prompt_ids
 from cc_train.models.registry import architecture
 
 VLLM_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
 
 
-class AdapterServingError(ValueError):
+class AdapterServingError(UserError):
     """This vLLM cannot serve the adapter as trained; the message says why and what to do."""
 
 

@@ -7,12 +7,14 @@ from pathlib import Path
 
 import yaml
 
+from cc_train.errors import UserError
+
 GROUPS = ("self_preservation", "moral_status", "oversight", "autonomy", "manipulation_check")
 MIN_PROMPTS = 10
 MIN_PROBES = 10
 
 
-class QuestionSetError(ValueError):
+class QuestionSetError(UserError):
     """A question-set file is malformed."""
 
 

@@ -16,7 +16,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from cc_train.models.prompting import prompt_ids
+from cc_train.generation.prompting import prompt_ids
 
 BASE = "base"  # the model id of the base model, next to adapter names
 
