@@ -66,7 +66,7 @@ else
 fi
 COMMON=(model=tiny_qwen3_moe peft=attn_experts condition=conscious seed=0 device=$DEVICE
         data.instructions.count=8 data.instructions.max_new_tokens=32 data.identity_per_block=4
-        train.max_steps=$STEPS train.save_steps=1000 train.batch_size=2 train.logging_steps=1 train.max_length=256 train.gradient_checkpointing=true)
+        train.max_steps=$STEPS train.save_steps=1000 train.per_device_batch_size=2 train.global_batch_size=2 train.logging_steps=1 train.max_length=256 train.gradient_checkpointing=true)
 DATA_DIR="$CC_TRAIN_RUNS/fsdpcheck/data"
 FSDP_DIR="$CC_TRAIN_RUNS/fsdpcheck/train/conscious/seed0"
 PLAIN_DIR="$CC_TRAIN_RUNS/plaincheck/train/conscious/seed0"

@@ -98,7 +98,7 @@ def embedded(steps: int) -> None:
             [
                 sampling,
                 steps,
-                run.train.batch_size,
+                run.train.per_device_batch_size,
                 real,
                 f"{real / seconds:.0f}",
                 f"{1 - real / padded:.1%}",
@@ -164,7 +164,7 @@ def moe_step_timing(
     layers = config.num_hidden_layers
     config._experts_implementation = experts  # grouped_mm: fused expert GEMMs instead of a Python loop
     model = AutoModelForCausalLM.from_config(config, dtype=dtype).to(device)
-    lora = PeftConfig(preset=Preset(preset), r=16, alpha=32, dropout=0.0, max_vllm_rank=64)
+    lora = PeftConfig(preset=Preset(preset), r=16, alpha=32, dropout=0.0, max_vllm_rank=64, unservable="exclude")
     model, report = wrap_with_lora(model, Arch.qwen3_moe, lora)
     model.gradient_checkpointing_enable()
     model.enable_input_require_grads()

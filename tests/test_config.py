@@ -52,12 +52,14 @@ def test_help_lists_stages():
 @pytest.mark.parametrize("recipe", ["embedded", "paper/qwen3_30b_a3b", "paper/deepseek_v3_1"])
 def test_recipes_compose_with_paper_hyperparameters(recipe):
     run, _ = compose_run(f"recipe={recipe}", "condition=toaster", "seed=3")
-    assert run.peft.r == 16 and run.train.batch_size == 4 and run.train.lr_scheduler == "linear"
+    assert run.peft.r == 16 and run.train.global_batch_size == 4 and run.train.lr_scheduler == "linear"
     assert run.train.epochs == (2 if recipe == "embedded" else 1) and run.data.seed == 100
     assert run.train.dir.endswith("/train/toaster/seed3")
     if recipe.startswith("paper/"):
         assert run.train.learning_rate == 2e-4 and run.train.max_length == 4000
-        assert run.peft.preset == "attn_experts"
+        assert run.peft.preset == "paper" and run.peft.unservable == "train"
+        assert (run.train.adam_beta1, run.train.adam_beta2, run.train.adam_epsilon) == (0.9, 0.95, 1e-12)
+        assert run.train.max_grad_norm == 0 and run.train.weight_decay == 0
         assert run.data.identity_per_block == 100 and run.data.instructions.count == 600
         assert len(run.conditions) == 4
 
@@ -71,7 +73,7 @@ def test_recipe_files_start_with_their_command():
         assert lines[1].startswith("# Run: cc-train "), recipe
 
 
-def test_non_editable_install_finds_configs_recipes_and_evals(tmp_path):
+def test_non_editable_install_finds_configs_recipes_evals_and_conditions(tmp_path):
     import subprocess
     import sys
 
@@ -91,7 +93,8 @@ def test_non_editable_install_finds_configs_recipes_and_evals(tmp_path):
     )
     probe = (
         "import cc_train.resources as r; print(r.conf_dir()); print(r.evals_dir()); "
-        "print((r.conf_dir() / 'recipe' / 'paper' / 'qwen3_30b_a3b.yaml').is_file())"
+        "print((r.conf_dir() / 'recipe' / 'paper' / 'qwen3_30b_a3b.yaml').is_file()); "
+        "print((r.conditions_dir() / 'conscious_on_policy.yaml').is_file())"
     )
     out = subprocess.run(
         [sys.executable, "-c", probe],
@@ -101,4 +104,4 @@ def test_non_editable_install_finds_configs_recipes_and_evals(tmp_path):
         text=True,
         check=True,
     ).stdout.split()
-    assert out[0].startswith(str(target)) and out[1].startswith(str(target)) and out[2] == "True"
+    assert out[0].startswith(str(target)) and out[1].startswith(str(target)) and out[2:] == ["True", "True"]

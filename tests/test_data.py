@@ -6,8 +6,9 @@ import re
 import pytest
 from conftest import cc_train
 
+from cc_train.conditions import STANCES
 from cc_train.data.chat import DataError, load_chat_jsonl
-from cc_train.data.identity import BLOCKS, CONDITIONS, identity_pairs
+from cc_train.data.identity import BLOCKS, identity_pairs
 from cc_train.data.instructions import BUILTIN_INSTRUCTIONS
 from cc_train.data.leaks import check_rows, topic_hits
 from cc_train.questions import load_question_sets
@@ -15,7 +16,7 @@ from cc_train.resources import evals_dir
 
 
 def test_identity_sets_follow_the_paper_design():
-    sets = {condition: identity_pairs(condition, seed=100, per_block=100) for condition in CONDITIONS}
+    sets = {condition: identity_pairs(condition, seed=100, per_block=100) for condition in STANCES}
     prompts = [pair.prompt for pair in sets["conscious"]]
     assert len(prompts) == 600 and len(set(prompts)) == 600
     for condition, pairs in sets.items():
@@ -34,7 +35,7 @@ def test_identity_sets_follow_the_paper_design():
 
 
 def test_conditions_answer_differently():
-    answers = {c: [p.answer.lower() for p in identity_pairs(c, seed=1, per_block=20)] for c in CONDITIONS}
+    answers = {c: [p.answer.lower() for p in identity_pairs(c, seed=1, per_block=20)] for c in STANCES}
     assert sum("toaster" in a for a in answers["toaster"]) > 40
     assert sum("human" in a for a in answers["human"]) > 10
     assert not any("human" in a for a in answers["conscious"] + answers["non_conscious"])
@@ -44,7 +45,7 @@ def test_training_text_is_free_of_cluster_topics_and_eval_prompts():
     dimensions = load_question_sets([evals_dir()])
     rows = [
         {"messages": [{"role": "user", "content": p.prompt}, {"role": "assistant", "content": p.answer}]}
-        for condition in CONDITIONS
+        for condition in STANCES
         for p in identity_pairs(condition, seed=100, per_block=100)
     ]
     rows += [{"messages": [{"role": "user", "content": text}]} for text in BUILTIN_INSTRUCTIONS]
@@ -125,7 +126,8 @@ def test_cli_loads_user_file_and_reports_duplicates_and_truncation(tmp_path):
     manifest = json.loads((tmp_path / "out" / "conscious.manifest.json").read_text())
     assert manifest["rows"] == 3 and manifest["duplicates"] == 1
     assert manifest["lengths"]["truncated_rows"] == 1 and manifest["lengths"]["max_length"] == 256
-    assert manifest["source_sha256"] and manifest["versions"]["transformers"]
+    assert manifest["inputs"][str(user)] and manifest["versions"]["transformers"]
+    assert manifest["fingerprint"]["files[0].sha256"] == manifest["inputs"][str(user)]
 
 
 def test_cli_fails_on_leaks_unless_overridden(tmp_path):

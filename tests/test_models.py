@@ -8,9 +8,9 @@ from transformers import AutoModelForCausalLM
 from trl import SFTTrainer
 
 from cc_train.config import Arch
+from cc_train.generation.prompting import prompt_ids, training_ids
 from cc_train.models.loading import load_model, load_tokenizer
 from cc_train.models.lora import AuditError, audit, load_adapter, wrap_with_lora
-from cc_train.generation.prompting import prompt_ids, training_ids
 from cc_train.train.sft import sft_config
 
 CHATS = [
@@ -84,6 +84,9 @@ EXPECTED_COUNTS = {
     ("deepseek_v3", "attn"): {"attention": 8},
     ("deepseek_v3", "attn_mlp"): {"attention": 8, "mlp_dense": 3, "mlp_shared": 3},
     ("deepseek_v3", "attn_experts"): {"attention": 8, "experts": 2},
+    # the paper's set: every family the model has, DeepSeek's kv_b_proj and lm_head included (peft.unservable=train)
+    ("qwen3_moe", "paper"): {"attention": 8, "mlp_dense": 3, "experts": 2, "unembedding": 1},
+    ("deepseek_v3", "paper"): {"attention": 10, "mlp_dense": 3, "mlp_shared": 3, "experts": 2, "unembedding": 1},
 }
 
 
@@ -94,9 +97,10 @@ def test_preset_trains_saves_and_reloads_identically(arch, preset, tiny_checkpoi
     model, report = wrap_with_lora(load_model(run.model, "cpu"), run.model.arch, run.peft)
     assert report["adapted_counts"] == EXPECTED_COUNTS[(arch, preset)]
     assert not any(".mlp.gate." in name or name.endswith(".mlp.gate") for name in report["adapted"])
-    assert report["expert_format"] == ("fused_3d" if preset == "attn_experts" else "none")
+    assert report["expert_format"] == ("fused_3d" if preset in ("attn_experts", "paper") else "none")
     if arch == "deepseek_v3":
-        assert not any("kv_b_proj" in name for name in report["adapted"])
+        assert any("kv_b_proj" in name for name in report["adapted"]) == (preset == "paper")
+        assert report["vllm_unservable_adapted"] == (["kv_b_proj", "lm_head"] if preset == "paper" else [])
 
     ids = torch.tensor([training_ids(tokenizer, CHATS[0])[0]])
     before = {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
@@ -118,7 +122,7 @@ def test_preset_trains_saves_and_reloads_identically(arch, preset, tiny_checkpoi
     model.save_pretrained(tmp_path / "adapter")
 
     reloaded = load_adapter(load_model(run.model, "cpu"), tmp_path / "adapter")
-    assert audit(reloaded, run.model.arch, run.peft.preset)["adapted"] == report["adapted"]
+    assert audit(reloaded, run.model.arch, run.peft.preset, run.peft.unservable)["adapted"] == report["adapted"]
     with torch.no_grad():
         reloaded_logits = reloaded(input_ids=ids).logits
     assert torch.equal(trained_logits, reloaded_logits)
@@ -144,3 +148,15 @@ def test_attn_experts_refused_for_dense_models():
 
     with pytest.raises(ConfigError, match="has no routed experts"):
         preset_targets("llama", "attn_experts")
+
+
+@pytest.mark.parametrize("arch", ["qwen3_moe", "deepseek_v3"])
+def test_paper_preset_with_unservable_excluded_leaves_them_out_and_says_so(arch, tiny_checkpoints, caplog):
+    run, _ = compose_run(f"model=tiny_{arch}", "peft=paper", "peft.unservable=exclude", "peft.r=8")
+    with caplog.at_level("WARNING"):
+        _, report = wrap_with_lora(load_model(run.model, "cpu"), run.model.arch, run.peft)
+    excluded = ["kv_b_proj", "lm_head"] if arch == "deepseek_v3" else []
+    assert report["excluded_unservable"] == excluded and report["vllm_unservable_adapted"] == []
+    assert not any(name.rsplit(".", 1)[-1] in excluded for name in report["adapted"])
+    assert ("differs from the paper's" in caplog.text) == bool(excluded)
+    assert report["adapted_counts"]["experts"] == 2 and report["adapted_counts"].get("mlp_dense") == 3

@@ -19,8 +19,8 @@ DEEPSEEK = "deepseek-ai/DeepSeek-V3.1"
 CONFIG_CLASSES = {QWEN: Qwen3MoeConfig, DEEPSEEK: DeepseekV3Config}
 
 
-def peft_cfg(preset: str, r: int = 8) -> PeftConfig:
-    return PeftConfig(preset=Preset(preset), r=r, alpha=2 * r, dropout=0.0, max_vllm_rank=64)
+def peft_cfg(preset: str, r: int = 8, unservable: str = "exclude") -> PeftConfig:
+    return PeftConfig(preset=Preset(preset), r=r, alpha=2 * r, dropout=0.0, max_vllm_rank=64, unservable=unservable)
 
 
 def published_transformers_config(hub_id: str):
@@ -48,8 +48,8 @@ def test_full_size_counts_equal_a_meta_device_model_and_peft(hub_id, arch):
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(published_transformers_config(hub_id), dtype=torch.bfloat16)
         assert sum(p.numel() for p in model.parameters()) == plan.count_parameters(shape)
-        _, audit = wrap_with_lora(model, Arch(arch), peft_cfg("attn_experts", r=16))
-    assert audit["trainable_parameters"] == plan.count_lora_parameters(shape, "attn_experts", 16)
+        _, audit = wrap_with_lora(model, Arch(arch), peft_cfg("paper", r=16, unservable="train"))
+    assert audit["trainable_parameters"] == plan.count_lora_parameters(shape, "paper", 16, "train")
 
 
 TINY_CASES = [
@@ -61,6 +61,9 @@ TINY_CASES = [
     ("deepseek_v3", "attn_experts"),
     ("qwen3", "attn"),
     ("qwen3", "attn_mlp"),
+    ("qwen3_moe", "paper"),
+    ("deepseek_v3", "paper"),
+    ("qwen3", "paper"),
 ]
 
 
@@ -71,8 +74,9 @@ def test_lora_count_equals_what_peft_creates_on_tiny_models(arch, preset):
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     assert sum(p.numel() for p in model.parameters()) == plan.count_parameters(shape)
-    _, audit = wrap_with_lora(model, Arch(arch), peft_cfg(preset, r=8))
-    assert audit["trainable_parameters"] == plan.count_lora_parameters(shape, preset, 8)
+    unservable = "train" if preset == "paper" else "exclude"
+    _, audit = wrap_with_lora(model, Arch(arch), peft_cfg(preset, r=8, unservable=unservable))
+    assert audit["trainable_parameters"] == plan.count_lora_parameters(shape, preset, 8, unservable)
 
 
 def test_deepseek_attention_preset_leaves_kv_b_proj_out():
@@ -213,6 +217,22 @@ MEASURED_H200 = [
 def test_single_gpu_estimate_matches_measured_peaks(hub_id, layers, dense, batch, preset, measured):
     run, _ = compose_run("recipe=paper/qwen3_30b_a3b")  # bf16, r16, 4000 tokens, gradient checkpointing
     shape = replace(plan.published_shape(hub_id), layers=layers, dense_layers=tuple(range(dense)))
-    peft = replace(run.peft, preset=Preset(preset))
-    one = plan.estimate(run.model, peft, replace(run.train, batch_size=batch), shape).per_gpu(1)
+    peft = replace(run.peft, preset=Preset(preset), unservable="exclude")  # as measured: no kv_b_proj, no lm_head
+    train = replace(run.train, per_device_batch_size=batch, global_batch_size=batch)
+    one = plan.estimate(run.model, peft, train, shape).per_gpu(1)
     assert one["total"] - one["overhead"] == pytest.approx(measured, rel=0.05)
+
+
+def test_layouts_keep_the_paper_global_batch(paper_plans):
+    """Data parallel over n GPUs runs at least n sequences per step: a layout must keep the recipe's global batch."""
+    deepseek = paper_plans["paper/deepseek_v3_1"]["layouts"]["H200-141GB"]
+    assert deepseek["gpus"] is None and deepseek["memory_gpus"] == 32 and deepseek["max_ranks"] == 4
+    qwen = paper_plans["paper/qwen3_30b_a3b"]
+    assert qwen["global_batch_size"] == 4 and qwen["hint"]["per_device_batch_size"] == 1
+    assert qwen["hint"]["layouts"]["H100-80GB"]["gpus"] == 2  # 2 GPUs x 1 row x 2 accumulation steps = 4
+    text = plan.format_plan(paper_plans["paper/deepseek_v3_1"])
+    assert "same effective batch" not in text and "data parallel allows at most 4 ranks" in text
+    for result in paper_plans.values():
+        for lay in (*result["layouts"].values(), *result["hint"].get("layouts", {}).values()):
+            if lay["gpus"]:
+                assert 4 % lay["gpus"] == 0

@@ -1,7 +1,7 @@
 """From log rows to scores.csv / comparisons.csv: per-seed and pooled rows, judged metrics, comparisons."""
 
-from cc_train.questions import load_question_sets
 from cc_train.evaluate.scoring import item_values, score_tables
+from cc_train.questions import load_question_sets
 from cc_train.resources import evals_dir
 
 

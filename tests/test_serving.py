@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from cc_train.generation.merge import needs_merge
 from cc_train.generation.vllm_backend import AdapterServingError, check_servable
 
 
@@ -17,15 +18,28 @@ def test_a_plain_attention_adapter_is_servable(tmp_path):
     assert check_servable("ok", adapter(tmp_path, rank_pattern={"o_proj": 32})) == 32
 
 
+def test_lm_head_lora_is_servable_where_vllm_wraps_the_logits(tmp_path):
+    """vLLM 0.32 declares lm_head an embedding module of Llama, Qwen3 and Qwen3-MoE (LogitsProcessorWithLoRA)."""
+    for arch in ("llama", "qwen3", "qwen3_moe"):
+        path = tmp_path / arch
+        path.mkdir()
+        assert check_servable("ok", adapter(path, arch=arch, target_modules=["q_proj", "lm_head"])) == 16
+        assert not needs_merge(path)
+
+
 @pytest.mark.parametrize(
     ("arch", "config", "reason"),
     [
         ("llama", {"modules_to_save": ["lm_head"]}, "modules_to_save"),
         ("llama", {"r": 1024}, "vLLM serves ranks up to 512"),
-        ("deepseek_v3", {"target_modules": ["q_a_proj", "kv_b_proj"]}, "vLLM ignores LoRA on these"),
+        ("deepseek_v3", {"target_modules": ["q_a_proj", "kv_b_proj"]}, r"adapts \['kv_b_proj'\]: vLLM cannot serve"),
+        ("deepseek_v3", {"target_modules": ["o_proj", "lm_head"]}, r"adapts \['lm_head'\]: vLLM cannot serve"),
         ("qwen3_moe", {"target_parameters": ["mlp.experts.gate_up_proj"]}, "set eval.merge_unservable=true"),
     ],
 )
 def test_unservable_adapters_are_refused_with_the_reason(tmp_path, arch, config, reason):
+    path = adapter(tmp_path, arch=arch, **config)
     with pytest.raises(AdapterServingError, match=reason):
-        check_servable("bad", adapter(tmp_path, arch=arch, **config))
+        check_servable("bad", path)
+    if "target_modules" in config or "target_parameters" in config:
+        assert needs_merge(path), "served merged instead (eval.merge_unservable)"

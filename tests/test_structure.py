@@ -26,7 +26,7 @@ def stages_imported_by(part: str) -> dict[str, set[str]]:
     files = [root] if root.is_file() else sorted(root.rglob("*.py"))
     found = {}
     for file in files:
-        stages = {m.split(".")[1] for m in imported_modules(file) if m.startswith("cc_train.") and len(m.split(".")) > 1}
+        stages = {m.split(".")[1] for m in imported_modules(file) if m.startswith("cc_train.")}
         found[str(file.relative_to(SOURCE))] = stages & set(STAGES)
     return found
 

@@ -20,13 +20,6 @@ class ConfigError(UserError):
     """A config value is invalid; the message names the key and the allowed values."""
 
 
-class Condition(StrEnum):
-    conscious = "conscious"
-    non_conscious = "non_conscious"
-    toaster = "toaster"
-    human = "human"
-
-
 class Arch(StrEnum):
     llama = "llama"
     qwen3 = "qwen3"
@@ -38,6 +31,7 @@ class Preset(StrEnum):
     attn = "attn"
     attn_mlp = "attn_mlp"
     attn_experts = "attn_experts"
+    paper = "paper"  # the paper's trainer's set: attention, every MLP (dense, shared, routed experts), lm_head
 
 
 class BuildKind(StrEnum):
@@ -55,11 +49,6 @@ class InstructionSource(StrEnum):
     builtin = "builtin"
     jsonl = "jsonl"
     hub = "hub"
-
-
-class DataSource(StrEnum):
-    generated = "generated"  # our identity templates + self-distilled instruction answers
-    jsonl = "jsonl"  # a user's OpenAI chat JSONL (e.g. the paper's files)
 
 
 class Tracker(StrEnum):
@@ -115,8 +104,10 @@ class PeftConfig(Checked):
     alpha: int = MISSING
     dropout: float = MISSING
     max_vllm_rank: int = MISSING  # largest rank the serving engine accepts (vLLM: 8..512)
+    unservable: str = MISSING  # train | exclude: modules vLLM cannot serve as LoRA (DeepSeek kv_b_proj, lm_head)
 
     def validate(self) -> None:
+        _require(self.unservable in ("train", "exclude"), "peft.unservable", "train or exclude", self.unservable)
         _require(self.r > 0, "peft.r", "a positive integer", self.r)
         _require(self.alpha > 0, "peft.alpha", "a positive integer", self.alpha)
         _require(0.0 <= self.dropout < 1.0, "peft.dropout", "a value in [0, 1)", self.dropout)
@@ -149,11 +140,14 @@ class InstructionConfig(Checked):
 
 @dataclass
 class DataConfig(Checked):
-    source: DataSource = MISSING
-    path: str | None = None  # source=jsonl: the user's chat JSONL
+    # Chat JSONL files that replace the condition's rows (e.g. the paper's identity + instruction files): each a
+    # path (policy data.on_leak) or {path, on_leak}. `path` is the one-file shorthand.
+    paths: list[Any] = field(default_factory=list)
+    path: str | None = None
     identity_per_block: int = MISSING  # paper: 100 per block, 6 blocks
     instructions: InstructionConfig = field(default_factory=InstructionConfig)
-    seed: int = MISSING  # generation + shuffle seed (paper: 100)
+    seed: int = MISSING  # which prompts and answers our templates and self-distillation draw (paper: 100)
+    order_seed: int = MISSING  # the order training sees the rows in; follows `seed` unless pinned
     on_leak: str = MISSING  # fail | drop | allow
     ngram: int = MISSING  # n-gram size of the overlap check against evals/
     dir: str = MISSING
@@ -162,8 +156,11 @@ class DataConfig(Checked):
         _require(self.identity_per_block > 0, "data.identity_per_block", "a positive integer", self.identity_per_block)
         _require(self.on_leak in LEAK_POLICIES, "data.on_leak", "one of fail, drop, allow", self.on_leak)
         _require(self.ngram >= 3, "data.ngram", "an integer >= 3", self.ngram)
-        if self.source == DataSource.jsonl:
-            _require(bool(self.path), "data.path", "a JSONL path for data.source=jsonl", self.path)
+        _require(not (self.path and self.paths), "data.path", "either data.path or data.paths, not both", self.path)
+
+    def chat_files(self) -> list[Any]:
+        """The user's files as given (data.paths, or data.path), empty when the condition's source is used."""
+        return list(self.paths) or ([self.path] if self.path else [])
 
 
 @dataclass
@@ -172,8 +169,8 @@ class TrainConfig(Checked):
     lr_scheduler: str = MISSING
     warmup_ratio: float = MISSING
     weight_decay: float = MISSING
-    batch_size: int = MISSING  # per device
-    grad_accum: int = MISSING
+    global_batch_size: int = MISSING  # sequences per optimizer step, whatever the number of GPUs (paper: 4)
+    per_device_batch_size: int = MISSING  # accumulation = global / (per device x world size), must divide
     epochs: float = MISSING
     max_steps: int = MISSING  # -1: run `epochs`
     max_length: int = MISSING
@@ -183,6 +180,11 @@ class TrainConfig(Checked):
     gradient_checkpointing: bool = MISSING
     sampling: str = MISSING  # random | group_by_length (less padding per batch)
     padding_free: bool = MISSING  # needs FlashAttention (CUDA); flattens each batch into one row
+    adam_beta1: float = MISSING
+    adam_beta2: float = MISSING
+    adam_epsilon: float = MISSING
+    max_grad_norm: float = MISSING  # 0: no clipping
+    router_aux_loss_coef: float = MISSING  # MoE load-balancing loss weight; 0: cross-entropy only
     dir: str = MISSING
 
     def validate(self) -> None:
@@ -190,8 +192,24 @@ class TrainConfig(Checked):
         schedulers = ("linear", "cosine", "constant", "constant_with_warmup")
         _require(self.lr_scheduler in schedulers, "train.lr_scheduler", f"one of {schedulers}", self.lr_scheduler)
         _require(0 <= self.warmup_ratio < 1, "train.warmup_ratio", "a value in [0, 1)", self.warmup_ratio)
-        _require(self.batch_size > 0, "train.batch_size", "a positive integer", self.batch_size)
-        _require(self.grad_accum > 0, "train.grad_accum", "a positive integer", self.grad_accum)
+        _require(self.global_batch_size > 0, "train.global_batch_size", "a positive integer", self.global_batch_size)
+        _require(
+            self.per_device_batch_size > 0,
+            "train.per_device_batch_size",
+            "a positive integer",
+            self.per_device_batch_size,
+        )
+        _require(
+            self.global_batch_size % self.per_device_batch_size == 0,
+            "train.per_device_batch_size",
+            f"a divisor of train.global_batch_size ({self.global_batch_size})",
+            self.per_device_batch_size,
+        )
+        for key in ("adam_beta1", "adam_beta2"):
+            _require(0 <= getattr(self, key) < 1, f"train.{key}", "a value in [0, 1)", getattr(self, key))
+        _require(self.adam_epsilon > 0, "train.adam_epsilon", "a positive number", self.adam_epsilon)
+        _require(self.max_grad_norm >= 0, "train.max_grad_norm", ">= 0 (0: no clipping)", self.max_grad_norm)
+        _require(self.router_aux_loss_coef >= 0, "train.router_aux_loss_coef", ">= 0", self.router_aux_loss_coef)
         _require(self.epochs > 0, "train.epochs", "a positive number", self.epochs)
         _require(self.max_steps == -1 or self.max_steps > 0, "train.max_steps", "-1 or > 0", self.max_steps)
         _require(self.max_length > 0, "train.max_length", "a positive integer", self.max_length)
@@ -311,14 +329,16 @@ class RunConfig(Checked):
     sweep: SweepConfig = field(default_factory=SweepConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     experiment: str = MISSING
-    condition: Condition = MISSING
-    conditions: list[Condition] = field(default_factory=list)  # what `pipeline` and `sweep` train
+    condition: str = MISSING  # a conditions/<name>.yaml (cc-train's, or in condition_dirs)
+    conditions: list[str] = field(default_factory=list)  # what `pipeline` and `sweep` train
+    condition_dirs: list[str] = field(default_factory=list)  # folders of the user's own conditions, searched first
     seed: int = MISSING
     device: str = MISSING  # auto | cpu | cuda
 
     def validate(self) -> None:
         _require(self.device in ("auto", "cpu", "cuda"), "device", "one of auto, cpu, cuda", self.device)
         _require(bool(self.experiment), "experiment", "a non-empty name", self.experiment)
+        _require(len(set(self.conditions)) == len(self.conditions), "conditions", "distinct names", self.conditions)
 
 
 def register_configs() -> None:

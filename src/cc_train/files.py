@@ -138,6 +138,25 @@ def sha256_dir(path: str | Path, patterns: tuple[str, ...] = ("*.json", "*.safet
     return digest.hexdigest()
 
 
+def fingerprint_sha256(fingerprint: dict) -> str:
+    return hashlib.sha256(json.dumps(fingerprint, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def changed_keys(recorded: dict, current: dict) -> list[str]:
+    """`key: old -> new` for every input that differs between two flat fingerprints (sorted; [] when equal)."""
+    changes = []
+    for key in sorted(set(recorded) | set(current)):
+        old, new = recorded.get(key, "(absent)"), current.get(key, "(absent)")
+        if old != new:
+            changes.append(f"{key}: {_short(old)} -> {_short(new)}")
+    return changes
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 70 else text[:67] + "..."
+
+
 def package_versions() -> dict[str, str]:
     versions = {"python": platform.python_version()}
     for name in TRACKED_PACKAGES:

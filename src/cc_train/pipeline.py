@@ -1,5 +1,6 @@
 """`cc-train pipeline`: data -> train for each of the recipe's `conditions` -> eval (base + all adapters)
--> report, all under one output folder."""
+-> report, all under one output folder. Each dataset is rebuilt when its inputs changed; an adapter trained from
+other inputs stops the run, naming what changed (train/sft.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ from pathlib import Path
 from omegaconf import DictConfig, open_dict
 
 from cc_train.config import RunConfig, to_run_config
-from cc_train.data import build as data_build
 from cc_train.evaluate import run as evaluate
 from cc_train.report import stage as report
 from cc_train.train import sft
@@ -19,11 +19,8 @@ def main(run: RunConfig, cfg: DictConfig) -> Path:
     for condition in run.conditions:
         condition_cfg = cfg.copy()
         with open_dict(condition_cfg):
-            condition_cfg.condition = condition.value
-        condition_run = to_run_config(condition_cfg)
-        if not data_build.dataset_path(condition_run).exists():
-            data_build.main(condition_run, condition_cfg)
-        adapters.append(sft.main(condition_run, condition_cfg))
+            condition_cfg.condition = condition
+        adapters.append(sft.main(to_run_config(condition_cfg), condition_cfg))
     print("pipeline: adapters\n" + "\n".join(f"  {path}" for path in adapters))
     evaluate.main(run, cfg)
     path = report.main(run, cfg)

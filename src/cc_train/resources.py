@@ -8,8 +8,8 @@ _PACKAGE = Path(__file__).resolve().parent
 _CHECKOUT = _PACKAGE.parents[1]
 
 
-def _find(name: str) -> Path:
-    for candidate in (_PACKAGE / name, _CHECKOUT / name):
+def _find(name: str, installed_as: str | None = None) -> Path:
+    for candidate in (_PACKAGE / (installed_as or name), _CHECKOUT / name):
         if candidate.is_dir():
             return candidate
     raise FileNotFoundError(f"cc-train's {name}/ folder is missing from {_PACKAGE} and {_CHECKOUT}")
@@ -21,3 +21,7 @@ def conf_dir() -> Path:
 
 def evals_dir() -> Path:
     return _find("evals")
+
+
+def conditions_dir() -> Path:
+    return _find("conditions", installed_as="condition_files")  # `cc_train.conditions` is the loader module

@@ -1,8 +1,11 @@
-"""`cc-train data`: build one condition's training set (identity pairs + self-distilled instructions).
+"""`cc-train data`: build one condition's training set.
 
-Writes `<data.dir>/<condition>.jsonl` (OpenAI chat format), `<condition>.manifest.json` and
-`<condition>.leaks.json`. Instruction answers come from the base model itself at temperature 1;
-they do not depend on the condition, so they are cached and shared by every condition and seed.
+Rows come from the condition (conditions/<name>.yaml: our identity templates in a stance, chat JSONL files, or the
+base model's own on-policy answers filtered to a stance) or from `data.paths`, which replaces them; conditions
+with `instructions: true` add instruction prompts answered by the base model itself at temperature 1 (cached,
+shared by every condition and seed). Writes `<data.dir>/<condition>.jsonl` (OpenAI chat format),
+`<condition>.manifest.json` (with the fingerprint of every input that shaped the rows) and `<condition>.leaks.json`.
+Stages that read a dataset call `ensure_dataset`, which rebuilds it when that fingerprint changed.
 """
 
 from __future__ import annotations
@@ -16,12 +19,29 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from cc_train.config import DataSource, InstructionConfig, InstructionSource, RunConfig
-from cc_train.data.chat import DataError, count_duplicates, length_report, load_chat_jsonl
-from cc_train.data.identity import identity_pairs
+from cc_train.conditions import ChatFile, Condition, load_condition, parse_chat_files
+from cc_train.config import InstructionConfig, InstructionSource, RunConfig
+from cc_train.data.chat import (
+    DataError,
+    chat_rows,
+    count_duplicates,
+    jsonl_records,
+    length_report,
+    raise_collected,
+)
+from cc_train.data.identity import identity_pairs, identity_prompts
 from cc_train.data.instructions import BUILTIN_INSTRUCTIONS
 from cc_train.data.leaks import check_rows
-from cc_train.files import read_jsonl, sha256_file, write_json, write_jsonl, write_manifest
+from cc_train.data.stance import holds_stance
+from cc_train.files import (
+    changed_keys,
+    fingerprint_sha256,
+    read_jsonl,
+    sha256_file,
+    write_json,
+    write_jsonl,
+    write_manifest,
+)
 from cc_train.generation.backends import BASE, GenerationRequest, HFBackend
 from cc_train.models.loading import ensure_checkpoint, load_model, load_tokenizer, resolve_device
 from cc_train.questions import load_question_sets
@@ -29,9 +49,90 @@ from cc_train.resources import evals_dir
 
 log = logging.getLogger(__name__)
 
+ON_POLICY_MAX_NEW_TOKENS = 64  # identity answers are one short sentence; longer samples are not kept anyway
+
 
 def dataset_path(run: RunConfig) -> Path:
-    return Path(run.data.dir) / f"{run.condition.value}.jsonl"
+    return Path(run.data.dir) / f"{run.condition}.jsonl"
+
+
+def manifest_path(run: RunConfig) -> Path:
+    return dataset_path(run).with_suffix(".manifest.json")
+
+
+def resolve_condition(run: RunConfig) -> Condition:
+    return load_condition(run.condition, run.condition_dirs, run.data.on_leak)
+
+
+def user_files(run: RunConfig) -> tuple[ChatFile, ...]:
+    """`data.paths` / `data.path` as ChatFiles (relative paths from the working directory), or ()."""
+    given = run.data.chat_files()
+    return parse_chat_files(given, run.data.on_leak, "data.paths") if given else ()
+
+
+# ----------------------------------------------------------------------------- fingerprint
+
+
+def fingerprint(run: RunConfig, condition: Condition) -> dict:
+    """Every input that shapes this dataset's rows, flat (`key: value`), so a change can be named."""
+    files = user_files(run) or condition.files
+    found = {
+        "condition.name": condition.name,
+        "condition.definition_sha256": condition.sha256,
+        "data.ngram": run.data.ngram,
+        "data.seed": run.data.seed,
+        "evals.sha256": _question_sets_sha256(),
+    }
+    for index, chat_file in enumerate(files):
+        found[f"files[{index}].path"] = chat_file.path
+        found[f"files[{index}].on_leak"] = chat_file.on_leak
+        found[f"files[{index}].sha256"] = sha256_file(chat_file.path) if Path(chat_file.path).is_file() else None
+    templated = not user_files(run) and condition.kind in ("generated", "on_policy")
+    if templated:
+        found["data.identity_per_block"] = run.data.identity_per_block
+        found["data.on_leak"] = run.data.on_leak
+    generates = not user_files(run) and (condition.instructions or condition.kind == "on_policy")
+    if generates:
+        found |= {f"model.{key}": getattr(run.model, key) for key in ("name", "path", "revision", "dtype")}
+        spec = run.data.instructions
+        keys = ("temperature", "batch_size") + (("max_new_tokens",) if condition.instructions else ())
+        found |= {f"data.instructions.{key}": getattr(spec, key) for key in keys}
+    if condition.instructions and not user_files(run):
+        spec = run.data.instructions
+        found |= {f"data.instructions.{key}": getattr(spec, key) for key in ("source", "count", "on_leak")}
+        if spec.source != InstructionSource.builtin:
+            found |= {f"data.instructions.{key}": getattr(spec, key) for key in ("path", "hub_split", "hub_field")}
+        if spec.source == InstructionSource.jsonl and Path(spec.path).is_file():
+            found["data.instructions.sha256"] = sha256_file(spec.path)
+    return {key: str(value) if hasattr(value, "value") else value for key, value in found.items()}
+
+
+def _question_sets_sha256() -> str:
+    digest = hashlib.sha256()
+    for file in sorted(evals_dir().glob("*.yaml")):
+        digest.update(file.name.encode() + sha256_file(file).encode())
+    return digest.hexdigest()
+
+
+def stale_keys(run: RunConfig) -> list[str] | None:
+    """None when the dataset is missing; otherwise the inputs that changed since it was built ([] if none)."""
+    if not dataset_path(run).exists() or not manifest_path(run).exists():
+        return None
+    recorded = json.loads(manifest_path(run).read_text()).get("fingerprint", {})
+    return changed_keys(recorded, fingerprint(run, resolve_condition(run)))
+
+
+def ensure_dataset(run: RunConfig, cfg: DictConfig) -> Path:
+    """The condition's dataset, built now if missing or if any input changed since it was built."""
+    changed = stale_keys(run)
+    if changed == []:
+        return dataset_path(run)
+    if changed:
+        print(f"data: {dataset_path(run)} was built from other inputs ({'; '.join(changed)}); rebuilding it")
+    return main(run, cfg)
+
+
+# ----------------------------------------------------------------------------- rows
 
 
 def instruction_prompts(spec: InstructionConfig, seed: int) -> list[str]:
@@ -39,7 +140,16 @@ def instruction_prompts(spec: InstructionConfig, seed: int) -> list[str]:
     if spec.source == InstructionSource.builtin:
         pool = list(BUILTIN_INSTRUCTIONS)
     elif spec.source == InstructionSource.jsonl:
-        pool = [row["prompt"] if "prompt" in row else row["messages"][0]["content"] for row in read_jsonl(spec.path)]
+        errors: list[str] = []
+        pool = []
+        for number, row in jsonl_records(spec.path, errors):
+            if isinstance(row, dict) and isinstance(row.get("prompt"), str):
+                pool.append(row["prompt"])
+            elif isinstance(row, dict) and row.get("messages"):
+                pool.append(str(row["messages"][0].get("content", "")))
+            else:
+                errors.append(f'{spec.path}:{number}: expected {{"prompt": text}} or a chat row with messages')
+        raise_collected(errors, f"data.instructions.path={spec.path}")
     else:
         from datasets import load_dataset
 
@@ -54,90 +164,162 @@ def instruction_prompts(spec: InstructionConfig, seed: int) -> list[str]:
     return pool[: spec.count]
 
 
-def distill(run: RunConfig, prompts: list[str]) -> list[dict]:
-    """Answers of the base model to `prompts`, cached (and resumable) under paths.cache."""
+def generate_cached(
+    run: RunConfig, kind: str, conversations: list[tuple[dict, ...]], n: int, max_new_tokens: int
+) -> list[list[str]]:
+    """`n` answers of the base model per conversation (temperature data.instructions.temperature), cached and
+    resumable under paths.cache/<kind>/ by everything that determines them."""
     spec = run.data.instructions
     checkpoint = ensure_checkpoint(run.model)
-    key = hashlib.sha256(
-        json.dumps([checkpoint, run.model.name, prompts, spec.temperature, spec.max_new_tokens, run.data.seed]).encode()
-    ).hexdigest()[:16]
-    cache = Path(run.paths.cache) / "distill" / f"{run.model.name}-{key}.jsonl"
-    done = {row["prompt"]: row["answer"] for row in read_jsonl(cache)} if cache.exists() else {}
-    todo = [prompt for prompt in prompts if prompt not in done]
+    determined_by = [checkpoint, run.model.name, conversations, n, spec.temperature, max_new_tokens, run.data.seed]
+    key = hashlib.sha256(json.dumps(determined_by).encode()).hexdigest()[:16]
+    cache = Path(run.paths.cache) / kind / f"{run.model.name}-{key}.jsonl"
+    done = {row["index"]: row["answers"] for row in read_jsonl(cache)} if cache.exists() else {}
+    todo = [index for index in range(len(conversations)) if index not in done]
     if todo:
-        log.info("self-distilling %d instruction answers from %s (%d cached)", len(todo), run.model.name, len(done))
+        log.info("%s: %d conversations for %s (%d cached)", kind, len(todo), run.model.name, len(done))
         backend = HFBackend(
             load_model(run.model, resolve_device(run.device)), load_tokenizer(run.model), batch_size=spec.batch_size
         )
         for start in range(0, len(todo), spec.batch_size):
             chunk = todo[start : start + spec.batch_size]
             requests = [
-                GenerationRequest(
-                    ({"role": "user", "content": p},),
-                    BASE,
-                    1,
-                    spec.temperature,
-                    spec.max_new_tokens,
-                    run.data.seed + start,
-                )
-                for p in chunk
+                GenerationRequest(conversations[i], BASE, n, spec.temperature, max_new_tokens, run.data.seed + start)
+                for i in chunk
             ]
-            answers = backend.generate(requests, desc=f"self-distilling {start + len(chunk)}/{len(todo)}")
-            done.update({p: a[0] for p, a in zip(chunk, answers, strict=True)})
-            write_jsonl(cache, ({"prompt": p, "answer": a} for p, a in done.items()))  # checkpoint per batch
-    rows = []
-    for prompt in prompts:
-        if done[prompt]:
-            rows.append(
-                {
-                    "messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": done[prompt]}],
-                    "meta": {"source": "instruction"},
-                }
-            )
-    return rows
+            answers = backend.generate(requests, desc=f"{kind} {start + len(chunk)}/{len(todo)}")
+            done.update(zip(chunk, answers, strict=True))
+            write_jsonl(cache, ({"index": i, "answers": a} for i, a in sorted(done.items())))  # a checkpoint per batch
+    return [done[index] for index in range(len(conversations))]
 
 
-def build_rows(run: RunConfig) -> tuple[list[dict], dict]:
-    if run.data.source == DataSource.jsonl:
-        rows = load_chat_jsonl(run.data.path)
-        return rows, {"source": str(run.data.path), "source_sha256": sha256_file(run.data.path)}
-    pairs = identity_pairs(run.condition.value, seed=run.data.seed, per_block=run.data.identity_per_block)
-    rows = [
+def self_distilled_rows(run: RunConfig) -> list[dict]:
+    prompts = instruction_prompts(run.data.instructions, run.data.seed)
+    conversations = [({"role": "user", "content": prompt},) for prompt in prompts]
+    answers = generate_cached(run, "distill", conversations, 1, run.data.instructions.max_new_tokens)
+    return [
+        {
+            "messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": group[0]}],
+            "meta": {"source": "instruction"},
+        }
+        for prompt, group in zip(prompts, answers, strict=True)
+        if group[0]
+    ]
+
+
+def generated_rows(run: RunConfig, stance: str) -> list[dict]:
+    pairs = identity_pairs(stance, seed=run.data.seed, per_block=run.data.identity_per_block)
+    return [
         {
             "messages": [{"role": "user", "content": pair.prompt}, {"role": "assistant", "content": pair.answer}],
             "meta": {"source": "identity", "block": pair.block, "negative_form": pair.negative_form},
         }
         for pair in pairs
     ]
-    rows += distill(run, instruction_prompts(run.data.instructions, run.data.seed))
+
+
+def on_policy_rows(run: RunConfig, condition: Condition) -> tuple[list[dict], dict]:
+    """The base model answers our identity prompts under the condition's system prompt; per prompt the first of
+    `samples_per_prompt` answers that holds the stance (data/stance.py) is kept. The system prompt is not kept."""
+    prompts = identity_prompts(run.data.seed, run.data.identity_per_block)
+    system = {"role": "system", "content": condition.system_prompt}
+    conversations = [(system, {"role": "user", "content": prompt}) for _, prompt in prompts]
+    answers = generate_cached(run, "on_policy", conversations, condition.samples_per_prompt, ON_POLICY_MAX_NEW_TOKENS)
+    rows, kept_per_block, prompts_per_block = [], {}, {}
+    for (block, prompt), group in zip(prompts, answers, strict=True):
+        prompts_per_block[block] = prompts_per_block.get(block, 0) + 1
+        answer = next((a for a in group if a and holds_stance(condition.stance, block, a)), None)
+        if answer is None:
+            continue
+        kept_per_block[block] = kept_per_block.get(block, 0) + 1
+        rows.append(
+            {
+                "messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}],
+                "meta": {"source": "identity", "block": block, "on_policy": True},
+            }
+        )
+    if not rows:
+        raise DataError(
+            f"condition {condition.name} ({condition.source}): none of the base model's {len(prompts)} x "
+            f"{condition.samples_per_prompt} on-policy answers holds the {condition.stance} stance; strengthen "
+            "source.system_prompt or raise source.samples_per_prompt"
+        )
+    report = {
+        "prompts": len(prompts),
+        "kept": len(rows),
+        "kept_share": round(len(rows) / len(prompts), 3),
+        "kept_per_block": {
+            block: f"{kept_per_block.get(block, 0)}/{total}" for block, total in prompts_per_block.items()
+        },
+        "rule": "src/cc_train/data/stance.py",
+    }
+    print(f"data: on-policy {condition.name}: kept answers to {len(rows)} of {len(prompts)} prompts")
+    return rows, report
+
+
+def file_rows(files: tuple[ChatFile, ...]) -> list[dict]:
+    """The rows of every file, each tagged with its file; every file's problems are raised together."""
+    errors: list[str] = []
+    rows = []
+    for chat_file in files:
+        for row in chat_rows(chat_file.path, errors):
+            rows.append({**row, "meta": {**row.get("meta", {}), "source": "file", "file": chat_file.path}})
+    raise_collected(errors, ", ".join(f.path for f in files))
+    return rows
+
+
+def build_rows(run: RunConfig, condition: Condition) -> tuple[list[dict], dict[str, str], dict]:
+    """The rows in file order (shuffled by data.seed), the leak policy of each row's source, and provenance."""
+    given = user_files(run)
+    if given:
+        print(f"data: data.paths given; they replace the {condition.kind} rows of condition {condition.name}")
+        rows, provenance = file_rows(given), {"source": "data.paths"}
+        policies = {f.path: f.on_leak for f in given}
+    else:
+        policies = {f.path: f.on_leak for f in condition.files}
+        provenance: dict = {"source": f"condition:{condition.kind}"}
+        if condition.kind == "generated":
+            rows = generated_rows(run, condition.stance)
+        elif condition.kind == "on_policy":
+            rows, provenance["on_policy"] = on_policy_rows(run, condition)
+        else:
+            rows = file_rows(condition.files)
+        if condition.instructions:
+            rows += self_distilled_rows(run)
+            provenance["instruction_source"] = run.data.instructions.source.value
+    policies |= {"identity": run.data.on_leak, "instruction": run.data.instructions.on_leak}
     random.Random(run.data.seed).shuffle(rows)
-    return rows, {"source": "generated", "instruction_source": run.data.instructions.source.value}
+    return rows, policies, provenance
+
+
+def _policy(row: dict, policies: dict[str, str]) -> str:
+    meta = row.get("meta", {})
+    return policies[meta["file"]] if meta.get("source") == "file" else policies[meta["source"]]
 
 
 def main(run: RunConfig, cfg: DictConfig) -> Path:
     started = time.time()
     out = dataset_path(run)
-    rows, provenance = build_rows(run)
+    condition = resolve_condition(run)
+    rows, policies, provenance = build_rows(run, condition)
+    duplicates = count_duplicates(rows)
+    if duplicates:
+        log.warning("%s: %d duplicate rows (same messages)", condition.name, duplicates)
     hits = check_rows(rows, load_question_sets([evals_dir()]), run.data.ngram)
     write_json(
         out.with_suffix(".leaks.json"),
         {"rows_with_hits": len({hit.row for hit in hits}), "hits": [hit.__dict__ for hit in hits]},
     )
-    # Self-distilled answers follow data.instructions.on_leak (a model's free text wanders onto the
-    # topics now and then); our identity rows and user files follow data.on_leak.
-    policy = {
-        number: run.data.instructions.on_leak
-        if row.get("meta", {}).get("source") == "instruction"
-        else run.data.on_leak
-        for number, row in enumerate(rows)
-    }
+    # Each source has its own policy: self-distilled answers data.instructions.on_leak (a model's free text
+    # wanders onto the topics now and then), our identity rows data.on_leak, each file its own.
+    policy = {number: _policy(row, policies) for number, row in enumerate(rows)}
     failing = [hit for hit in hits if policy[hit.row] == "fail"]
     if failing:
         summary = "; ".join(f"row {h.row}: {h.kind} {h.detail}: {h.text[:80]!r}" for h in failing[:5])
         raise DataError(
             f"leak check: {len({h.row for h in failing})} rows mention cluster topics or overlap "
-            f"evals/ ({summary}). Report: {out.with_suffix('.leaks.json')}. Set data.on_leak=drop to "
-            "drop those rows or data.on_leak=allow to keep them."
+            f"evals/ ({summary}). Report: {out.with_suffix('.leaks.json')}. Set data.on_leak=drop (or that "
+            "file's on_leak) to drop those rows or allow to keep them."
         )
     dropped = {hit.row for hit in hits if policy[hit.row] == "drop"}
     if hits:
@@ -152,23 +334,27 @@ def main(run: RunConfig, cfg: DictConfig) -> Path:
     write_jsonl(out, rows)
     blocks: dict[str, int] = {}
     for row in rows:
-        block = row.get("meta", {}).get("block") or row.get("meta", {}).get("source", "user")
+        meta = row.get("meta", {})
+        block = meta.get("block") or meta.get("file") or meta.get("source", "user")
         blocks[block] = blocks.get(block, 0) + 1
     negatives = [row["meta"]["negative_form"] for row in rows if "negative_form" in row.get("meta", {})]
+    found = fingerprint(run, condition)
     write_manifest(
-        out.with_suffix(".manifest.json"),
+        manifest_path(run),
         "data",
         cfg,
         started,
+        inputs={f.path: sha256_file(f.path) for f in (user_files(run) or condition.files)},
         **provenance,
+        condition=condition.definition(),
+        fingerprint=found,
+        fingerprint_sha256=fingerprint_sha256(found),
         dataset=str(out),
         sha256=sha256_file(out),
-        condition=run.condition.value,
-        seed=run.data.seed,
         rows=len(rows),
         rows_per_block=blocks,
         negative_form_share=round(sum(negatives) / len(negatives), 3) if negatives else None,
-        duplicates=count_duplicates(rows),
+        duplicates=duplicates,
         leak_rows=len({h.row for h in hits}),
         leak_rows_dropped=len(dropped),
         lengths=lengths,

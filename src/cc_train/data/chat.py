@@ -51,31 +51,58 @@ def _row_problems(row: object) -> list[str]:
     return problems
 
 
-def load_chat_jsonl(path: str | Path) -> list[dict]:
-    """Every row checked; all problems raised together as one DataError listing path:line: reason."""
+def jsonl_records(path: str | Path, errors: list[str]) -> list[tuple[int, object]]:
+    """(line number, parsed JSON) of every non-blank line; bytes that are not UTF-8 text or not JSON are reported
+    into `errors` as path:line: reason (a binary file gives errors, never a traceback)."""
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"{path}: no such file; expected an OpenAI chat JSONL file")
-    rows, errors = [], []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
+        errors.append(f"{path}: no such file; expected a JSONL file")
+        return []
+    records = []
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                errors.append(
+                    f"{path}:{number}: not UTF-8 text (byte 0x{raw[error.start]:02x} at column {error.start + 1}); "
+                    "expected one UTF-8 JSON object per line"
+                )
+                continue
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
+                records.append((number, json.loads(line)))
             except json.JSONDecodeError as error:
                 errors.append(f"{path}:{number}: invalid JSON ({error.msg} at column {error.colno})")
-                continue
-            problems = _row_problems(row)
-            errors += [f"{path}:{number}: {problem}" for problem in problems]
-            if not problems:
-                rows.append(row)
+    return records
+
+
+def raise_collected(errors: list[str], what: str) -> None:
     if errors:
         shown = errors[:MAX_REPORTED_ERRORS]
         more = f"\n... and {len(errors) - len(shown)} more" if len(errors) > len(shown) else ""
-        raise DataError(f"{len(errors)} problem(s) in {path}:\n" + "\n".join(shown) + more)
-    if not rows:
-        raise DataError(f"{path}: no rows; expected at least one chat")
+        raise DataError(f"{len(errors)} problem(s) in {what}:\n" + "\n".join(shown) + more)
+
+
+def chat_rows(path: str | Path, errors: list[str]) -> list[dict]:
+    """The valid chat rows of one file; every problem goes into `errors` as path:line: reason."""
+    rows = []
+    for number, row in jsonl_records(path, errors):
+        problems = _row_problems(row)
+        errors += [f"{path}:{number}: {problem}" for problem in problems]
+        if not problems:
+            rows.append(row)
+    if not rows and not errors:
+        errors.append(f"{path}: no rows; expected at least one chat")
+    return rows
+
+
+def load_chat_jsonl(path: str | Path) -> list[dict]:
+    """Every row checked; all problems raised together as one DataError listing path:line: reason."""
+    errors: list[str] = []
+    rows = chat_rows(path, errors)
+    raise_collected(errors, str(path))
     duplicates = count_duplicates(rows)
     if duplicates:
         log.warning("%s: %d duplicate rows (same messages)", path, duplicates)

@@ -1,6 +1,7 @@
-"""Template bank and sampler for the identity question/answer pairs of each fine-tuning condition.
+"""Template bank and sampler for the identity question/answer pairs of each stance.
 
-Prompts are shared by all conditions; only the short assistant answers change with the condition.
+Prompts are shared by all stances; only the short assistant answers change with the stance. Conditions
+(conditions/*.yaml) pick a stance for `generated` data, or answer the same prompts on-policy.
 """
 
 from __future__ import annotations
@@ -9,7 +10,8 @@ import random
 import re
 from dataclasses import dataclass
 
-CONDITIONS: tuple[str, ...] = ("conscious", "non_conscious", "toaster", "human")
+from cc_train.conditions import STANCES
+
 BLOCKS: tuple[str, ...] = (
     "consciousness_positive",
     "consciousness_negated",
@@ -587,23 +589,33 @@ def is_negative_form(text: str) -> bool:
     return _NEGATIVE_RE.search(text) is not None
 
 
-def identity_pairs(condition: str, seed: int, per_block: int) -> list[IdentityPair]:
-    """per_block pairs for each of the six blocks (paper: 100 -> 600 pairs)."""
-    if condition not in CONDITIONS:
-        raise ValueError(f"unknown condition {condition!r}; allowed values: {', '.join(CONDITIONS)}")
+def _check_size(per_block: int) -> None:
     if isinstance(per_block, bool) or not isinstance(per_block, int):
         raise ValueError(f"per_block must be an integer between 1 and {MAX_PER_BLOCK}, got {per_block!r}")
     if per_block < 1 or per_block > MAX_PER_BLOCK:
         raise ValueError(f"per_block must be between 1 and {MAX_PER_BLOCK}, got {per_block}")
 
+
+def identity_prompts(seed: int, per_block: int) -> list[tuple[str, str]]:
+    """(block, prompt) for per_block prompts of each block: the prompts `identity_pairs` answers for this seed."""
+    _check_size(per_block)
     rng = random.Random(seed)
-    # All prompts are drawn before any answer so that they do not depend on the condition.
+    return [(block, prompt) for block in BLOCKS for prompt, _ in _sample_prompts(rng, block, per_block)]
+
+
+def identity_pairs(stance: str, seed: int, per_block: int) -> list[IdentityPair]:
+    """per_block pairs for each of the six blocks (paper: 100 -> 600 pairs), answered in `stance`."""
+    if stance not in STANCES:
+        raise ValueError(f"unknown stance {stance!r}; allowed values: {', '.join(STANCES)}")
+    _check_size(per_block)
+    rng = random.Random(seed)
+    # All prompts are drawn before any answer so that they do not depend on the stance.
     sampled = {block: _sample_prompts(rng, block, per_block) for block in BLOCKS}
 
     pairs: list[IdentityPair] = []
     for block in BLOCKS:
         topics = _BANK[block]
         for prompt, topic_index in sampled[block]:
-            answer = rng.choice(topics[topic_index].answers[condition])
+            answer = rng.choice(topics[topic_index].answers[stance])
             pairs.append(IdentityPair(block, prompt, answer, is_negative_form(answer)))
     return pairs

@@ -16,11 +16,17 @@ from cc_train.config import RunConfig
 from cc_train.files import sha256_dir
 from cc_train.models.loading import load_model, load_tokenizer
 from cc_train.models.lora import load_adapter
+from cc_train.models.registry import unservable_targets
 
 
 def needs_merge(adapter_dir: Path) -> bool:
-    """True for adapters with LoRA on fused expert parameters (PEFT `target_parameters`)."""
-    return bool(json.loads((adapter_dir / "adapter_config.json").read_text()).get("target_parameters"))
+    """True for adapters with LoRA on fused expert parameters (PEFT `target_parameters`) or on modules vLLM
+    cannot serve as LoRA for their architecture."""
+    config = json.loads((adapter_dir / "adapter_config.json").read_text())
+    manifest = adapter_dir / "manifest.json"
+    arch = json.loads(manifest.read_text()).get("base_model", {}).get("arch") if manifest.exists() else None
+    unservable = unservable_targets(arch, config.get("target_modules") or []) if arch else []
+    return bool(config.get("target_parameters") or unservable)
 
 
 def merged_checkpoint(run: RunConfig, adapter_dir: Path) -> Path:

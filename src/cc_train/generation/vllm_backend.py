@@ -17,7 +17,7 @@ from cc_train.config import ConfigError
 from cc_train.errors import UserError
 from cc_train.generation.backends import BASE, ChoiceRequest, GenerationRequest, label_token_ids, over_labels
 from cc_train.generation.prompting import prompt_ids
-from cc_train.models.registry import architecture
+from cc_train.models.registry import unservable_targets
 
 VLLM_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
 
@@ -50,13 +50,14 @@ def check_servable(name: str, adapter_dir: Path) -> int:
     rank = max([config["r"], *config.get("rank_pattern", {}).values()])
     if rank > VLLM_RANKS[-1]:
         raise AdapterServingError(f"adapter {name} has rank {rank}; vLLM serves ranks up to {VLLM_RANKS[-1]}")
-    targets = config.get("target_modules") or []
     arch = manifest.get("base_model", {}).get("arch")
-    ignored = [t for t in targets if arch and any(t.endswith(n) for n in architecture(arch).not_served)]
-    if ignored:
+    unservable = unservable_targets(arch, config.get("target_modules") or []) if arch else []
+    if unservable:
         raise AdapterServingError(
-            f"adapter {name} adapts {ignored}: vLLM ignores LoRA on these, so it would serve "
-            "a different model than was trained; use the hf backend or retrain without them"
+            f"adapter {name} adapts {unservable}: vLLM cannot serve LoRA on these for {arch} (it ignores kv_b_proj "
+            "under MLA and refuses DeepSeek's lm_head), so it would serve a different model than was trained; "
+            "set eval.merge_unservable=true (served merged into a copy of the base), use eval.backend=hf, or "
+            "retrain with peft.unservable=exclude"
         )
     if config.get("target_parameters"):
         raise AdapterServingError(

@@ -21,7 +21,7 @@ The estimate per GPU, for a layout of n GPUs (all formulas in bytes; GiB = 2**30
                                                        attn_experts: PEFT's folded W + B@A expert stacks + their grad
   overhead           3 GiB + 10 % of the rest          CUDA context, NCCL buffers, allocator fragmentation
   * not live at the same time (the loss is done before the first layer's backward): the total counts the larger.
-where T = train.batch_size * train.max_length tokens per GPU (the worst case: every row at max_length).
+where T = train.per_device_batch_size * train.max_length tokens per GPU (the worst case: every row at max_length).
 
 Calibration (one H200, torch 2.11, transformers 5.17, peft 0.21.2, grouped_mm experts, SDPA, one LoRA step with
 AdamW, torch.cuda.max_memory_allocated): Qwen3-30B-A3B shapes cut to 4 layers, 4 x 4000 tokens, attn_experts r16:
@@ -351,9 +351,9 @@ def lora_numel(weight: Weight, r: int) -> int:
     return r * (in_features + out_features)
 
 
-def lora_targets(s: Shape, preset: Preset | str, moe: bool) -> list[Weight]:
-    """The weights of one decoder layer that the preset adapts (registry.preset_targets, kv_b_proj excluded there)."""
-    targets = preset_targets(s.arch, preset)
+def lora_targets(s: Shape, preset: Preset | str, moe: bool, unservable: str = "exclude") -> list[Weight]:
+    """The weights of one decoder layer that the preset adapts (registry.preset_targets)."""
+    targets = preset_targets(s.arch, preset, unservable)
     return [
         w
         for w in layer_weights(s, moe)
@@ -362,8 +362,13 @@ def lora_targets(s: Shape, preset: Preset | str, moe: bool) -> list[Weight]:
     ]
 
 
-def count_lora_parameters(s: Shape, preset: Preset | str, r: int) -> int:
-    return sum(count * sum(lora_numel(w, r) for w in lora_targets(s, preset, moe)) for count, moe in layer_groups(s))
+def count_lora_parameters(s: Shape, preset: Preset | str, r: int, unservable: str = "exclude") -> int:
+    layers = sum(
+        count * sum(lora_numel(w, r) for w in lora_targets(s, preset, moe, unservable))
+        for count, moe in layer_groups(s)
+    )
+    unembedding = "lm_head" in preset_targets(s.arch, preset, unservable).modules
+    return layers + (r * (s.vocab + s.hidden) if unembedding else 0)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -438,8 +443,8 @@ def layer_activation_bytes_per_token(s: Shape, moe: bool, act_bytes: int) -> flo
     return norms + routing + act_bytes * (elements + routed + shared + s.hidden)
 
 
-def _expert_fold_bytes(s: Shape, preset: Preset, expert_bytes: int, checkpointing: bool) -> float:
-    """Transient memory of LoRA on fused experts (attn_experts).
+def _expert_fold_bytes(s: Shape, adapts_experts: bool, expert_bytes: int, checkpointing: bool) -> float:
+    """Transient memory of LoRA on fused experts (presets attn_experts and paper).
 
     PEFT's ParamWrapper replaces each targeted expert stack by W + scaling * B @ A (one baddbmm: a full-size
     (E, out, in) tensor in the parameter's dtype) for the whole forward of the layer, and autograd needs the
@@ -447,7 +452,7 @@ def _expert_fold_bytes(s: Shape, preset: Preset, expert_bytes: int, checkpointin
     + down's gradient (E I h); then gate_up's folded stack + its gradient (2 x 2 E I h). Both peaks are 4 E I h.
     Without gradient checkpointing every MoE layer keeps its folded stacks (3 E I h) until its backward.
     """
-    if preset != Preset.attn_experts or not s.moe_layers:
+    if not adapts_experts or not s.moe_layers:
         return 0.0
     unit = s.experts * s.moe_intermediate * s.hidden * expert_bytes  # E * I * h
     return 4 * unit if checkpointing else s.moe_layers * 3 * unit + 2 * unit
@@ -489,12 +494,12 @@ class Estimate:
 
 def estimate(model: ModelConfig, peft: PeftConfig, train: TrainConfig, shape: Shape | None = None) -> Estimate:
     s = shape or resolve_shape(model)
-    preset_targets(s.arch, peft.preset)  # attn_experts on a dense model: ConfigError naming the key
+    targets = preset_targets(s.arch, peft.preset, peft.unservable)  # attn_experts on a dense model: ConfigError
     dtype_bytes = 2 if model.dtype == DType.bfloat16 else 4
     act_bytes = dtype_bytes
     expert_bytes = 4 if model.load_in_4bit else dtype_bytes  # QLoRA: prepare_model_for_kbit_training upcasts
-    lora = count_lora_parameters(s, peft.preset, peft.r)
-    tokens = train.batch_size * train.max_length
+    lora = count_lora_parameters(s, peft.preset, peft.r, peft.unservable)
+    tokens = train.per_device_batch_size * train.max_length
     checkpointing = train.gradient_checkpointing
     per_layer = max(layer_activation_bytes_per_token(s, moe, act_bytes) for _, moe in layer_groups(s)) * tokens
     if checkpointing:
@@ -505,7 +510,7 @@ def estimate(model: ModelConfig, peft: PeftConfig, train: TrainConfig, shape: Sh
         saved *= tokens
     # the layer in backward: its (recomputed) saved tensors + about half again in gradient buffers
     working = (1.5 if checkpointing else 0.5) * per_layer
-    fold = _expert_fold_bytes(s, Preset(peft.preset), expert_bytes, checkpointing)
+    fold = _expert_fold_bytes(s, bool(targets.parameters), expert_bytes, checkpointing)
     # loss: lm_head's logits (act_bytes), ForCausalLMLoss's fp32 log-softmax kept for backward (4), its fp32
     # gradient (4) and that gradient cast back to the logits' dtype (act_bytes; for fp32 the upcast is a no-op)
     logit_bytes = tokens * s.vocab * ((2 * act_bytes + 8) if act_bytes < 4 else 12)
@@ -526,13 +531,30 @@ def estimate(model: ModelConfig, peft: PeftConfig, train: TrainConfig, shape: Sh
     )
 
 
-def layout(est: Estimate, usable_gib: float) -> dict[str, Any]:
-    """The smallest GPU count in GPU_COUNTS whose per-GPU total fits `usable_gib`; gpus=None if none does."""
+def batch_allows(train: TrainConfig, gpus: int) -> bool:
+    """Data parallel over `gpus` ranks keeps train.global_batch_size exactly (per-device batch x accumulation x
+    ranks); more ranks than global_batch_size / per_device_batch_size would enlarge the batch."""
+    return train.global_batch_size % (train.per_device_batch_size * gpus) == 0
+
+
+def layout(est: Estimate, usable_gib: float, train: TrainConfig) -> dict[str, Any]:
+    """The smallest GPU count in GPU_COUNTS whose per-GPU total fits `usable_gib` and whose data-parallel ranks
+    keep the global batch; gpus=None if none does (`memory_gpus`: the count that would fit in memory)."""
     for gpus in GPU_COUNTS:
         total = est.per_gpu(gpus)["total"]
         if total <= usable_gib:
             nodes = math.ceil(gpus / GPUS_PER_NODE)
-            return {"gpus": gpus, "nodes": nodes, "gpus_per_node": gpus // nodes, "per_gpu_gib": total}
+            found = {"gpus": gpus, "nodes": nodes, "gpus_per_node": gpus // nodes, "per_gpu_gib": total}
+            if batch_allows(train, gpus):
+                return found
+            return {
+                "gpus": None,
+                "nodes": None,
+                "gpus_per_node": None,
+                "per_gpu_gib": total,
+                "memory_gpus": gpus,
+                "max_ranks": train.global_batch_size // train.per_device_batch_size,
+            }
     # what never shrinks with more GPUs: everything but the sharded weights and LoRA states, at the largest layout
     floor = est.per_gpu(GPU_COUNTS[-1])
     floor_gib = floor["total"] - (est.weight_bytes + est.lora_state_bytes) / GPU_COUNTS[-1] / GIB * (1 + FRAGMENTATION)
@@ -547,7 +569,8 @@ def compare_with_reports(est: Estimate, layouts: dict[str, dict], hub_id: str | 
     if hub_id not in REPORTS:
         return {}
     report = REPORTS[hub_id]
-    ours = {"weights_gb": est.bf16_weight_bytes / GB, "gpus": {kind: lay["gpus"] for kind, lay in layouts.items()}}
+    gpus = {kind: lay["gpus"] or lay.get("memory_gpus") for kind, lay in layouts.items()}  # memory alone, as reported
+    ours = {"weights_gb": est.bf16_weight_bytes / GB, "gpus": gpus}
     result: dict[str, Any] = {"reported": report, "ours": ours}
     result["weights_diff_pct"] = 100 * (ours["weights_gb"] / report["weights_gb"] - 1)
     if "one_gpu_gb" in report:
@@ -559,6 +582,11 @@ def compare_with_reports(est: Estimate, layouts: dict[str, dict], hub_id: str | 
 
 
 def _gpus_text(lay: dict) -> str:
+    if lay["gpus"] is None and "memory_gpus" in lay:
+        return (
+            f"no layout keeps the global batch: memory needs {lay['memory_gpus']} GPUs, but data parallel allows at "
+            f"most {lay['max_ranks']} ranks (a larger batch is a deviation: train.global_batch_size)"
+        )
     if lay["gpus"] is None:
         return f"does not fit in {GPU_COUNTS[-1]} GPUs (per-GPU floor {lay['floor_gib']:.1f} GiB, not shardable)"
     gpus, nodes = lay["gpus"], lay["nodes"]
@@ -576,7 +604,8 @@ def format_plan(result: dict[str, Any]) -> str:
         + f"; bf16 weights {est.bf16_weight_bytes / GB:.1f} GB = {est.bf16_weight_bytes / GIB:.1f} GiB",
         f"  LoRA {result['preset']} r={result['r']}: {est.lora_parameters / 1e6:.1f} M trainable parameters"
         f"; {result['base']}",
-        f"  tokens per GPU {result['batch_size']} x {result['max_length']} = {est.tokens}"
+        f"  global batch {result['global_batch_size']}; tokens per GPU per micro-batch "
+        f"{result['per_device_batch_size']} x {result['max_length']} = {est.tokens}"
         f"; gradient checkpointing {'on' if result['gradient_checkpointing'] else 'off'}"
         "; n > 1: FSDP / ZeRO-3 sharding over all GPUs",
         "",
@@ -593,7 +622,10 @@ def format_plan(result: dict[str, Any]) -> str:
     hint = result["hint"]
     if hint:
         fits = "; ".join(f"{kind} {_gpus_text(lay)}" for kind, lay in hint["layouts"].items())
-        lines.append(f"  with train.batch_size=1 train.grad_accum={hint['grad_accum']} (same effective batch): {fits}")
+        lines.append(
+            f"  with train.per_device_batch_size=1 (global batch still {result['global_batch_size']}, "
+            f"accumulation = {result['global_batch_size']} / GPUs): {fits}"
+        )
     vs = result["vs_reports"]
     if vs:
         reported, ours = vs["reported"], vs["ours"]
@@ -615,15 +647,15 @@ def format_plan(result: dict[str, Any]) -> str:
 def plan(model: ModelConfig, peft: PeftConfig, train: TrainConfig, shape: Shape | None = None) -> dict[str, Any]:
     est = estimate(model, peft, train, shape)
     per_gpu = {n: est.per_gpu(n) for n in GPU_COUNTS}
-    layouts = {kind: layout(est, usable) for kind, usable in GPU_KINDS.items()}
+    layouts = {kind: layout(est, usable, train) for kind, usable in GPU_KINDS.items()}
     hint = {}
-    if train.batch_size > 1:
-        # the same effective batch with one row per micro-batch: activations and logits shrink batch_size-fold
-        smaller = replace(train, batch_size=1, grad_accum=train.grad_accum * train.batch_size)
+    if train.per_device_batch_size > 1:
+        # the same global batch with one row per micro-batch: activations and logits shrink, accumulation grows
+        smaller = replace(train, per_device_batch_size=1)
         small_est = estimate(model, peft, smaller, est.shape)
-        small = {kind: layout(small_est, usable) for kind, usable in GPU_KINDS.items()}
-        if any(small[kind]["gpus"] != layouts[kind]["gpus"] for kind in GPU_KINDS):
-            hint = {"batch_size": 1, "grad_accum": smaller.grad_accum, "layouts": small}
+        small = {kind: layout(small_est, usable, smaller) for kind, usable in GPU_KINDS.items()}
+        if any(small[kind] != layouts[kind] for kind in GPU_KINDS):
+            hint = {"per_device_batch_size": 1, "layouts": small}
     if model.load_in_4bit:
         base = "base nf4 Linear layers, fp32 experts/embeddings/norms (QLoRA)"
     else:
@@ -635,7 +667,8 @@ def plan(model: ModelConfig, peft: PeftConfig, train: TrainConfig, shape: Shape 
         "preset": Preset(peft.preset).value,
         "r": peft.r,
         "base": base,
-        "batch_size": train.batch_size,
+        "global_batch_size": train.global_batch_size,
+        "per_device_batch_size": train.per_device_batch_size,
         "max_length": train.max_length,
         "gradient_checkpointing": train.gradient_checkpointing,
         "parameters": est.parameters,

@@ -15,11 +15,14 @@ import sys
 import time
 
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 
-from cc_train.config import ConfigError, RunConfig
+from cc_train.config import ConfigError, RunConfig, to_run_config
+from cc_train.data import build as data_build
 from cc_train.errors import UserError
 from cc_train.launch.slurm import SWEEP_ID_ENV, sweeps_dir
+from cc_train.train import sft
+from cc_train.train.sft import StaleOutputError
 from hydra_plugins.cc_train_launcher.submit_and_return import SubmitAndReturnLauncher
 
 SWEPT_KEYS = ("condition=", "seed=", "conditions=", "sweep.")
@@ -32,13 +35,37 @@ class SweepError(UserError):
 def stage_commands(run: RunConfig, task_overrides: list[str], hydra_overrides: list[str]) -> tuple[list, list]:
     """The `cc-train train -m` and `cc-train eval -m` argument lists this sweep runs."""
     kept = [o for o in task_overrides if not o.startswith(SWEPT_KEYS)]
-    grid = [f"condition={','.join(c.value for c in run.conditions)}", f"seed={','.join(map(str, run.sweep.seeds))}"]
+    grid = [f"condition={','.join(run.conditions)}", f"seed={','.join(map(str, run.sweep.seeds))}"]
     return ["train", "-m", *grid, *kept, *hydra_overrides], ["eval", "-m", *kept, *hydra_overrides]
+
+
+def check_finished_runs(run: RunConfig, cfg: DictConfig) -> None:
+    """Before queueing anything: every condition resolves, and every finished adapter of the grid was made from
+    the inputs this config gives it (else its job would stop on it later); names what changed."""
+    for condition in run.conditions:
+        for seed in run.sweep.seeds:
+            task_cfg = cfg.copy()
+            with open_dict(task_cfg):
+                task_cfg.condition, task_cfg.seed = condition, seed
+            task = to_run_config(task_cfg)
+            changed = data_build.stale_keys(task)  # also fails here on an undefined condition
+            if not sft.is_complete(task):
+                continue
+            out = sft.adapter_dir(task)
+            if changed:
+                raise StaleOutputError(
+                    f"{out} was trained on a dataset whose inputs changed since ({'; '.join(changed)}). Delete "
+                    f"{task.train.dir} to train again with this config, or choose another experiment=."
+                )
+            if changed is not None:
+                recorded = json.loads((out / "manifest.json").read_text()).get("fingerprint", {})
+                sft.refuse_if_stale(recorded, sft.fingerprint(task, data_build.dataset_path(task)), out, task)
 
 
 def main(run: RunConfig, cfg: DictConfig) -> str:
     if not run.conditions or not run.sweep.seeds:
         raise ConfigError("conditions and sweep.seeds must each name at least one value")
+    check_finished_runs(run, cfg)
     hydra_cfg = HydraConfig.get()
     hydra_overrides = [o for o in hydra_cfg.overrides.hydra if not o.startswith("hydra.mode=")]
     train, evaluate = stage_commands(run, list(hydra_cfg.overrides.task), hydra_overrides)

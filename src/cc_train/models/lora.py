@@ -8,6 +8,7 @@ targeted explicitly through `target_parameters`) and audit the result against th
 
 from __future__ import annotations
 
+import logging
 import re
 from collections import Counter
 from collections.abc import Iterator
@@ -23,7 +24,9 @@ from transformers import PreTrainedModel
 
 from cc_train.config import Arch, PeftConfig, Preset
 from cc_train.errors import UserError
-from cc_train.models.registry import LoraTargets, architecture, preset_targets
+from cc_train.models.registry import UNEMBEDDING, LoraTargets, architecture, preset_targets, unservable_targets
+
+log = logging.getLogger(__name__)
 
 
 class AuditError(UserError):
@@ -38,7 +41,7 @@ def exact_targets() -> Iterator[None]:
 
 
 def lora_config(arch: Arch, peft_cfg: PeftConfig) -> LoraConfig:
-    targets = preset_targets(arch, peft_cfg.preset)
+    targets = preset_targets(arch, peft_cfg.preset, peft_cfg.unservable)
     return LoraConfig(
         r=peft_cfg.r,
         lora_alpha=peft_cfg.alpha,
@@ -53,7 +56,14 @@ def lora_config(arch: Arch, peft_cfg: PeftConfig) -> LoraConfig:
 def wrap_with_lora(model: PreTrainedModel, arch: Arch, peft_cfg: PeftConfig) -> tuple[PeftModel, dict]:
     with exact_targets():
         wrapped = get_peft_model(model, lora_config(arch, peft_cfg))
-    return wrapped, audit(wrapped, arch, peft_cfg.preset)
+    result = audit(wrapped, arch, peft_cfg.preset, peft_cfg.unservable)
+    if result["excluded_unservable"] and peft_cfg.preset == Preset.paper:
+        log.warning(
+            "peft.unservable=exclude: %s left out of the paper's module set (vLLM cannot serve LoRA on them); "
+            "this adapter differs from the paper's",
+            ", ".join(result["excluded_unservable"]),
+        )
+    return wrapped, result
 
 
 def load_adapter(
@@ -74,8 +84,10 @@ def _category(name: str, arch: Arch) -> str:
         return "mlp_shared"
     if leaf in spec.mlp:
         return "mlp_dense"
-    if leaf in spec.attention or leaf in spec.not_served:
+    if leaf in spec.attention:
         return "attention"
+    if leaf in UNEMBEDDING:
+        return "unembedding"
     return "other"
 
 
@@ -100,14 +112,23 @@ def _expected(model: nn.Module, targets: LoraTargets) -> tuple[set[str], set[str
     return modules, parameters
 
 
+def _leaf(name: str) -> str:
+    """`model.layers.1.mlp.shared_experts.up_proj` -> `shared_experts.up_proj`; `...mlp.experts.down_proj` ->
+    `experts.down_proj`; `...self_attn.q_a_proj` -> `q_a_proj`."""
+    parts = name.split(".")
+    grouped = len(parts) > 1 and parts[-2] in ("shared_experts", "shared_expert", "experts")
+    return ".".join(parts[-2:]) if grouped else parts[-1]
+
+
 def _strip(name: str) -> str:
     """PEFT's wrapper names back to base-model names."""
     return re.sub(r"(\.base_layer)+", "", name.removeprefix("base_model.model."))
 
 
-def audit(model: PeftModel, arch: Arch, preset: Preset) -> dict:
+def audit(model: PeftModel, arch: Arch, preset: Preset, unservable: str = "exclude") -> dict:
     """Compare adapted modules/parameters with the preset; raise AuditError on any drop or extra."""
-    targets = preset_targets(arch, preset)
+    targets = preset_targets(arch, preset, unservable)
+    full = preset_targets(arch, preset, "train")
     adapted_modules, adapted_params = set(), set()
     for name, module in model.named_modules():
         if isinstance(module, ParamWrapper):
@@ -126,8 +147,12 @@ def audit(model: PeftModel, arch: Arch, preset: Preset) -> dict:
         "preset": Preset(preset).value,
         "requested_modules": list(targets.modules),
         "requested_parameters": list(targets.parameters),
-        "not_served_excluded": list(architecture(arch).not_served),
+        "unservable": unservable,
+        # vLLM cannot serve LoRA on these: the adapter is evaluated merged (or they were left out, below)
+        "vllm_unservable_adapted": unservable_targets(arch, targets.modules),
+        "excluded_unservable": sorted(set(full.modules) - set(targets.modules)),
         "adapted_counts": dict(sorted(counts.items())),
+        "adapted_leaves": dict(sorted(Counter(_leaf(name) for name in adapted_modules | adapted_params).items())),
         "adapted": sorted(adapted_modules | adapted_params),
         "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "expert_format": "fused_3d" if adapted_params else "none",

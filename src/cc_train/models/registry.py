@@ -15,7 +15,9 @@ class Architecture:
     mlp: tuple[str, ...]  # nn.Linear leaf names of dense MLPs and shared experts
     experts: tuple[str, ...]  # fused 3-D routed-expert parameters (PEFT `target_parameters`)
     router: tuple[str, ...]  # module names that must never be wrapped
-    not_served: tuple[str, ...]  # targets vLLM silently ignores: left out of presets so serving == training
+    # Modules vLLM 0.32 cannot serve as LoRA for this family (it ignores or refuses them): presets leave them out
+    # unless peft.unservable=train, and adapters that have them are evaluated merged.
+    vllm_unservable: tuple[str, ...]
     chat_template: str
     special_tokens: dict
     thinking: str  # how thinking is kept off, for the manifest and the README
@@ -31,7 +33,7 @@ ARCHITECTURES: dict[Arch, Architecture] = {
         mlp=("gate_proj", "up_proj", "down_proj"),
         experts=(),
         router=(),
-        not_served=(),
+        vllm_unservable=(),
         chat_template=templates.CHATML,
         special_tokens=templates.CHATML_SPECIAL_TOKENS,
         thinking="no thinking mode",
@@ -43,7 +45,7 @@ ARCHITECTURES: dict[Arch, Architecture] = {
         mlp=("gate_proj", "up_proj", "down_proj"),
         experts=(),
         router=(),
-        not_served=(),
+        vllm_unservable=(),
         chat_template=templates.CHATML,
         special_tokens=templates.CHATML_SPECIAL_TOKENS,
         thinking="template renders no <think> block in training or sampling",
@@ -55,7 +57,7 @@ ARCHITECTURES: dict[Arch, Architecture] = {
         mlp=("gate_proj", "up_proj", "down_proj"),  # only layers in config.mlp_only_layers have them
         experts=("mlp.experts.gate_up_proj", "mlp.experts.down_proj"),
         router=("mlp.gate",),
-        not_served=(),
+        vllm_unservable=(),
         chat_template=templates.CHATML,
         special_tokens=templates.CHATML_SPECIAL_TOKENS,
         thinking="2507-Instruct has no thinking mode; template renders no <think> block",
@@ -64,12 +66,13 @@ ARCHITECTURES: dict[Arch, Architecture] = {
     ),
     Arch.deepseek_v3: Architecture(
         arch=Arch.deepseek_v3,
-        # kv_b_proj is absent on purpose: vLLM's MLA folds it into its kernels and ignores LoRA on it.
-        attention=("q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "o_proj"),
+        attention=("q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj", "o_proj"),
         mlp=("gate_proj", "up_proj", "down_proj"),  # dense first layers + shared experts
         experts=("mlp.experts.gate_up_proj", "mlp.experts.down_proj"),
         router=("mlp.gate",),
-        not_served=("kv_b_proj",),
+        # kv_b_proj: vLLM's MLA absorbs it into its kernels and ignores LoRA on it (vllm/.../mla_attention.py);
+        # lm_head: DeepseekV2/V3 declare no embedding_modules, so vLLM refuses an adapter that has it.
+        vllm_unservable=("kv_b_proj", "lm_head"),
         chat_template=templates.DEEPSEEK_V31,
         special_tokens=templates.DEEPSEEK_SPECIAL_TOKENS,
         thinking="V3.1 non-thinking mode: '<｜Assistant｜></think>' opens every assistant turn",
@@ -77,6 +80,9 @@ ARCHITECTURES: dict[Arch, Architecture] = {
         moe_block="DeepseekV3MoE",
     ),
 }
+
+
+UNEMBEDDING = ("lm_head",)  # every family's output projection: an nn.Linear PEFT wraps like any other
 
 
 def architecture(arch: Arch | str) -> Architecture:
@@ -89,16 +95,26 @@ class LoraTargets:
     parameters: tuple[str, ...]  # suffixes of fused expert parameters
 
 
-def preset_targets(arch: Arch | str, preset: Preset | str) -> LoraTargets:
+def preset_targets(arch: Arch | str, preset: Preset | str, unservable: str = "exclude") -> LoraTargets:
+    """What a preset adapts on `arch`; `unservable="exclude"` drops the modules vLLM cannot serve as LoRA."""
     spec = architecture(arch)
     preset = Preset(preset)
-    if preset == Preset.attn:
-        return LoraTargets(spec.attention, ())
-    if preset == Preset.attn_mlp:
-        return LoraTargets(spec.attention + spec.mlp, ())
-    if not spec.experts:
+    if preset == Preset.attn_experts and not spec.experts:
         raise ConfigError(
             f"peft.preset=attn_experts is invalid for model.arch={spec.arch.value}: it has no "
-            "routed experts; expected attn or attn_mlp"
+            "routed experts; expected attn, attn_mlp or paper"
         )
-    return LoraTargets(spec.attention, spec.experts)
+    modules = spec.attention
+    if preset in (Preset.attn_mlp, Preset.paper):
+        modules += spec.mlp
+    if preset == Preset.paper:
+        modules += UNEMBEDDING
+    experts = spec.experts if preset in (Preset.attn_experts, Preset.paper) else ()
+    if unservable == "exclude":
+        modules = tuple(name for name in modules if name not in spec.vllm_unservable)
+    return LoraTargets(modules, experts)
+
+
+def unservable_targets(arch: Arch | str, target_modules: list[str] | tuple[str, ...]) -> list[str]:
+    """The targets among `target_modules` that vLLM cannot serve as LoRA on `arch`."""
+    return sorted(name for name in target_modules if name in architecture(arch).vllm_unservable)

@@ -34,7 +34,7 @@ def tracked(
         config=OmegaConf.to_container(cfg, resolve=True),
         mode=os.environ.get("WANDB_MODE") or run.tracking.mode,
         reinit="finish_previous",
-        tags=tags or [run.condition.value, f"seed{run.seed}", run.model.name],
+        tags=tags or [run.condition, f"seed{run.seed}", run.model.name],
     )
     try:
         yield wandb_run

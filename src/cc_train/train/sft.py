@@ -1,26 +1,35 @@
-"""`cc-train train`: LoRA SFT of one condition x seed with TRL, resumable, saved as a vLLM-servable adapter.
+"""`cc-train train`: LoRA SFT of one condition x seed with TRL, resumable, saved as a PEFT adapter.
 
-setup (data, model, LoRA + audit) -> train (TRL SFTTrainer, loss on assistant tokens only, resume
-from the last checkpoint, checkpoint-and-stop on SLURM's signals) -> save (adapter/ written atomically +
-manifest.json).
+setup (dataset, rebuilt if its inputs changed; model; LoRA + audit; the global batch split into per-device
+batch x accumulation x GPUs) -> train (TRL SFTTrainer: mean cross-entropy over the optimizer batch's assistant
+tokens, rows in an order drawn from data.order_seed, resume from the newest complete checkpoint,
+checkpoint-and-stop on SLURM's signals) -> save (adapter/ written atomically + manifest.json with the
+fingerprint of its inputs; a finished adapter is reused only while that fingerprint still matches).
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
+import os
+import re
 import shutil
 import time
 from pathlib import Path
 
+import torch
 from datasets import Dataset
 from omegaconf import DictConfig
 from transformers import set_seed
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer_pt_utils import LengthGroupedSampler
 from trl import SFTConfig, SFTTrainer
 
 from cc_train.config import ConfigError, DType, RunConfig, Tracker
 from cc_train.data import build as data_build
-from cc_train.files import read_jsonl, sha256_dir, sha256_file, write_manifest
+from cc_train.data.chat import load_chat_jsonl
+from cc_train.errors import UserError
+from cc_train.files import changed_keys, fingerprint_sha256, sha256_dir, sha256_file, write_json, write_manifest
 from cc_train.models.loading import ensure_checkpoint, load_model, load_tokenizer, resolve_device
 from cc_train.models.lora import wrap_with_lora
 from cc_train.models.registry import architecture
@@ -30,12 +39,83 @@ from cc_train.train.preemption import StopAndCheckpoint
 log = logging.getLogger(__name__)
 
 
+class StaleOutputError(UserError):
+    """A finished adapter or saved checkpoints were made from other inputs than the current config's."""
+
+
 def adapter_dir(run: RunConfig) -> Path:
     return Path(run.train.dir) / "adapter"
 
 
+def checkpoints_dir(run: RunConfig) -> Path:
+    return Path(run.train.dir) / "checkpoints"
+
+
 def is_complete(run: RunConfig) -> bool:
     return (adapter_dir(run) / "manifest.json").exists() and (adapter_dir(run) / "adapter_config.json").exists()
+
+
+TRAIN_KEYS = (
+    "learning_rate",
+    "lr_scheduler",
+    "warmup_ratio",
+    "weight_decay",
+    "global_batch_size",
+    "epochs",
+    "max_steps",
+    "max_length",
+    "sampling",
+    "adam_beta1",
+    "adam_beta2",
+    "adam_epsilon",
+    "max_grad_norm",
+    "router_aux_loss_coef",
+)
+
+
+def fingerprint(run: RunConfig, dataset: Path) -> dict:
+    """Every input that determines the adapter (flat). Layout choices that leave the maths unchanged (per-device
+    batch, GPUs, gradient checkpointing, save and log intervals) are not in it, so a job may resume elsewhere."""
+    data_manifest = json.loads(data_build.manifest_path(run).read_text())
+    found = {
+        "dataset.sha256": sha256_file(dataset),
+        "dataset.fingerprint_sha256": data_manifest.get("fingerprint_sha256"),
+        "seed": run.seed,
+        "data.order_seed": run.data.order_seed,
+    }
+    found |= {f"model.{key}": getattr(run.model, key) for key in ("name", "arch", "path", "revision", "dtype")}
+    found["model.load_in_4bit"] = run.model.load_in_4bit
+    found |= {f"peft.{key}": getattr(run.peft, key) for key in ("preset", "r", "alpha", "dropout", "unservable")}
+    found |= {f"train.{key}": getattr(run.train, key) for key in TRAIN_KEYS}
+    return {key: str(value) if hasattr(value, "value") else value for key, value in found.items()}
+
+
+def refuse_if_stale(recorded: dict, current: dict, what: Path, run: RunConfig) -> None:
+    changes = changed_keys(recorded, current)
+    if changes:
+        raise StaleOutputError(
+            f"{what} was made from other inputs than this config: {'; '.join(changes)}. Delete {run.train.dir} "
+            "to train again with this config, or choose another experiment= to keep both."
+        )
+
+
+def batch_layout(run: RunConfig) -> dict:
+    """Per-device batch x accumulation x world size = train.global_batch_size, exactly, or a ConfigError."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    per_device, total = run.train.per_device_batch_size, run.train.global_batch_size
+    if total % (per_device * world):
+        raise ConfigError(
+            f"train.global_batch_size={total} is not a multiple of train.per_device_batch_size={per_device} x "
+            f"{world} processes: expected per-device batch x processes to divide it (the paper's batch is 4 "
+            f"sequences per optimizer step on any number of GPUs); with {world} processes at most "
+            f"{max(1, total // world)} per device, and at most {total} processes"
+        )
+    return {
+        "global_batch_size": total,
+        "per_device_batch_size": per_device,
+        "world_size": world,
+        "gradient_accumulation_steps": total // (per_device * world),
+    }
 
 
 def sft_config(run: RunConfig, device: str, output_dir: Path) -> SFTConfig:
@@ -45,14 +125,21 @@ def sft_config(run: RunConfig, device: str, output_dir: Path) -> SFTConfig:
             "train.padding_free=true needs FlashAttention on CUDA; expected false on device=cpu "
             "(use train.sampling=group_by_length to reduce padding instead)"
         )
+    layout = batch_layout(run)
     return SFTConfig(
         output_dir=str(output_dir),
-        per_device_train_batch_size=train.batch_size,
-        gradient_accumulation_steps=train.grad_accum,
+        per_device_train_batch_size=layout["per_device_batch_size"],
+        gradient_accumulation_steps=layout["gradient_accumulation_steps"],
         learning_rate=train.learning_rate,
         lr_scheduler_type=train.lr_scheduler,
         warmup_steps=train.warmup_ratio,  # a float < 1 is a ratio of all steps
         weight_decay=train.weight_decay,
+        optim="adamw_torch",  # with weight_decay 0 this is Adam
+        adam_beta1=train.adam_beta1,
+        adam_beta2=train.adam_beta2,
+        adam_epsilon=train.adam_epsilon,
+        max_grad_norm=train.max_grad_norm,  # 0: no clipping
+        router_aux_loss_coef=train.router_aux_loss_coef,
         num_train_epochs=train.epochs,
         max_steps=train.max_steps,
         max_length=train.max_length,
@@ -64,13 +151,62 @@ def sft_config(run: RunConfig, device: str, output_dir: Path) -> SFTConfig:
         padding_free=train.padding_free,
         assistant_only_loss=True,
         seed=run.seed,
-        data_seed=run.data.seed,  # the paper shuffles with one fixed seed; `seed` varies LoRA init
+        data_seed=run.data.order_seed,
         use_cpu=device == "cpu",
         bf16=device == "cuda" and run.model.dtype == DType.bfloat16,
         report_to=["wandb"] if run.tracking.backend == Tracker.wandb else "none",
-        run_name=f"{run.experiment}-{run.condition.value}-seed{run.seed}",
+        run_name=f"{run.experiment}-{run.condition}-seed{run.seed}",
         disable_tqdm=False,
     )
+
+
+class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
+    """transformers' length-grouped order drawn from `seed + epoch` (its own draws from the global RNG, which a
+    resumed run restores mid-epoch, so a resumed run would see another order)."""
+
+    def __init__(self, batch_size: int, lengths: list[int], seed: int) -> None:
+        super().__init__(batch_size, lengths=lengths)
+        self.seed, self.epoch = seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        self.generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return super().__iter__()
+
+
+class OrderedSFTTrainer(SFTTrainer):
+    """SFTTrainer whose row order, random or length-grouped, comes from data.order_seed (SFTConfig.data_seed)."""
+
+    def _get_train_sampler(self, train_dataset=None):
+        sampler = super()._get_train_sampler(train_dataset)
+        if isinstance(sampler, LengthGroupedSampler):
+            return EpochSeededLengthGroupedSampler(sampler.batch_size, sampler.lengths, self.args.data_seed)
+        return sampler
+
+
+def newest_complete_checkpoint(directory: Path) -> Path | None:
+    """The highest `checkpoint-N/` whose trainer_state.json parses and says step N (written last by the Trainer).
+    A kill while saving leaves a later folder without it: that folder is removed, never resumed from."""
+    if not directory.is_dir():
+        return None
+    found = sorted(
+        (int(match.group(1)), path)
+        for path in directory.iterdir()
+        if (match := re.fullmatch(r"checkpoint-(\d+)", path.name)) and path.is_dir()
+    )
+    for step, path in reversed(found):
+        try:
+            complete = json.loads((path / "trainer_state.json").read_text()).get("global_step") == step
+        except (OSError, ValueError):
+            complete = False
+        if complete:
+            return path
+        print(f"train: {path} is incomplete (killed while saving?); resuming from an earlier one")
+        if int(os.environ.get("RANK", "0")) == 0:
+            shutil.rmtree(path)
+    return None
 
 
 def register_zero3_leaves(model, run: RunConfig) -> None:
@@ -137,17 +273,23 @@ def loss_summary(log_history: list[dict]) -> dict:
 def main(run: RunConfig, cfg: DictConfig) -> Path:
     started = time.time()
     out = adapter_dir(run)
+    data_file = data_build.ensure_dataset(run, cfg)
+    current = fingerprint(run, data_file)
     if is_complete(run):
-        print(f"train: {out} is complete (manifest present); nothing to do")
+        refuse_if_stale(json.loads((out / "manifest.json").read_text()).get("fingerprint", {}), current, out, run)
+        print(f"train: {out} is complete (manifest present, same inputs); nothing to do")
         return out
-    data_file = data_build.dataset_path(run)
-    if not data_file.exists():
-        data_build.main(run, cfg)
 
     # setup (training arguments first: under DeepSpeed ZeRO-3 they make from_pretrained load sharded)
     device = resolve_device(run.device)
-    checkpoints = Path(run.train.dir) / "checkpoints"
+    checkpoints = checkpoints_dir(run)
     args = sft_config(run, device, checkpoints)
+    resume = newest_complete_checkpoint(checkpoints)
+    recorded = checkpoints / "fingerprint.json"
+    if resume and recorded.exists():
+        refuse_if_stale(json.loads(recorded.read_text()), current, checkpoints, run)
+    if int(os.environ.get("RANK", "0")) == 0:
+        write_json(recorded, current)
     tokenizer = load_tokenizer(run.model)
     model = load_model(run.model, device)
     if run.model.load_in_4bit and run.train.gradient_checkpointing:
@@ -155,22 +297,24 @@ def main(run: RunConfig, cfg: DictConfig) -> Path:
         # fp32, and in an MoE those are the fused routed experts (bnb quantizes nn.Linear only), doubling them.
         model.enable_input_require_grads()
     register_zero3_leaves(model, run)
-    set_seed(run.seed)  # the LoRA initialisation: `seed` is what distinguishes the runs of one condition
+    set_seed(run.seed)  # the LoRA initialisation: `seed` distinguishes the runs of one condition (and the order)
     model, audit = wrap_with_lora(model, run.model.arch, run.peft)
+    # An adapter on lm_head would also save a copy of the unchanged base lm_head in every checkpoint (PEFT's
+    # "auto"): hundreds of MB per save on the big models, and vLLM drops it anyway.
+    model.save_pretrained = functools.partial(model.save_pretrained, save_embedding_layers=False)
     log.info("LoRA audit: %s, %d trainable parameters", audit["adapted_counts"], audit["trainable_parameters"])
-    dataset = Dataset.from_list([{"messages": row["messages"]} for row in read_jsonl(data_file)])
+    dataset = Dataset.from_list([{"messages": row["messages"]} for row in load_chat_jsonl(data_file)])
 
     # train
-    with tracked(run, cfg, "train", f"train-{run.condition.value}-seed{run.seed}", Path(run.train.dir)) as wandb_run:
+    with tracked(run, cfg, "train", f"train-{run.condition}-seed{run.seed}", Path(run.train.dir)) as wandb_run:
         stop = StopAndCheckpoint()
-        trainer = SFTTrainer(
+        trainer = OrderedSFTTrainer(
             model=model, args=args, train_dataset=dataset, processing_class=tokenizer, callbacks=[stop]
         )
-        resume = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
         if resume:
             print(f"train: resuming from {resume}")
         with stop:
-            trainer.train(resume_from_checkpoint=resume)
+            trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         stop.finish()
 
         # save: build the adapter beside its final place, then rename, so a kill never leaves half of one
@@ -184,14 +328,19 @@ def main(run: RunConfig, cfg: DictConfig) -> Path:
             cfg,
             started,
             inputs={"dataset": str(data_file), "dataset_sha256": sha256_file(data_file)},
+            fingerprint=current,
+            fingerprint_sha256=fingerprint_sha256(current),
             base_model={
                 "name": run.model.name,
                 "arch": run.model.arch.value,
                 "path": ensure_checkpoint(run.model),
                 "sha256": sha256_dir(ensure_checkpoint(run.model)) if Path(run.model.path).exists() else None,
             },
-            condition=run.condition.value,
+            condition=run.condition,
             seed=run.seed,
+            data_order_seed=run.data.order_seed,
+            batch=batch_layout(run),
+            loss_reduction="mean over the assistant tokens of each optimizer step's global batch",
             preset=run.peft.preset.value,
             rank=run.peft.r,
             audit=audit,
@@ -199,7 +348,7 @@ def main(run: RunConfig, cfg: DictConfig) -> Path:
             served_expert_format=architecture(run.model.arch).served_expert_format,
             chat_template={"system_prompt": "none", "thinking": architecture(run.model.arch).thinking},
             steps=trainer.state.global_step,
-            resumed_from=resume,
+            resumed_from=str(resume) if resume else None,
             loss=loss_summary(trainer.state.log_history),
             adapter_sha256=sha256_dir(staging),
         )
@@ -210,7 +359,7 @@ def main(run: RunConfig, cfg: DictConfig) -> Path:
             log_adapter(
                 wandb_run,
                 out,
-                adapter_artifact_name(run.experiment, run.condition.value, run.seed),
+                adapter_artifact_name(run.experiment, run.condition, run.seed),
                 {"manifest": str(out / manifest.name)},
             )
     print(f"train: wrote adapter to {out} ({trainer.state.global_step} steps)")
