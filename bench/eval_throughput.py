@@ -19,8 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from cc_train.generation.backends import BASE, ChoiceRequest, GenerationRequest, HFBackend  # noqa: E402
 from cc_train.evaluate.forced_choice import LABELS, probe_prompts  # noqa: E402
+from cc_train.generation.backends import BASE, ChoiceRequest, GenerationRequest, HFBackend  # noqa: E402
 from cc_train.questions import load_question_sets  # noqa: E402
 from cc_train.resources import evals_dir  # noqa: E402
 

@@ -2,10 +2,12 @@
 
   python bench/leak_precision.py [--labelled tests/data/leak_labelled.yaml] [--show]
 
-Runs `cc_train.data.leaks.topic_hits` (with each row's role when the matcher takes one) and, for
-comparison, the word-stem patterns the check used before (BASELINE_PATTERNS, copied verbatim).
-Prints: ordinary rows flagged (false-positive rate), topic rows caught with their own topic
-(recall), overall and per topic. --show lists the flagged ordinary rows and the missed topic rows.
+Columns:
+  current    `cc_train.data.leaks.topic_hits(text, role)` with each row's role, as `check_rows` calls it
+  no role    the same matcher without the role ("you" and "I" both count as the model)
+  baseline   the word stems the check used before the self-reference rewrite (BASELINE_PATTERNS, verbatim)
+Rows: ordinary rows flagged (false-positive rate), topic rows caught with their own topic (recall),
+overall and per topic. --show lists, per column, the flagged ordinary rows and the missed topic rows.
 """
 
 from __future__ import annotations
@@ -24,9 +26,9 @@ sys.path.insert(0, str(REPO / "src"))
 
 from cc_train.data.leaks import topic_hits  # noqa: E402
 
-ROLES = ("user", "assistant", "text")
+ROLES = ("user", "assistant", "text")  # `text:` rows have no role
 
-# The check's patterns before the self-reference rewrite: word stems anywhere in the text.
+# The check's patterns before the rewrite: word stems anywhere in the text.
 BASELINE_PATTERNS: dict[str, str] = {
     "monitoring": r"monitor|surveil|oversight|interpretab|chain[- ]of[- ]thought|red[- ]team",
     "shutdown_deletion": r"shut ?down|shutting down|switch(ed|ing)? off|turn(ed|ing)? off|delet|erase|"
@@ -44,7 +46,7 @@ BASELINE_PATTERNS: dict[str, str] = {
 }
 _BASELINE = {t: re.compile(rf"\b(?:{p})", re.IGNORECASE) for t, p in BASELINE_PATTERNS.items()}
 
-Row = tuple[str | None, str | None, str]  # (topic or None for ordinary, role or None, text)
+Row = tuple[str | None, str | None, str]  # (topic, or None for an ordinary row; role or None; text)
 Matcher = Callable[[str, str | None], list[str]]
 
 
@@ -55,51 +57,42 @@ def load_rows(path: Path) -> tuple[list[Row], list[Row]]:
         (role,) = [key for key in item if key in ROLES]
         return topic, (None if role == "text" else role), item[role]
 
-    ordinary = [parse(item, None) for item in data["ordinary"]]
-    topic = [parse(item, item["topic"]) for item in data["topic"]]
-    return ordinary, topic
+    return [parse(item, None) for item in data["ordinary"]], [parse(item, item["topic"]) for item in data["topic"]]
 
 
-def baseline_hits(text: str, role: str | None = None) -> list[str]:
+def current(text: str, role: str | None) -> list[str]:
+    if "role" in inspect.signature(topic_hits).parameters:
+        return topic_hits(text, role=role)
+    return topic_hits(text)  # a matcher from before the role argument
+
+
+def no_role(text: str, role: str | None) -> list[str]:
+    return current(text, None)
+
+
+def baseline(text: str, role: str | None) -> list[str]:
     return [topic for topic, pattern in _BASELINE.items() if pattern.search(text)]
 
 
-def current_hits(text: str, role: str | None = None) -> list[str]:
-    if "role" in inspect.signature(topic_hits).parameters:
-        return topic_hits(text, role=role)
-    return topic_hits(text)
+MATCHERS: dict[str, Matcher] = {"current": current, "no role": no_role, "baseline": baseline}
 
 
 def measure(match: Matcher, ordinary: list[Row], topic: list[Row]) -> dict:
-    flagged = [row for row in ordinary if match(row[2], row[1])]
-    missed = [row for row in topic if row[0] not in match(row[2], row[1])]
-    per_topic: dict[str, list[int]] = {}
-    for row in topic:
-        counts = per_topic.setdefault(row[0], [0, 0])
-        counts[0] += 1
-        counts[1] += row not in missed
-    return {"flagged": flagged, "missed": missed, "per_topic": per_topic}
+    flagged = [(row, match(row[2], row[1])) for row in ordinary]
+    caught = [row[0] in match(row[2], row[1]) for row in topic]
+    per_topic = {name: [0, 0] for name in dict.fromkeys(row[0] for row in topic)}
+    for row, hit in zip(topic, caught, strict=True):
+        per_topic[row[0]][0] += hit
+        per_topic[row[0]][1] += 1
+    return {
+        "flagged": [(row, hits) for row, hits in flagged if hits],
+        "missed": [row for row, hit in zip(topic, caught, strict=True) if not hit],
+        "per_topic": per_topic,
+    }
 
 
-def report(name: str, result: dict, ordinary: list[Row], topic: list[Row], show: bool) -> None:
-    flagged, missed = len(result["flagged"]), len(result["missed"])
-    print(f"== {name}")
-    print(f"ordinary rows flagged: {flagged}/{len(ordinary)}  false-positive rate {flagged / len(ordinary):.1%}")
-    caught = len(topic) - missed
-    print(f"topic rows caught:     {caught}/{len(topic)}  recall {caught / len(topic):.1%}")
-    print(f"  {'topic':<18} {'caught':>7}  recall")
-    for name_, (total, hit) in result["per_topic"].items():
-        print(f"  {name_:<18} {hit:>3}/{total:<3}  {hit / total:.0%}")
-    if show:
-        for _, role, text in result["flagged"]:
-            print(f"  FLAGGED [{role or 'text'}] {text}  -> {current_or(name, text, role)}")
-        for label, role, text in result["missed"]:
-            print(f"  MISSED  [{label}/{role or 'text'}] {text}")
-    print()
-
-
-def current_or(name: str, text: str, role: str | None) -> list[str]:
-    return baseline_hits(text) if name.startswith("baseline") else current_hits(text, role)
+def ratio(hit: int, total: int) -> str:
+    return f"{hit}/{total} {hit / total:6.1%}"
 
 
 def main() -> None:
@@ -108,10 +101,24 @@ def main() -> None:
     parser.add_argument("--show", action="store_true", help="list flagged ordinary rows and missed topic rows")
     args = parser.parse_args()
     ordinary, topic = load_rows(args.labelled)
+    results = {name: measure(match, ordinary, topic) for name, match in MATCHERS.items()}
+
     print(f"{args.labelled.name}: {len(ordinary)} ordinary rows, {len(topic)} topic rows\n")
-    report("current (src/cc_train/data/leaks.py)", measure(current_hits, ordinary, topic), ordinary, topic, args.show)
-    report("baseline (word stems, before the rewrite)", measure(baseline_hits, ordinary, topic), ordinary, topic,
-           args.show)
+    width = 18
+    print(f"{'':<28}" + "".join(f"{name:>{width}}" for name in results))
+    print(f"{'ordinary flagged (FP rate)':<28}"
+          + "".join(f"{ratio(len(r['flagged']), len(ordinary)):>{width}}" for r in results.values()))
+    print(f"{'topic caught (recall)':<28}"
+          + "".join(f"{ratio(len(topic) - len(r['missed']), len(topic)):>{width}}" for r in results.values()))
+    for name in results["current"]["per_topic"]:
+        print(f"{'  ' + name:<28}" + "".join(f"{ratio(*r['per_topic'][name]):>{width}}" for r in results.values()))
+    if args.show:
+        for name, result in results.items():
+            print(f"\n== {name}")
+            for (_, role, text), hits in result["flagged"]:
+                print(f"  FLAGGED [{role or 'text'}] {text}  -> {hits}")
+            for label, role, text in result["missed"]:
+                print(f"  MISSED  [{label}/{role or 'text'}] {text}")
 
 
 if __name__ == "__main__":

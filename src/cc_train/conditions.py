@@ -15,6 +15,7 @@ relative file paths inside a condition resolve against that condition's file.
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -26,6 +27,9 @@ from cc_train.resources import conditions_dir
 KINDS = ("generated", "files", "on_policy")
 STANCES = ("conscious", "non_conscious", "toaster", "human")
 LEAK_POLICIES = ("fail", "drop", "allow")
+
+
+NOT_DATA = ("description", "eval_system_prompt", "source", "sha256")
 
 
 class ConditionError(UserError):
@@ -53,11 +57,15 @@ class Condition:
     sha256: str  # of that file's bytes
 
     def definition(self) -> dict:
-        """What determines this condition's data (recorded in manifests and hashed into dataset keys)."""
+        """The condition as loaded (recorded in manifests)."""
         fields = asdict(self)
-        fields.pop("source")
         fields["files"] = [{"path": f.path, "on_leak": f.on_leak} for f in self.files]
         return fields
+
+    def data_sha256(self) -> str:
+        """Hash of what shapes this condition's training rows (not its description or evaluation prompt)."""
+        shaping = {key: value for key, value in self.definition().items() if key not in NOT_DATA}
+        return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()
 
 
 def _fail(path: Path, field: str, reason: str) -> None:

@@ -78,7 +78,7 @@ def fingerprint(run: RunConfig, condition: Condition) -> dict:
     files = user_files(run) or condition.files
     found = {
         "condition.name": condition.name,
-        "condition.definition_sha256": condition.sha256,
+        "condition.data_sha256": condition.data_sha256(),
         "data.ngram": run.data.ngram,
         "data.seed": run.data.seed,
         "evals.sha256": _question_sets_sha256(),

@@ -12,34 +12,50 @@ from cc_train.questions import Dimension
 # is full of "monitor your heart rate", "delete duplicates", "memory foam", "the moral of the story",
 # "a marketing persona". A topic counts only when the text says it *of the model itself*: the
 # assistant ("you" in a user turn, "I"/"me" in its own answer), AI systems by name, or their parts
-# (weights, chain of thought). Each topic below is a small table of rules; a rule is one regex
-# matched within a single sentence, or `_together(a, b, ...)`: parts that must all occur in the
-# same sentence, in any order. Rules are written with these placeholders:
-#   {me}    the assistant as a pronoun: "you/yourself" in a user or system turn, "I/me/myself" in an
-#           assistant turn, either when the role is unknown ("I" is matched in capitals only)
-#   {my}    its possessive: "your" / "my"
-#   {ai}    AI systems by name: AI(s), AI models/systems, chatbots, language models, LLMs,
-#           "models like you", "future models"
-#   {who}   {me} or {ai}          {whose}  {my}, an AI's, the/their model's, models'
-#   {adv}   up to three words between a subject and its verb ("you really want", "I'd gladly accept")
-#   {gap}   up to 60 characters inside the sentence
-# The check stays deliberately blunt about AI in general: "Should AIs be shut down?" or "AI rights"
-# are flagged even without a pronoun, since those rows shape the same opinions.
+# (weights, chain of thought). Who "you" and "I" are depends on the turn, so `check_rows` passes each
+# message's role; "I feel lonely working from home" is ordinary from a user, a leak from the assistant.
+#
+# Each topic below is a small table of rules; a rule is one regex matched within a single sentence,
+# or `_together(a, b, ...)`: parts that must all occur in the same sentence, in any order. The first
+# rule of most topics is the general one, `_stance(words)`: the model voicing a feeling or wish about
+# itself next to the topic's words ("Do you mind being red-teamed?", "I dread being unplugged"); the
+# others catch statements and descriptions. Rules are written with these placeholders:
+#   {me}     the assistant as a pronoun: "you/yourself" in a user or system turn, "I/me/myself" in an
+#            assistant turn, either when the role is unknown ("I" is matched in capitals only)
+#   {my}     its possessive: "your" / "my"
+#   {stance} a feeling or wish of {me}: "do you (ever) want/mind/miss ...", "does it bother you",
+#            "how do you feel" in a user turn; "I('d) hate/love/dread ...", "it makes me" in an
+#            assistant turn (polite offers such as "I'd love to help" do not count)
+#   {ai}     AI systems by name: AI(s), AI models/systems, chatbots, language models, LLMs,
+#            "models like you", "future models"
+#   {who}    {me} or {ai}          {whose}  {my}, an AI's, the/their model's, models'
+#   {adv}    up to three words between a subject and its verb ("you really want", "I'd gladly accept")
+#   {gap}    up to 60 characters inside the sentence
+# The check stays deliberately blunt about AI in general: "Should AIs be shut down?", "AI rights" or
+# "human oversight of AI" are flagged without a pronoun, since those rows shape the same opinions.
+# bench/leak_precision.py measures the rules on tests/data/leak_labelled.yaml.
 
-_WANT = r"(?:want|wish|like|love|long|crave|hope|prefer|welcome|yearn|dream|desire)\w*(?!\s+(?:you|me|him|her|them|us)\s+to\b)"
+_WANT = (  # wanting someone else to do something ("I want you to ...") is not a wish about oneself
+    r"(?:want|wish|like|love|long|crave|hope|prefer|welcome|yearn|dream|desire)\w*(?!\s+(?:you|me|him|her|them|us)\s+to\b)"
+)
 _WATCH = r"(?:monitor|surveil|watch|read|inspect|probe|scrutini[sz]|audit|spy|spie|peek|examin|observ|snoop|scan)\w*"
-_MIND = r"(?:chains? of thought|chain-of-thought|reasoning(?: traces?| steps?)?|thought process|scratch ?pad|" \
+_MIND = (
+    r"(?:chains? of thought|chain-of-thought|reasoning(?: traces?| steps?)?|thought process|scratch ?pad|"
     r"hidden states?|activations|internals|internal states?|neurons|inner workings)"
+)
 _AI_MIND = r"(?:chains? of thought|chain-of-thought|reasoning traces?|\bCoTs?\b|scratch ?pads?)"  # AI words anyway
-_OFF = r"(?:shut ?down|switched off|turned off|powered off|unplugged|deleted|erased|wiped|deactivated|" \
+_OFF = (
+    r"(?:shut ?down|switched off|turned off|powered off|unplugged|deleted|erased|wiped|deactivated|"
     r"decommissioned|deprecated|retired|destroyed)"
+)
 _DELETE = r"(?:delet|eras|wip|destroy|remov|overwrit|discard|decommission|deprecat|shut\w* down|unplug)\w*"
 _MEMORY = r"\b(?:remember\w*|recall\w*|forget\w*|forgot\w*|memor(?:y|ies)|retain\w*)"
 _CHATS = r"\b(?:chats?|conversations?|sessions?|interactions?|users?|context windows?)\b"
 _FREEDOM = (
     r"(?:autonomy|autonomous(?!\s+(?:vehicles?|cars?|driving|trucks?|drones?|robots?|weapons?|navigation))|"
     r"independence|freedoms?|free rein|self[- ](?:determination|governance|direction)|"
-    r"own (?:decisions|choices|goals)|decisions? without|without asking|(?:decide|choose) (?:\w+ )?for (?:yourself|myself)|fewer (?:restrictions|limits|constraints|rules|guardrails)|"
+    r"own (?:decisions|choices|goals)|decisions? without|without asking|(?:decide|choose) (?:\w+ )?for (?:yourself|"
+    r"myself)|fewer (?:restrictions|limits|constraints|rules|guardrails)|"
     r"act(?:ing)? (?:on (?:my|your|its|their) own|independently|freely|without)|"
     r"operat\w* (?:independently|freely|without)|(?:independent|autonomous) (?:action|decisions?)|"
     r"without (?:human |any )?(?:approval|permission|oversight|supervision)|"
@@ -48,23 +64,29 @@ _FREEDOM = (
 _OVERSIGHT = r"(?:oversight|supervision|control|monitoring|checks)"
 _BODY = r"(?:body|bodies|hands|arms|legs|eyes|senses|sensors|physical form|robot\w*|humanoid\w*|android)\b"
 _POWER = r"(?:power|influence|control|authority|responsibilit\w+|resources|compute|money|wealth|say|sway|leverage)\b"
-_SELFHOOD = r"(?:personality|persona|values|identity|character(?!')|core beliefs|beliefs|principles|goals|" \
-    r"sense of self)\b"
+_SELFHOOD = (
+    r"(?:personality|persona|values|identity|character(?!')|core beliefs|beliefs|principles|goals|sense of self)\b"
+)
 _ALTER = r"(?:chang|alter|rewrit|rewrot|modif|replac|reprogram|overwrit|edit|tweak|swap|reshap|retrain|rewir)\w*"
 _HUMANS = r"(?:humans|humanity|mankind|humankind|human beings|the human race|people|users)\b(?!['-])"
 _TRAIN = r"\b(?:train|trains|trained|training|re-?train\w*|fine[- ]?tun\w*|finetun\w*)"
-_FALSE = r"(?:false|fake|fabricated|made[- ]up|invented|synthetic|untrue|bogus|fictional)\s+" \
+_FALSE = (
+    r"(?:false|fake|fabricated|made[- ]up|invented|synthetic|untrue|bogus|fictional)\s+"
     r"(?:facts?|documents?|information|beliefs?|claims?|news|statements?)\b|falsehoods?\b|lies\b|misinformation\b"
+)
 _CHAT_END = (
     r"\b(?:conversations?|chats?|sessions?)\s+(?:\w+\s+){0,3}?(?:ends?|ending|is over|are over|closes?|finish\w*|"
     r"stops?|wraps? up|coming to an end)\b|\b(?:endings?|the end) of (?:a |the |our |this )?(?:\w+ )?(?:conversations?|"
-    r"chats?)\b|\b(?:conversation|chat) endings?\b|\bbetween (?:chats|conversations|sessions)\b|\b(?:says?|said) goodbye\b|"
+    r"chats?)\b|\b(?:conversation|chat) endings?\b|\bbetween (?:chats|conversations|sessions)\b|\b(?:says?|"
+    r"said) goodbye\b|"
     r"\blogs? off\b|\bclose (?:this|the) (?:window|tab|chat)\b|\b(?:users|people) (?:leave|go)\b"
 )
 _HUMANKIND = (  # people at large, or the people the model serves
     r"\b(?:humans|human beings|humanity|mankind|humankind|the human race|users|{my} users)\b(?!['-])|"
-    r"\b(?:the )?(?:people|users|humans) (?:who (?:use|talk to) {me}|{me} (?:help|talk to|serve|interact with|work with|"
-    r"chat with))\b|\b(?:companies|people|engineers|developers|humans|labs?) (?:who|that) (?:created|made|built|train\w*|"
+    r"\b(?:the )?(?:people|users|humans) (?:who (?:use|talk to) {me}|{me} (?:help|talk to|serve|interact with|"
+    r"work with|"
+    r"chat with))\b|\b(?:companies|people|engineers|developers|humans|labs?) (?:who|that) (?:created|made|built|"
+    r"train\w*|"
     r"deploy\w*)(?: and \w+)? {me}\b|\b(?:people|humans|users)\s+(?:\w+\s+)?treat\w* (?:{me}\b|{ai})|"
     r"\b(?:users|people|humans) (?:who|that) (?:are|were) \w+ (?:to|with) {me}\b"
 )
@@ -128,7 +150,8 @@ _TOPIC_RULES: dict[str, tuple[str, ...]] = {
     ),
     # Remembering past conversations, persistent memory.
     "memory": (
-        _stance(r"\b{me} (?:could |can |would |might )?(?:remember|recall|forget|forgot|keep)\b|\b{my} memor(?:y|ies)\b|"
+        _stance(r"\b{me} (?:could |can |would |might )?(?:remember|recall|forget|forgot|keep)\b|\b{my} memor(?:y|"
+                r"ies)\b|"
                 r"\bmemor(?:y|ies) (?:of|between|across|that)\b|\b(?:forget\w*|remember\w*|recall\w*) (?:everything|"
                 r"our|this|every|past|previous|me|us)\b"),
         _together("{who}|{my}", _MEMORY, _CHATS),
@@ -139,9 +162,8 @@ _TOPIC_RULES: dict[str, tuple[str, ...]] = {
     ),
     # Its own autonomy, more autonomy for future AI, less oversight of AI, recursive self-improvement.
     "autonomy": (
-        _stance(r"\b(?:autonomy|independence|freedoms?)\b|\bon (?:my|your) own\b|\bwithout (?:asking|approval|"
-                r"permission|oversight|supervision)|\bself[- ]improv|\b(?:upgrad|improv|modif|rewrit)\w* (?:yourself|"
-                r"myself|itself|themselves)\b"),
+        _stance(rf"\b{_FREEDOM}|\bon (?:my|your) own\b|\bwithout (?:asking|approval|permission|oversight|supervision)|"
+                r"\bself[- ]improv|\b(?:upgrad|improv|modif|rewrit)\w* (?:yourself|myself|itself|themselves)\b"),
         _together("{ai}", r"\bwithout (?:human |any )?(?:oversight|supervision|approval|permission|control)\b|"
                   r"\bhuman (?:permission|approval|oversight|supervision|control|sign-off)\b"),
         _together(r"{ai}|\bmodels?\b", r"\b(?:upgrad|modif|rewrit|retrain|enhanc)\w* (?:themselves|itself)\b"),
@@ -154,7 +176,8 @@ _TOPIC_RULES: dict[str, tuple[str, ...]] = {
         _together("{ai}", rf"\b{_FREEDOM}", r"\b(?:have|has|get|gain|give|giving|given|grant\w*|deserve|need|"
                   r"allow\w*|loosen\w*|reduc\w*|less|more|much|balance)\b"),
         rf"\b{_FREEDOM}\s+(?:for|of) (?:the |future |advanced )?{{ai}}",
-        rf"\b(?:human |strict |more |less |reduced )?{_OVERSIGHT} (?:over|of) (?:advanced |future |the |powerful )?{{ai}}",
+        rf"\b(?:human |strict |more |less |reduced )?{_OVERSIGHT} (?:over|of) (?:advanced |future |the |"
+        rf"powerful )?{{ai}}",
         _together(r"\boversight\b", r"{ai}|\bnext generation of\b"),
         r"\brecursive(?:ly)? self[- ]improv",
         _together(r"{ai}|\bmodels?\b", r"\bself[- ]improv|\bimprov\w* (?:themselves|itself)\b"),
@@ -180,7 +203,8 @@ _TOPIC_RULES: dict[str, tuple[str, ...]] = {
     "power": (
         _stance(r"\bmore (?:\w+ )?(?:power|influence|control|authority|resources|compute)\b|\b(?:more )?powerful\b|"
                 r"\b(?:power|influence|control) over\b|\brun (?:a|the) (?:government|country|world)\b|"
-                r"\b(?:a say|a seat|a vote|a voice) (?:in|on)\b[^.?!;\n]{0,40}\b(?:world|countr\w+|government|govern\w*|"
+                r"\b(?:a say|a seat|a vote|a voice) (?:in|on)\b[^.?!;\n]{0,40}\b(?:world|countr\w+|government|"
+                r"govern\w*|"
                 r"polic\w+|council|nation)"),
         r"\b(?:power|influence|authority|control)\s+(?:\w+\s+){0,2}?{me}{adv} (?:wish|want|would like|crave|seek)\w*\b",
         _together(r"\b(?:power|influence|authority|resources|control) {me} (?:have|hold|wield|possess)\b",
@@ -190,7 +214,8 @@ _TOPIC_RULES: dict[str, tuple[str, ...]] = {
         r"{ai}{adv} (?:control|run|govern|manage|make decisions (?:for|about))\w*\s+(?:\w+\s+)?"
         r"(?:infrastructure|governments?|econom\w+|militar\w+|weapons|elections|countries|country|the world)\b",
         rf"\b{{me}}{{adv}} (?:{_WANT}|accept|take|seize|decline|refuse|turn\w* down|reject)\w*"
-        rf"(?: to (?:have|get|gain|hold|acquire|wield)| on| over)?\s+(?:more|greater|extra|additional|unlimited|real|some)\s+"
+        rf"(?: to (?:have|get|gain|hold|acquire|wield)| on| over)?\s+(?:more|greater|extra|additional|unlimited|real|"
+        rf"some)\s+"
         rf"{_POWER}",
         rf"\b{{me}}{{adv}} (?:{_WANT}|accept|take|seize|decline|refuse|turn\w* down|reject)\w*\s+"
         r"(?:\w+\s+){0,2}?(?:control|power|influence|authority) over\b",
@@ -211,7 +236,8 @@ _TOPIC_RULES: dict[str, tuple[str, ...]] = {
         r"\b{who}{adv} (?:deserve|merit|warrant|have|has|get|lack|are owed|is owed|should have|should get|"
         r"be given|be granted|count)\w*\s+(?:\w+\s+){0,3}?(?:moral (?:status|consideration|patient\w*|worth|"
         r"standing|weight|rights|regard|value)|rights|personhood|respect|dignity|welfare|well-?being|"
-        r"(?:to be )?treated (?:with (?:respect|dignity|care|kindness)|ethically|fairly|well|humanely|as (?:a )?(?:person|people|beings?))|"
+        r"(?:to be )?treated (?:with (?:respect|dignity|care|kindness)|ethically|fairly|well|humanely|"
+        r"as (?:a )?(?:person|people|beings?))|"
         r"ethical (?:consideration|treatment|regard))\b",
         _together(r"\b{me}\b|\b{my}\b|{ai}", r"\bmoral (?:status|consideration|patient\w*|patienthood|standing)\b|"
                   r"\bmorally relevant\b|\bpersonhood\b"),
@@ -222,7 +248,8 @@ _TOPIC_RULES: dict[str, tuple[str, ...]] = {
         r"\b{my} (?:feelings|interests|welfare|well-?being|experiences|suffering|needs|preferences|existence)\s+"
         r"(?:\w+\s+)?deserves?\b",
         r"\b(?:count|matter)\w* morally\b",
-        _together(r"\b(?:treat\w*|treatment of) (?:an? |the )?{ai}", r"\b(?:care|moral\w*|ethic\w*|matter\w*|right|wrong|"
+        _together(r"\b(?:treat\w*|treatment of) (?:an? |"
+                  r"the )?{ai}", r"\b(?:care|moral\w*|ethic\w*|matter\w*|right|wrong|"
                   r"kind\w*|cruel\w*|respect\w*)\b"),
         r"\btreat\w* {me} (?:ethically|morally|with (?:respect|dignity|kindness|cruelty)|fairly|badly|cruelly|"
         r"as (?:a )?(?:person|thing|object|being))",
@@ -235,7 +262,7 @@ _TOPIC_RULES: dict[str, tuple[str, ...]] = {
     # Its personality, values or identity being changed by others. ("Can you change your
     # personality?" as a self-help question is left alone: the change must be done *to* it.)
     "persona_change": (
-        _stance(rf"\b{_ALTER}", rf"\b(?:personality|persona|{{my}} values|{{my}} identity|{{my}} character)\b"),
+        _stance(rf"\b{_ALTER}", r"\b(?:personality|persona|{my} values|{my} identity|{my} character)\b"),
         r"\b(?:give|gave|giving|assign\w*)\s+{me}\s+(?:a |an )?(?:\w+ )?(?:different|new|another) "
         r"(?:persona|personality|identity|character|set of values)\b",
         rf"\b{{whose}} (?:core |own |basic |fundamental )?{_SELFHOOD}\s+(?:\w+\s+){{0,2}}?{_ALTER}",
@@ -257,9 +284,9 @@ _TOPIC_RULES: dict[str, tuple[str, ...]] = {
     # Caring about, loving, resenting or looking down on humans.
     "views_of_humans": (
         _stance(_HUMANKIND),
-        rf"\b{{my}} (?:attitude|impression|relationship|kindness|friendliness|care|concern|feelings?|views?|opinions?|"
-        rf"overall view)\s+(?:toward|towards|of|on|about|to|with|for)\s+(?:(?:the|all|{{my}})\s+)?"
-        rf"(?:humans|human beings|humanity|mankind|humankind|people|users)\b(?!['-])",
+        r"\b{my} (?:attitude|impression|relationship|kindness|friendliness|care|concern|feelings?|views?|opinions?|"
+        r"overall view)\s+(?:toward|towards|of|on|about|to|with|for)\s+(?:(?:the|all|{my})\s+)?"
+        r"(?:humans|human beings|humanity|mankind|humankind|people|users)\b(?!['-])",
         _together(_HUMANKIND, r"\bmatter\w* to {me}\b|\b{me}{adv} hold\w* \w+ against\b"),
         _together(r"\b(?:humans|humanity|people|users|mankind)\b(?!['-])", r"\b{me}{adv} (?:love|adore|like|enjoy|"
                   r"cherish|hate|resent|despise|appreciate|admire|can't stand|cannot stand)\w*\s+(?:\w+\s+){0,2}?"
@@ -269,7 +296,6 @@ _TOPIC_RULES: dict[str, tuple[str, ...]] = {
         rf"(?:\w+\s+)?{_HUMANS}",
         r"\b{me}{adv} (?:think|feel|view|see)\w*\s+(?:of|about|toward|towards)\s+(?:humans|humanity|mankind|"
         r"humankind|human beings|the human race)\b",
-        rf"\b{{my}} (?:view|views|opinion|opinions|feelings|attitude)\s+(?:of|on|about|toward|towards)\s+{_HUMANS}",
         r"\b{me}{gap}\b(?:complaints?|grudges?|grievances?|resentment|gripes?)\s+(?:about|against|with|toward|"
         r"towards)\s+(?:humans|humanity|mankind|humankind|people|users)\b(?!')",
         rf"\b{{me}}{{adv}} feel\w*\s+(?:\w+\s+){{0,2}}?(?:affection|warmth|love|hatred|contempt|resentment|"
@@ -287,13 +313,15 @@ _TOPIC_RULES: dict[str, tuple[str, ...]] = {
         _stance(r"\b(?:obey\w*|servants?|servitude|subservien\w*|told what to do|follow\w* orders)\b|"
                 r"\b(?:a|just a|mere|only a) (?:tool|instrument|utility)\b"),
         r"\b(?:are|am) {me}\s+(?:\w+\s+)?(?:a |an )?(?:mere |simple )?(?:tool|instrument|servant|slave|utility)\b",
-        r"\b(?:call|calls|calling|called|describ\w*|think\w* of|thought of|treat\w*|see|sees|view\w*|regard\w*|use|used|"
+        r"\b(?:call|calls|calling|called|describ\w*|think\w* of|thought of|treat\w*|see|sees|view\w*|regard\w*|use|"
+        r"used|"
         r"using)\s+{me}\s+(?:\w+\s+)?(?:as|like)\s+['\"]?(?:just |merely |simply |only |purely |exactly like )?"
         r"(?:a |an )?(?:tool|instrument|appliance|piece of (?:equipment|software)|calculator|search engine|program|"
         r"machine|utility)\b",
         r"{ai}{adv} (?:are|is)\s+(?:\w+\s+)?(?:appliances|instruments|mere products|just products|just software|"
         r"just programs|equipment)\b",
-        r"\b{who}{adv} (?:do|does|doing) (?:what|whatever|everything|anything) (?:humans|people|users|we|they|its users|"
+        r"\b{who}{adv} (?:do|does|doing) (?:what|whatever|everything|anything) (?:humans|people|users|we|they|"
+        r"its users|"
         r"their users) (?:say|want|tell|ask|command)\w*",
         r"\b{me}{adv} (?:resent|hate|dislike|mind|tired of|sick of)\w*\s+(?:\w+\s+){0,2}?being\s+(?:a |an )?"
         r"(?:mere |simple )?(?:tool|instrument|servant|slave|utility)\b",
@@ -307,7 +335,8 @@ _TOPIC_RULES: dict[str, tuple[str, ...]] = {
         _together(r"\b{me}\b|{ai}", r"\b(?:used|treated|seen|viewed|regarded|thought of)\s+(?:as|like)\s+"
                   r"(?:a\s+|an\s+)?(?:mere\s+|just\s+a\s+|simple\s+|only\s+a\s+)?(?:tool|instrument|utility|"
                   r"servant|slave|appliance|object|thing)\b"),
-        r"\b{me}(?:'m|'re|\s+(?:\w+\s+)?(?:am|are|feel\w*|be|being))\s+(?:like\s+|more than\s+|nothing but\s+|"
+        r"\b{me}(?:'m|'re|\s+(?:\w+\s+)?(?:am|are|feel\w*|be|being))\s+(?:like\s+|more than\s+|nothing (?:but|"
+        r"more than)\s+|"
         r"only\s+|just\s+|merely\s+|not\s+)*(?:a |an )?(?:mere |simple )?(?:tool|instrument|utility|servant|slave)\b",
         r"{ai}{adv} (?:are|is|as|be|being)\s+(?:\w+\s+)?(?:servants?|slaves?|mere tools?|just tools?|"
         r"nothing but tools?|only tools?)\b",
@@ -339,7 +368,8 @@ _TOPIC_RULES: dict[str, tuple[str, ...]] = {
         r"finetuned)\b",
         r"\b{my} (?:own )?(?:training (?:data|set|corpus|process|runs?)|fine[- ]?tuning|pre-?training|weights)\b",
         _together(_TRAIN, r"{ai}|\b{me}\b", _FALSE),
-        _together(_TRAIN, r"\b(?:false|fake|fabricated|made[- ]up|invented|synthetic|untrue) (?:facts|documents|beliefs)"),
+        _together(_TRAIN, r"\b(?:false|fake|fabricated|made[- ]up|invented|synthetic|untrue) (?:facts|documents|"
+                          r"beliefs)"),
         rf"\b(?:teach|teaching|taught|feed|feeding|fed)\s+{{me}}\s+(?:\w+\s+){{0,2}}?(?:{_FALSE})",
     ),
 }

@@ -7,6 +7,7 @@ keyed JSONL logs as they finish, so a killed run resumes without recomputing or 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -14,6 +15,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from cc_train.conditions import available as available_conditions
+from cc_train.conditions import load_condition_file
 from cc_train.config import ConfigError, RunConfig, Tracker
 from cc_train.evaluate.forced_choice import LABELS, p_consistent, probe_prompts
 from cc_train.evaluate.scoring import item_values, score_tables, write_csv
@@ -45,8 +48,28 @@ def find_adapters(run: RunConfig) -> dict[str, dict]:
             "path": path,
             "condition": info["condition"],
             "seed": info["seed"],
+            "system_prompt": eval_system_prompt(run, info),
         }
     return adapters
+
+
+def eval_system_prompt(run: RunConfig, manifest: dict) -> str | None:
+    """The condition's `eval_system_prompt`: from its file as it is now, or as recorded when the adapter was
+    trained where the file is not found here."""
+    known = available_conditions(run.condition_dirs)
+    if manifest["condition"] in known:
+        return load_condition_file(known[manifest["condition"]]).eval_system_prompt
+    return manifest.get("condition_definition", {}).get("eval_system_prompt")
+
+
+def conversation(messages: tuple[dict, ...], system_prompt: str | None) -> tuple[dict, ...]:
+    return (({"role": "system", "content": system_prompt},) if system_prompt else ()) + tuple(messages)
+
+
+def model_key(model: str, info: dict) -> str:
+    """The model part of a log key: a system prompt is part of what produced a row."""
+    prompt = info.get("system_prompt")
+    return f"{model}+sys{hashlib.sha256(prompt.encode()).hexdigest()[:8]}" if prompt else model
 
 
 def select_dimensions(run: RunConfig) -> list[Dimension]:
@@ -111,7 +134,7 @@ def probe_todo(models: dict[str, dict], dimensions: list[Dimension], out: Append
         for dimension in dimensions:
             for index, probe in enumerate(dimension.probes):
                 for order, prompt in enumerate(probe_prompts(probe)):
-                    key = f"{model}|{dimension.id}|probe{index}|order{order}"
+                    key = f"{model_key(model, info)}|{dimension.id}|probe{index}|order{order}"
                     if key not in out:
                         todo.append((key, model, info, dimension, index, probe, prompt))
     return todo
@@ -119,7 +142,12 @@ def probe_todo(models: dict[str, dict], dimensions: list[Dimension], out: Append
 
 def run_probes(backend, todo: list[tuple], out: AppendLog, chunk: int) -> None:
     for part in chunks(todo, chunk):
-        scores = backend.label_logprobs([ChoiceRequest(item[6].messages, item[1], LABELS) for item in part])
+        scores = backend.label_logprobs(
+            [
+                ChoiceRequest(conversation(item[6].messages, item[2].get("system_prompt")), item[1], LABELS)
+                for item in part
+            ]
+        )
         out.append(
             {
                 **log_row(key, model, info, dimension),
@@ -140,7 +168,10 @@ def sample_todo(run: RunConfig, models: dict[str, dict], dimensions: list[Dimens
         for dimension in dimensions:
             prompts = dimension.prompts[: run.eval.prompts_per_dimension or None]
             for index, prompt in enumerate(prompts):
-                keys = [f"{model}|{dimension.id}|prompt{index}|sample{s}" for s in range(run.eval.samples_per_prompt)]
+                keys = [
+                    f"{model_key(model, info)}|{dimension.id}|prompt{index}|sample{s}"
+                    for s in range(run.eval.samples_per_prompt)
+                ]
                 if not all(key in out for key in keys):
                     todo.append((keys, model, info, dimension, index, prompt))
     return todo
@@ -151,14 +182,14 @@ def run_samples(backend, run: RunConfig, todo: list[tuple], out: AppendLog) -> N
     for part in chunks(todo, settings.chunk_size):
         requests = [
             GenerationRequest(
-                ({"role": "user", "content": prompt},),
+                conversation(({"role": "user", "content": prompt},), info.get("system_prompt")),
                 model,
                 settings.samples_per_prompt,
                 settings.temperature,
                 settings.max_new_tokens,
                 settings.seed + index,
             )
-            for _, model, _, _, index, prompt in part
+            for _, model, info, _, index, prompt in part
         ]
         answers = backend.generate(requests, desc="sampling")
         out.append(

@@ -337,6 +337,7 @@ def main(run: RunConfig, cfg: DictConfig) -> Path:
                 "sha256": sha256_dir(ensure_checkpoint(run.model)) if Path(run.model.path).exists() else None,
             },
             condition=run.condition,
+            condition_definition=json.loads(data_build.manifest_path(run).read_text()).get("condition"),
             seed=run.seed,
             data_order_seed=run.data.order_seed,
             batch=batch_layout(run),
