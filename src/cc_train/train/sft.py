@@ -17,11 +17,13 @@ import re
 import shutil
 import time
 from pathlib import Path
+from unittest import mock
 
 import torch
 from datasets import Dataset
 from omegaconf import DictConfig
-from transformers import set_seed
+from peft.tuners.tuners_utils import BaseTunerLayer
+from transformers import Trainer, set_seed
 from transformers.trainer_pt_utils import LengthGroupedSampler
 from trl import SFTConfig, SFTTrainer
 
@@ -176,8 +178,26 @@ class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
         return super().__iter__()
 
 
-class OrderedSFTTrainer(SFTTrainer):
-    """SFTTrainer whose row order, random or length-grouped, comes from data.order_seed (SFTConfig.data_seed)."""
+class LoraSFTTrainer(SFTTrainer):
+    """TRL's SFTTrainer with two changes:
+    - the row order, random or length-grouped, comes from data.order_seed (SFTConfig.data_seed);
+    - with LoRA on lm_head (the paper's set) the loss comes from the model's own logits. TRL's fused loss reads
+      lm_head.weight directly, so it refuses such an adapter (it would never train); the loss is the same mean
+      cross-entropy over the optimizer batch's assistant tokens, at the cost of materialising the logits.
+    """
+
+    def __init__(self, model, **kwargs) -> None:
+        self.adapted_unembedding = isinstance(model.get_output_embeddings(), BaseTunerLayer)
+        if not self.adapted_unembedding:
+            super().__init__(model=model, **kwargs)
+            return
+        with mock.patch.object(model, "get_output_embeddings", lambda: None, create=True):  # TRL's refusal, above
+            super().__init__(model=model, **kwargs)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if not self.adapted_unembedding:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
 
     def _get_train_sampler(self, train_dataset=None):
         sampler = super()._get_train_sampler(train_dataset)
@@ -308,7 +328,7 @@ def main(run: RunConfig, cfg: DictConfig) -> Path:
     # train
     with tracked(run, cfg, "train", f"train-{run.condition}-seed{run.seed}", Path(run.train.dir)) as wandb_run:
         stop = StopAndCheckpoint()
-        trainer = OrderedSFTTrainer(
+        trainer = LoraSFTTrainer(
             model=model, args=args, train_dataset=dataset, processing_class=tokenizer, callbacks=[stop]
         )
         if resume:
