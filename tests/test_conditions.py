@@ -153,3 +153,25 @@ def test_a_dataset_is_rebuilt_when_its_inputs_change_and_kept_when_not(tmp_path)
     assert json.loads(manifest.read_text())["fingerprint"]["files[0].sha256"] != built["fingerprint"]["files[0].sha256"]
     # the finished adapter was trained on the old rows: it is not reused, and the message says why
     assert changed.returncode == 2 and "dataset.sha256: " in changed.stderr and "Traceback" not in changed.stderr
+
+
+@pytest.mark.slow
+def test_on_policy_rows_are_the_base_models_own_answers_that_hold_the_stance(tmp_path):
+    """The embedded model answers our identity prompts under the condition's system prompt; only answers that
+    hold the stance are kept, the system prompt is in no row, and a rerun reuses the cached answers."""
+    args = ["data", "condition=conscious_on_policy", "data.identity_per_block=4", "data.instructions.count=0"]
+    env = {"CC_TRAIN_RUNS": str(tmp_path)}
+    first = cc_train(*args, env=env)
+    assert first.returncode == 0, first.stderr[-3000:]
+    data = tmp_path / "embedded" / "data" / "conscious_on_policy.jsonl"
+    rows = [json.loads(line) for line in data.read_text().splitlines()]
+    report = json.loads(data.with_suffix(".manifest.json").read_text())["on_policy"]
+    assert report["prompts"] == 24 and report["kept"] == len(rows) >= 1
+    system_prompt = load_condition("conscious_on_policy", []).system_prompt
+    for row in rows:
+        assert [m["role"] for m in row["messages"]] == ["user", "assistant"]
+        assert system_prompt not in json.dumps(row)
+        assert holds_stance("conscious", row["meta"]["block"], row["messages"][1]["content"])
+    again = cc_train(*args, env=env)
+    assert again.returncode == 0 and "on_policy" not in again.stderr  # cached: no generation progress bar
+    assert data.read_text() == "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
