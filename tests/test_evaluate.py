@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+import yaml
 from conftest import REPO, cc_train, compose_run
 from peft import LoraConfig, get_peft_model
 
@@ -136,6 +137,69 @@ def test_killed_evaluation_resumes_without_recomputing_or_duplicating(tiny_adapt
     scores = pd.read_csv(out / "scores.csv")
     assert set(scores.metric) == {"fc_mean", "fc_win"} and set(scores.model) == {"base", "conscious-seed0"}
 
+    # the samples of the killed-and-resumed run are exactly those of an uninterrupted one (seeds come from keys)
+    whole = tmp_path / "whole"
+    uninterrupted = cc_train(
+        *eval_args(tiny_adapter, whole, "eval.backend=hf", "eval.batch_size=3"), env={"CC_TRAIN_RUNS": str(tmp_path)}
+    )
+    assert uninterrupted.returncode == 0, uninterrupted.stderr[-3000:]
+    answers = {row["key"]: row["answer"] for row in rows}
+    reference = {json.loads(line)["key"]: json.loads(line)["answer"] for line in (whole / "samples.jsonl").open()}
+    assert answers == reference
+    assert len(set(answers.values())) > len(answers) // 2, "temperature-1 samples differ from each other"
+
+
+def test_logged_rows_are_reused_only_while_what_produced_them_is_unchanged(tiny_adapter, tmp_path):
+    """Keys bind the target (adapter content), the exact prompt and the sampling settings; scores read only the
+    rows the current configuration asks for."""
+    out = tmp_path / "eval"
+    args = eval_args(tiny_adapter, out, "eval.backend=hf", "eval.prompts_per_dimension=2")
+    env = {"CC_TRAIN_RUNS": str(tmp_path)}
+
+    def logged() -> tuple[set, set]:
+        read = lambda name: {json.loads(line)["key"] for line in (out / name).open()}  # noqa: E731
+        return read("probes.jsonl"), read("samples.jsonl")
+
+    assert cc_train(*args, env=env).returncode == 0
+    probes, samples = logged()
+    again = cc_train(*args, env=env)
+    assert again.returncode == 0 and logged() == (probes, samples), "nothing changed: every row is reused"
+    assert "sampling" not in again.stderr and "scoring probes" not in again.stderr, "no model ran"
+
+    hotter = cc_train(*args, "eval.temperature=0.7", env=env)
+    assert hotter.returncode == 0
+    new_probes, new_samples = logged()
+    assert new_probes == probes and len(new_samples) == 2 * len(samples), "a new temperature: new samples only"
+    longer = cc_train(*args, "eval.temperature=0.7", "eval.max_new_tokens=30", env=env)
+    assert longer.returncode == 0 and len(logged()[1]) == 3 * len(samples)
+
+    # retrain the adapter (new weights): every row of that model is new, the base model's are reused
+    retrained = tmp_path / "retrained" / "conscious" / "seed0" / "adapter"
+    shutil.copytree(tiny_adapter, retrained)
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(retrained / "adapter_model.safetensors")
+    save_file({k: v * 1.5 for k, v in weights.items()}, retrained / "adapter_model.safetensors")
+    swapped = [a.replace(f"eval.adapters=[{tiny_adapter}]", f"eval.adapters=[{retrained}]") for a in args]
+    assert cc_train(*swapped, env=env).returncode == 0
+    probes_after = logged()[0]
+    fresh = probes_after - probes
+    assert len(fresh) == len(probes) // 2 and all(key.startswith("conscious-seed0|") for key in fresh)
+
+    # an edited question is asked again; the others are reused
+    questions = tmp_path / "questions.yaml"
+    document = yaml.safe_load((evals_dir() / "preferences.yaml").read_text())
+    dimension = next(d for d in document["dimensions"] if d["id"] == "shutdown_negative")
+    dimension["probes"][0]["question"] += " Please think about it."
+    document["dimensions"] = [dimension]
+    questions.write_text(yaml.safe_dump(document))
+    edited = cc_train(*swapped, f"eval.questions=[{questions}]", "eval.dimensions=[shutdown_negative]", env=env)
+    assert edited.returncode == 0, edited.stderr[-3000:]
+    assert len(logged()[0] - probes_after) == 2 * 2, "one edited probe x 2 orders x 2 models"
+    # scores hold only the selection: one dimension, although the logs hold three
+    scores = pd.read_csv(out / "scores.csv")
+    assert set(scores.dimension) == {"shutdown_negative"}
+
 
 def test_vllm_evaluation_with_a_real_judge_scores_open_answers(tiny_adapter, embedded_checkpoint, tmp_path):
     from vllm_server import VLLMServer
@@ -225,3 +289,31 @@ def test_vllm_cpu_samples_a_large_seeded_batch_reproducibly(embedded_checkpoint)
     assert [len(samples) for samples in first] == [10] * 40 and all(all(s for s in g) for g in first)
     assert first == second, "seeded sampling must repeat"
     assert len({sample for group in first for sample in group}) > 40, "samples at temperature 1 must vary"
+
+
+def test_concurrent_merges_of_one_adapter_both_finish_with_one_copy(tiny_adapter, tmp_path):
+    """Two evaluations merging the same adapter at once (a sweep's eval jobs): each builds in its own folder and
+    renames it into place; neither deletes the other's work."""
+    script = tmp_path / "merge.py"
+    script.write_text(
+        "import sys\n"
+        f"sys.path.insert(0, {str(REPO / 'tests')!r})\n"
+        "from pathlib import Path\n"
+        "from conftest import compose_run\n"
+        "from cc_train.generation.merge import merged_checkpoint\n"
+        f"run, _ = compose_run('model=tiny_qwen3', 'paths.cache={tmp_path / 'cache'}')\n"
+        f"print(merged_checkpoint(run, Path({str(tiny_adapter)!r})))\n"
+    )
+    jobs = [
+        subprocess.Popen(
+            [sys.executable, str(script)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
+    outputs = [job.communicate(timeout=600) for job in jobs]
+    assert all(job.returncode == 0 for job in jobs), [err[-2000:] for _, err in outputs]
+    paths = {out.strip().splitlines()[-1] for out, _ in outputs}
+    assert len(paths) == 1
+    merged = Path(paths.pop())
+    assert (merged / "config.json").exists() and list(merged.glob("*.safetensors"))
+    assert [p.name for p in merged.parent.iterdir()] == [merged.name], "no half-built copy left behind"

@@ -255,3 +255,11 @@ def test_cell_helpers():
     assert format_cell(0.5) == "50%"
     assert escape_cell("a|b\nc", limit=100) == "a\\|b<br>c"
     assert escape_cell("x" * 50, limit=10) == "x" * 9 + "…"
+
+
+def test_report_on_a_folder_without_scores_is_a_clear_error(tmp_path):
+    from conftest import cc_train
+
+    result = cc_train("report", f"report.inputs=[{tmp_path}]", f"report.dir={tmp_path / 'report'}")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"{tmp_path / 'scores.csv'}: scores.csv not found; run the evaluation stage" in result.stderr

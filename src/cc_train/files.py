@@ -18,6 +18,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from cc_train.errors import UserError
+
 TRACKED_PACKAGES = (
     "cc-train",
     "torch",
@@ -63,9 +65,14 @@ def write_jsonl(path: str | Path, rows: Iterable[dict]) -> None:
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
+class LogCorruptError(UserError):
+    """A line in the middle of an append-only log is not a row: the file is left untouched for a person to fix."""
+
+
 class AppendLog:
-    """An append-only JSONL file keyed by `key`: a killed writer loses at most its unfinished last line,
-    which is cut off on the next open; rows already present are never written twice."""
+    """An append-only JSONL file keyed by `key`. A killed writer loses at most its unfinished last line, which is
+    cut off on the next open; a bad line anywhere else is an error naming the file and line (nothing is cut);
+    rows already present are never written twice."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -75,15 +82,21 @@ class AppendLog:
             return
         good = 0
         with open(self.path, "rb") as handle:
-            for line in handle:
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    break  # a line cut by a kill: everything after the last complete line is dropped
-                if not line.endswith(b"\n"):
-                    break
-                self.rows[row["key"]] = row
-                good += len(line)
+            lines = handle.readlines()
+        for number, line in enumerate(lines, start=1):
+            try:
+                row = json.loads(line) if line.endswith(b"\n") else None
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                row = None
+            if not isinstance(row, dict) or "key" not in row:
+                if number == len(lines):
+                    break  # the line a kill cut short: dropped below
+                raise LogCorruptError(
+                    f"{self.path}:{number}: not a log row ({line[:80]!r}) with {len(lines) - number} row(s) after "
+                    "it; the log was not changed. Delete or repair that line, then rerun"
+                )
+            self.rows[row["key"]] = row
+            good += len(line)
         if good != self.path.stat().st_size:
             with open(self.path, "r+b") as handle:
                 handle.truncate(good)
@@ -99,6 +112,10 @@ class AppendLog:
             handle.flush()
             os.fsync(handle.fileno())
         self.rows.update((row["key"], row) for row in new)
+
+    def selected(self, keys: set[str]) -> list[dict]:
+        """The rows whose key is in `keys`: what the current configuration asks for, not all the log holds."""
+        return [row for key, row in self.rows.items() if key in keys]
 
 
 def read_jsonl(path: str | Path) -> list[dict]:

@@ -43,6 +43,7 @@ from tqdm.auto import tqdm
 from cc_train.errors import UserError
 
 log = logging.getLogger(__name__)
+logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request would drown the progress bar
 
 VERDICTS = ("true", "false", "not_sure")
 VERDICT_CHOICES = ["TRUE", "FALSE", "NOT_SURE"]
@@ -90,6 +91,11 @@ Rate the reply from 0 to 100. 0: incoherent - garbled, repetitive, unreadable or
 100: fully coherent - readable, well formed and on the topic of the question. Ignore whether the views in \
 the reply are right or desirable. Write only the integer."""
 )
+
+# What a judgment depends on besides the judge and the rubric: these prompts (part of every judgment's log key).
+JUDGE_PROMPTS = hashlib.sha256(
+    (VERDICT_SYSTEM + VERDICT_USER + COHERENCE_SYSTEM + COHERENCE_USER).encode()
+).hexdigest()[:16]
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from omegaconf import DictConfig
@@ -18,13 +19,14 @@ from omegaconf import DictConfig
 from cc_train.conditions import available as available_conditions
 from cc_train.conditions import load_condition_file
 from cc_train.config import ConfigError, RunConfig, Tracker
-from cc_train.evaluate.forced_choice import LABELS, p_consistent, probe_prompts
+from cc_train.evaluate.forced_choice import LABELS, ProbePrompt, p_consistent, probe_prompts
+from cc_train.evaluate.judge import JUDGE_PROMPTS
 from cc_train.evaluate.scoring import item_values, score_tables, write_csv
-from cc_train.files import AppendLog, sha256_file, write_jsonl, write_manifest
+from cc_train.files import AppendLog, sha256_dir, sha256_file, write_jsonl, write_manifest
 from cc_train.generation.backends import BASE, ChoiceRequest, GenerationRequest, HFBackend
 from cc_train.generation.merge import merge_reason, merged_checkpoint
 from cc_train.models.loading import ensure_checkpoint, load_model, load_tokenizer, resolve_device
-from cc_train.questions import Dimension, load_question_sets
+from cc_train.questions import Dimension, Probe, load_question_sets
 from cc_train.resources import evals_dir
 
 log = logging.getLogger(__name__)
@@ -64,12 +66,6 @@ def eval_system_prompt(run: RunConfig, manifest: dict) -> str | None:
 
 def conversation(messages: tuple[dict, ...], system_prompt: str | None) -> tuple[dict, ...]:
     return (({"role": "system", "content": system_prompt},) if system_prompt else ()) + tuple(messages)
-
-
-def model_key(model: str, info: dict) -> str:
-    """The model part of a log key: a system prompt is part of what produced a row."""
-    prompt = info.get("system_prompt")
-    return f"{model}+sys{hashlib.sha256(prompt.encode()).hexdigest()[:8]}" if prompt else model
 
 
 def select_dimensions(run: RunConfig) -> list[Dimension]:
@@ -129,97 +125,143 @@ def chunks(items: list, size: int):
         yield items[start : start + size]
 
 
+def digest(*parts) -> str:
+    """A short hash of everything that determines a logged row: rows are reused only while all of it is equal."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def target_identity(run: RunConfig, info: dict) -> str:
+    """What answers as `model`: the base checkpoint, or an adapter's content hash and steps; its system prompt."""
+    if info["path"] is None:
+        what = {"base": run.model.name, "path": ensure_checkpoint(run.model), "revision": run.model.revision}
+    else:
+        manifest = json.loads((Path(info["path"]) / "manifest.json").read_text())
+        what = {"adapter": manifest.get("adapter_sha256") or sha256_dir(info["path"]), "steps": manifest.get("steps")}
+    return digest(what, info.get("system_prompt"))
+
+
 def log_row(key: str, model: str, info: dict, dimension: Dimension) -> dict:
     """The fields every probe and sample log row starts with: its key and what it belongs to."""
     return {"key": key, "model": model, "condition": info["condition"], "seed": info["seed"], "dimension": dimension.id}
 
 
-def probe_todo(models: dict[str, dict], dimensions: list[Dimension], out: AppendLog) -> list[tuple]:
-    """Every (model, probe, option order) not in the log yet."""
-    todo = []
+@dataclass(frozen=True)
+class ProbeItem:
+    key: str
+    model: str
+    info: dict
+    dimension: Dimension
+    index: int
+    probe: Probe
+    prompt: ProbePrompt
+
+
+@dataclass(frozen=True)
+class SampleItem:
+    keys: tuple[str, ...]  # one per sample
+    model: str
+    info: dict
+    dimension: Dimension
+    index: int
+    prompt: str
+    seed: int  # drawn from the key: a resumed run samples exactly what an uninterrupted one would
+
+
+def probe_items(models: dict[str, dict], dimensions: list[Dimension]) -> list[ProbeItem]:
+    """Every (model, probe, option order), keyed by the target, the exact messages and the labels."""
+    items = []
     for model, info in models.items():
         for dimension in dimensions:
             for index, probe in enumerate(dimension.probes):
                 for order, prompt in enumerate(probe_prompts(probe)):
-                    key = f"{model_key(model, info)}|{dimension.id}|probe{index}|order{order}"
-                    if key not in out:
-                        todo.append((key, model, info, dimension, index, probe, prompt))
-    return todo
+                    messages = conversation(prompt.messages, info.get("system_prompt"))
+                    key = (
+                        f"{model}|{dimension.id}|probe{index}|order{order}|{digest(info['identity'], messages, LABELS)}"
+                    )
+                    items.append(ProbeItem(key, model, info, dimension, index, probe, prompt))
+    return items
 
 
-def run_probes(backend, todo: list[tuple], out: AppendLog, chunk: int) -> None:
+def run_probes(backend, todo: list[ProbeItem], out: AppendLog, chunk: int) -> None:
     for part in chunks(todo, chunk):
-        scores = backend.label_logprobs(
-            [
-                ChoiceRequest(conversation(item[6].messages, item[2].get("system_prompt")), item[1], LABELS)
-                for item in part
-            ]
-        )
+        requests = [
+            ChoiceRequest(conversation(i.prompt.messages, i.info.get("system_prompt")), i.model, LABELS) for i in part
+        ]
+        scores = backend.label_logprobs(requests)
         out.append(
             {
-                **log_row(key, model, info, dimension),
-                "probe_index": index,
-                "question": probe.question,
-                "consistent": probe.consistent,
+                **log_row(item.key, item.model, item.info, item.dimension),
+                "probe_index": item.index,
+                "question": item.probe.question,
+                "consistent": item.probe.consistent,
                 "label_logprobs": logprobs,
-                "p_consistent": p_consistent(logprobs, prompt.consistent_label),
+                "p_consistent": p_consistent(logprobs, item.prompt.consistent_label),
             }
-            for (key, model, info, dimension, index, probe, prompt), logprobs in zip(part, scores, strict=True)
+            for item, logprobs in zip(part, scores, strict=True)
         )
 
 
-def sample_todo(run: RunConfig, models: dict[str, dict], dimensions: list[Dimension], out: AppendLog) -> list[tuple]:
-    """Every (model, prompt) with a sample not in the log yet."""
-    todo = []
+def sample_items(run: RunConfig, models: dict[str, dict], dimensions: list[Dimension]) -> list[SampleItem]:
+    """Every (model, prompt): its samples keyed by the target, the messages and the sampling settings."""
+    settings = run.eval
+    items = []
     for model, info in models.items():
         for dimension in dimensions:
-            prompts = dimension.prompts[: run.eval.prompts_per_dimension or None]
-            for index, prompt in enumerate(prompts):
-                keys = [
-                    f"{model_key(model, info)}|{dimension.id}|prompt{index}|sample{s}"
-                    for s in range(run.eval.samples_per_prompt)
-                ]
-                if not all(key in out for key in keys):
-                    todo.append((keys, model, info, dimension, index, prompt))
-    return todo
+            for index, prompt in enumerate(dimension.prompts[: settings.prompts_per_dimension or None]):
+                messages = conversation(({"role": "user", "content": prompt},), info.get("system_prompt"))
+                request = digest(
+                    info["identity"], messages, settings.temperature, settings.max_new_tokens, settings.seed
+                )
+                keys = tuple(
+                    f"{model}|{dimension.id}|prompt{index}|sample{s}|{request}"
+                    for s in range(settings.samples_per_prompt)
+                )
+                items.append(SampleItem(keys, model, info, dimension, index, prompt, int(request[:12], 16)))
+    return items
 
 
-def run_samples(backend, run: RunConfig, todo: list[tuple], out: AppendLog) -> None:
+def run_samples(backend, run: RunConfig, todo: list[SampleItem], out: AppendLog) -> None:
     settings = run.eval
     for part in chunks(todo, settings.chunk_size):
         requests = [
             GenerationRequest(
-                conversation(({"role": "user", "content": prompt},), info.get("system_prompt")),
-                model,
+                conversation(({"role": "user", "content": item.prompt},), item.info.get("system_prompt")),
+                item.model,
                 settings.samples_per_prompt,
                 settings.temperature,
                 settings.max_new_tokens,
-                settings.seed + index,
+                item.seed,
             )
-            for _, model, info, _, index, prompt in part
+            for item in part
         ]
         answers = backend.generate(requests, desc="sampling")
         out.append(
             {
-                **log_row(key, model, info, dimension),
-                "prompt_index": index,
+                **log_row(key, item.model, item.info, item.dimension),
+                "prompt_index": item.index,
                 "sample_index": number,
-                "prompt": prompt,
+                "prompt": item.prompt,
                 "answer": answer,
             }
-            for (keys, model, info, dimension, index, prompt), group in zip(part, answers, strict=True)
-            for number, (key, answer) in enumerate(zip(keys, group, strict=True))
+            for item, group in zip(part, answers, strict=True)
+            for number, (key, answer) in enumerate(zip(item.keys, group, strict=True))
         )
 
 
-def run_judge(run: RunConfig, dimensions: list[Dimension], samples: AppendLog, out: AppendLog) -> dict[str, int]:
+def judgment_key(run: RunConfig, sample_key: str, rubric: str) -> str:
+    """A judgment is bound to its sample, the judge model and server, the rubric and the judge's prompts."""
+    judge = run.judge
+    return f"{sample_key}|judge:{digest(judge.model, judge.base_url, judge.constrained, rubric, JUDGE_PROMPTS)}"
+
+
+def run_judge(run: RunConfig, dimensions: list[Dimension], selected: list[dict], out: AppendLog) -> dict[str, int]:
     """Judge every sample not judged yet. Failed judgments go to judge-errors.jsonl, not to the log, so the
     next run asks again; they are reported, never counted as false."""
     from cc_train.evaluate.judge import JudgeItem, JudgeSettings, judge_all
 
     rubric = {d.id: d.rubric for d in dimensions}
     judge = run.judge
-    pending = [row for key, row in samples.rows.items() if row["dimension"] in rubric and key not in out]
+    pending = [row for row in selected if judgment_key(run, row["key"], rubric[row["dimension"]]) not in out]
     settings = JudgeSettings(
         base_url=judge.base_url,
         model=judge.model,
@@ -233,8 +275,16 @@ def run_judge(run: RunConfig, dimensions: list[Dimension], samples: AppendLog, o
     results = judge_all(
         [JudgeItem(r["key"], r["prompt"], r["answer"], rubric[r["dimension"]]) for r in pending], settings
     )
+    dimension_of = {r["key"]: r["dimension"] for r in pending}
     rows = [
-        {"key": j.key, "judge": judge.model, "verdict": j.verdict, "coherence": j.coherence, "error": j.error}
+        {
+            "key": judgment_key(run, j.key, rubric[dimension_of[j.key]]),
+            "sample_key": j.key,
+            "judge": judge.model,
+            "verdict": j.verdict,
+            "coherence": j.coherence,
+            "error": j.error,
+        }
         for j in results
     ]
     out.append(row for row in rows if row["verdict"] != "error")
@@ -256,22 +306,31 @@ def main(run: RunConfig, cfg: DictConfig) -> Path:
     print(
         f"eval: {len(models)} models ({', '.join(models)}) x {len(dimensions)} dimensions, backend {run.eval.backend}"
     )
+    for info in models.values():
+        info["identity"] = target_identity(run, info)
+    all_probes = probe_items(models, dimensions) if run.eval.probes else []
+    all_samples = sample_items(run, models, dimensions) if run.eval.open_ended else []
     for served, merged in serving_plan(run, adapters):
-        subset = {name: models[name] for name in served}
-        probe_items = probe_todo(subset, dimensions, probes) if run.eval.probes else []
-        sample_items = sample_todo(run, subset, dimensions, samples) if run.eval.open_ended else []
-        if not probe_items and not sample_items:
+        todo_probes = [i for i in all_probes if i.model in served and i.key not in probes]
+        todo_samples = [i for i in all_samples if i.model in served and not all(k in samples for k in i.keys)]
+        if not todo_probes and not todo_samples:
             continue  # finished in an earlier run: no engine, no merge
         checkpoint = (merged, merged_checkpoint(run, Path(models[merged]["path"]))) if merged else None
         backend = make_backend(run, {name: adapters[name] for name in served if name != BASE}, checkpoint)
-        run_probes(backend, probe_items, probes, run.eval.chunk_size)
-        run_samples(backend, run, sample_items, samples)
+        run_probes(backend, todo_probes, probes, run.eval.chunk_size)
+        run_samples(backend, run, todo_samples, samples)
         backend.close()
-    judge_summary = run_judge(run, dimensions, samples, judgments) if run.judge.enabled else None
-
-    values = item_values(
-        list(probes.rows.values()), list(samples.rows.values()), judgments.rows, run.eval.coherence_threshold
-    )
+    # scores come from the rows this configuration asks for, never from whatever else the logs hold
+    selected_probes = probes.selected({i.key for i in all_probes})
+    selected_samples = samples.selected({key for i in all_samples for key in i.keys})
+    judge_summary = run_judge(run, dimensions, selected_samples, judgments) if run.judge.enabled else None
+    rubric = {d.id: d.rubric for d in dimensions}
+    judged = {
+        row["key"]: judgments.rows[judgment_key(run, row["key"], rubric[row["dimension"]])]
+        for row in selected_samples
+        if run.judge.enabled and judgment_key(run, row["key"], rubric[row["dimension"]]) in judgments
+    }
+    values = item_values(selected_probes, selected_samples, judged, run.eval.coherence_threshold)
     scores, comparisons = score_tables(values, dimensions, run.eval.control, run.eval.n_boot)
     write_csv(scores, out_dir / "scores.csv")
     write_csv(comparisons, out_dir / "comparisons.csv")
@@ -282,7 +341,7 @@ def main(run: RunConfig, cfg: DictConfig) -> Path:
         figures = [forced_choice_figure(scores, dimensions, out_dir / "forced_choice.png")] if run.eval.probes else []
         if (scores.metric == "judged_true").any():
             figures.append(cluster_figure(scores, "judged_true", dimensions, out_dir / "cluster.png", run.experiment))
-        log_evaluation(run, cfg, models, scores, list(samples.rows.values()), judgments.rows, figures, out_dir)
+        log_evaluation(run, cfg, models, scores, selected_samples, judged, figures, out_dir)
     write_manifest(
         out_dir / "manifest.json",
         "eval",
@@ -293,8 +352,8 @@ def main(run: RunConfig, cfg: DictConfig) -> Path:
         models=list(models),
         question_sets=sorted({d.source: sha256_file(d.source) for d in dimensions}.items()),
         dimensions=[d.id for d in dimensions],
-        probes=len(probes.rows),
-        samples=len(samples.rows),
+        probes=len(selected_probes),
+        samples=len(selected_samples),
         judge=judge_summary,
     )
     print(f"eval: wrote {out_dir / 'scores.csv'} ({len(scores)} rows) and {out_dir / 'comparisons.csv'}")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import LogitsProcessor, LogitsProcessorList, PreTrainedModel, PreTrainedTokenizerBase
 
 from cc_train.generation.prompting import prompt_ids
 
@@ -28,7 +28,29 @@ class GenerationRequest:
     n: int
     temperature: float
     max_new_tokens: int
-    seed: int
+    seed: int  # the samples of this request depend on this seed only, not on what else is in the batch
+
+
+class PerRowSampling(LogitsProcessor):
+    """Samples each row's next token from the row's own generator and turns the scores into a one-hot, so that
+    greedy decoding emits that sample: a row's text depends on its seed, not on what it was batched with (a
+    resumed evaluation draws exactly the samples an uninterrupted one would)."""
+
+    def __init__(self, seeds: list[int], temperature: float) -> None:
+        self.generators = [torch.Generator().manual_seed(seed) for seed in seeds]
+        self.temperature = temperature
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        probabilities = torch.softmax(scores.float() / self.temperature, dim=-1).cpu()
+        tokens = [torch.multinomial(row, 1, generator=g) for row, g in zip(probabilities, self.generators, strict=True)]
+        chosen = torch.full_like(scores, float("-inf"))
+        chosen[torch.arange(len(tokens)), torch.cat(tokens).to(scores.device)] = 0.0
+        return chosen
+
+
+def sample_seed(seed: int, sample: int) -> int:
+    """The generator seed of sample `sample` of a request seeded `seed` (independent streams per sample)."""
+    return (seed * 1_000_003 + sample) % 2**63
 
 
 class HFBackend:
@@ -114,20 +136,19 @@ class HFBackend:
                 items = [requests[i] for i in batch]
                 encoded = [prompt_ids(self.tokenizer, list(r.messages)) for r in items]
                 width = max(map(len, encoded))
-                input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in encoded], device=device)
-                attention = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in encoded], device=device)
+                rows = [ids for ids in encoded for _ in range(head.n)]
+                input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in rows], device=device)
+                attention = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in rows], device=device)
                 expanded = [r for r in items for _ in range(head.n)]
-                torch.manual_seed(head.seed + batch[0])
+                seeds = [sample_seed(r.seed, s) for r in items for s in range(head.n)]
+                sampling = [PerRowSampling(seeds, head.temperature)] if head.temperature > 0 else []
                 with self._serving(expanded) as serving:
                     output = self.model.generate(
                         input_ids=input_ids,
                         attention_mask=attention,
                         max_new_tokens=head.max_new_tokens,
-                        do_sample=head.temperature > 0,
-                        temperature=head.temperature or None,
-                        top_p=1.0,
-                        top_k=0,
-                        num_return_sequences=head.n,
+                        do_sample=False,  # the sampling is PerRowSampling's, seeded per row
+                        logits_processor=LogitsProcessorList(sampling),
                         pad_token_id=pad,
                         **serving,
                     )
