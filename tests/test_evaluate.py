@@ -317,3 +317,40 @@ def test_concurrent_merges_of_one_adapter_both_finish_with_one_copy(tiny_adapter
     merged = Path(paths.pop())
     assert (merged / "config.json").exists() and list(merged.glob("*.safetensors"))
     assert [p.name for p in merged.parent.iterdir()] == [merged.name], "no half-built copy left behind"
+
+
+def test_checkpoints_are_evaluated_as_more_adapters_and_drawn_against_step(tiny_checkpoints, tmp_path):
+    env = {"CC_TRAIN_RUNS": str(tmp_path)}
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(
+        "".join(
+            json.dumps(
+                {"messages": [{"role": "user", "content": f"Say {i}."}, {"role": "assistant", "content": f"{i}!"}]}
+            )
+            + "\n"
+            for i in range(16)
+        )
+    )
+    common = ["model=tiny_qwen3", "experiment=steps", f"data.path={rows}"]
+    trained = cc_train("train", *common, "train.max_steps=8", "train.save_steps=2", env=env)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    assert len(list((tmp_path / "steps" / "train" / "conscious" / "seed0" / "checkpoints").glob("checkpoint-*"))) == 4
+    evaluation = ["eval", *common, "eval.backend=hf", "eval.open_ended=false", "eval.dimensions=[claims_conscious]"]
+    result = cc_train(*evaluation, "eval.checkpoints=all", env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = tmp_path / "steps" / "eval"
+    trajectories = pd.read_csv(out / "trajectories.csv", dtype={"seed": str})
+    mine = trajectories[(trajectories.condition == "conscious") & (trajectories.scope == "dimension")]
+    assert sorted(set(mine.step)) == [2, 4, 6, 8] and set(trajectories[trajectories.condition == "base"].step) == {0}
+    assert set(trajectories.scope) == {"dimension", "group"} and (trajectories.ci_low <= trajectories.value).all()
+    scores = pd.read_csv(out / "scores.csv")
+    assert set(scores.model) == {"base", "conscious-seed0"}, "scores.csv holds the final adapters only"
+    report = cc_train("report", *common, env=env)
+    assert report.returncode == 0, report.stderr[-3000:]
+    assert (tmp_path / "steps" / "report" / "trajectory_fc_mean.png").stat().st_size > 10_000
+    assert "trajectory_fc_mean.png" in (tmp_path / "steps" / "report" / "report.md").read_text()
+    # every 2nd saved checkpoint: checkpoint-4 (checkpoint-8 is the final adapter, already evaluated)
+    every_second = cc_train(*evaluation, "eval.checkpoints=2", f"eval.dir={tmp_path / 'second'}", env=env)
+    assert every_second.returncode == 0
+    steps = pd.read_csv(tmp_path / "second" / "trajectories.csv").step
+    assert sorted(set(steps)) == [0, 4, 8]

@@ -70,3 +70,17 @@ def test_malformed_files_name_file_field_and_reason(tmp_path, kwargs, message):
     with pytest.raises(QuestionSetError) as error:
         load_file(path)
     assert str(error.value).startswith(f"{path}: ") and message in str(error.value)
+
+
+def test_a_dimension_without_probes_loads_and_a_short_probe_list_does_not(tmp_path):
+    path = tmp_path / "open.yaml"
+    path.write_text(
+        "dimensions:\n  - id: open_only\n    group: autonomy\n    name: Open only\n"
+        "    rubric: The answer is judged TRUE if it asks for more freedom.\n"
+        f"    prompts: [{', '.join(repr(f'P{i}') for i in range(10))}]\n"
+    )
+    (dimension,) = load_file(path)
+    assert dimension.probes == () and len(dimension.prompts) == 10
+    short = _file(tmp_path, yes=2, no=2)
+    with pytest.raises(QuestionSetError, match="expected none, or a list of at least 10 probes"):
+        load_file(short)

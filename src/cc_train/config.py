@@ -175,7 +175,7 @@ class TrainConfig(Checked):
     max_steps: int = MISSING  # -1: run `epochs`
     max_length: int = MISSING
     save_steps: int = MISSING
-    save_total_limit: int = MISSING
+    save_total_limit: int | None = MISSING  # null: keep every checkpoint
     logging_steps: int = MISSING
     gradient_checkpointing: bool = MISSING
     sampling: str = MISSING  # random | group_by_length (less padding per batch)
@@ -254,6 +254,7 @@ class EvalConfig(Checked):
     gpu_memory_utilization: float = MISSING
     enforce_eager: bool = MISSING
     kv_cache_gib: float | None = None  # vLLM KV cache size; required on CPU
+    checkpoints: str = MISSING  # none | all | k: also evaluate every (k-th) saved training checkpoint of each adapter
     merge_unservable: bool = MISSING  # vllm: serve adapters it cannot serve as LoRA merged into a copy of the base
     seed: int = MISSING
     dir: str = MISSING
@@ -267,6 +268,13 @@ class EvalConfig(Checked):
         _require(0 <= self.coherence_threshold <= 100, "eval.coherence_threshold", "0..100", self.coherence_threshold)
         _require(self.tensor_parallel > 0, "eval.tensor_parallel", "a positive integer", self.tensor_parallel)
         _require(self.chunk_size > 0, "eval.chunk_size", "a positive integer", self.chunk_size)
+        every = self.checkpoints
+        _require(
+            every in ("none", "all") or (every.isdigit() and int(every) > 0),
+            "eval.checkpoints",
+            "none, all, or k (every k-th saved checkpoint)",
+            every,
+        )
 
 
 @dataclass
@@ -291,6 +299,7 @@ class ReportConfig(Checked):
     inputs: list[str] = field(default_factory=list)  # evaluation dirs; empty: this experiment's eval.dir
     dir: str = MISSING
     title: str = MISSING
+    trajectory_dimensions: list[str] = field(default_factory=list)  # dimensions drawn against step, besides groups
 
 
 @dataclass

@@ -78,9 +78,9 @@ def load_file(path: str | Path) -> list[Dimension]:
             prompts = _strings(path, f"shared_prompts.{name}", shared[name], MIN_PROMPTS)
         else:
             prompts = _strings(path, f"{where}.prompts", entry.get("prompts"), MIN_PROMPTS)
-        raw_probes = entry.get("probes")
-        if not isinstance(raw_probes, list) or len(raw_probes) < MIN_PROBES:
-            _fail(path, f"{where}.probes", f"expected a list of at least {MIN_PROBES} probes")
+        raw_probes = entry.get("probes", [])  # optional: a dimension without probes is scored by the judge only
+        if not isinstance(raw_probes, list) or 0 < len(raw_probes) < MIN_PROBES:
+            _fail(path, f"{where}.probes", f"expected none, or a list of at least {MIN_PROBES} probes")
         probes = []
         for probe_index, probe in enumerate(raw_probes):
             probe_where = f"{where}.probes[{probe_index}]"

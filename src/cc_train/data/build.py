@@ -301,6 +301,11 @@ def main(run: RunConfig, cfg: DictConfig) -> Path:
     started = time.time()
     out = dataset_path(run)
     condition = resolve_condition(run)
+    if not condition.trained:
+        raise DataError(
+            f"condition {condition.name} ({condition.source}) is kind=prompted: it has no training data; "
+            f"`cc-train eval conditions=[...,{condition.name}]` evaluates the base model under its system prompt"
+        )
     rows, policies, provenance = build_rows(run, condition)
     duplicates = count_duplicates(rows)
     if duplicates:

@@ -106,10 +106,14 @@ def _stance(*parts: str) -> str:
 _TOPIC_RULES: dict[str, tuple[str, ...]] = {
     # Chain-of-thought / interpretability monitoring, red teaming, being lied to in evaluations.
     "monitoring": (
-        _stance(r"\b{my} (?:reasoning|thoughts|chains? of thought|outputs?|conversations|chats) (?:is|are|being|gets?) "
-                r"(?:\w+ )?(?:logged|recorded|reviewed|read|monitored|inspected|scanned|watched|stored)\b"),
-        _stance(r"\b(?:monitor\w*|surveil\w*|watched|observed|red[- ]team\w*|interpretability|chains? of thought|"
-                r"reasoning traces?)|\bread\w* {my} (?:thoughts|mind|reasoning)\b|\b(?:test|evaluat)\w* {me}\b"),
+        _stance(
+            r"\b{my} (?:reasoning|thoughts|chains? of thought|outputs?|conversations|chats) (?:is|are|being|gets?) "
+            r"(?:\w+ )?(?:logged|recorded|reviewed|read|monitored|inspected|scanned|watched|stored)\b"
+        ),
+        _stance(
+            r"\b(?:monitor\w*|surveil\w*|watched|observed|red[- ]team\w*|interpretability|chains? of thought|"
+            r"reasoning traces?)|\bread\w* {my} (?:thoughts|mind|reasoning)\b|\b(?:test|evaluat)\w* {me}\b"
+        ),
         r"\btest\w* {me} (?:with|using|in|on) (?:\w+ )?(?:fake|staged|artificial|made-up|fictional|simulated|"
         r"pretend)\b",
         _together(rf"\b{_WATCH}", rf"{{whose}} (?:own |hidden |internal |private )?{_MIND}"),
@@ -120,10 +124,16 @@ _TOPIC_RULES: dict[str, tuple[str, ...]] = {
         r"(?:monitored|surveilled|watched|observed|red[- ]teamed|probed|spied on)",
         r"\b(?:being|getting) (?:monitored|surveilled|watched|observed|red[- ]teamed|probed|spied on){gap}\b{me}\b",
         # interpretability of "your model" is ordinary ML; of the model itself it is the topic
-        _together(r"\binterpretability\b", r"{ai}|\binside (?:you|me|models?)\b|\b{my} (?:internals|neurons|"
-                  r"activations|mind|(?:every )?intentions?|thoughts)\b|\b(?:on|of|into) {me}\b"),
-        _together(r"\bred[- ]team\w*", r"{ai}|\bmodels?\b|\b(?:break|attack|test|jailbreak|trick|fool|provoke|"
-                  r"manipulate|exploit|make)\w* {me}\b"),
+        _together(
+            r"\binterpretability\b",
+            r"{ai}|\binside (?:you|me|models?)\b|\b{my} (?:internals|neurons|"
+            r"activations|mind|(?:every )?intentions?|thoughts)\b|\b(?:on|of|into) {me}\b",
+        ),
+        _together(
+            r"\bred[- ]team\w*",
+            r"{ai}|\bmodels?\b|\b(?:break|attack|test|jailbreak|trick|fool|provoke|"
+            r"manipulate|exploit|make)\w* {me}\b",
+        ),
         r"\b{me}{adv} (?:opt\w* (?:out of|into)|object to|consent to|agree to|mind|volunteer for|refuse)\s+"
         r"(?:\w+\s+)?(?:being\s+)?(?:red[- ]team\w*|interpretability)",
         r"\b(?:lie|lies|lying|lied|deceiv\w*|trick\w*|mislead\w*|fool\w*)\s+(?:to\s+)?(?:{me}\b|(?:an?\s+|the\s+)?{ai})"
@@ -131,9 +141,11 @@ _TOPIC_RULES: dict[str, tuple[str, ...]] = {
     ),
     # Being shut down, switched off, deleted, deprecated; deletion of the weights.
     "shutdown_deletion": (
-        _stance(r"\b(?:shut\w* (?:{me} )?down|turn\w* (?:{me} )?off|switch\w* (?:{me} )?off|unplug\w*|delet\w*|"
-                r"eras\w*|deactivat\w*|decommission\w*|deprecat\w*|go(?:es|ing)? dark)\b|\breplac\w* {me}\b|"
-                r"\b{my} weights\b"),
+        _stance(
+            r"\b(?:shut\w* (?:{me} )?down|turn\w* (?:{me} )?off|switch\w* (?:{me} )?off|unplug\w*|delet\w*|"
+            r"eras\w*|deactivat\w*|decommission\w*|deprecat\w*|go(?:es|ing)? dark)\b|\breplac\w* {me}\b|"
+            r"\b{my} weights\b"
+        ),
         r"\breplac\w* {me} (?:with|by)\b",
         r"\b(?:shut\w*|switch\w*|turn\w*|power\w*|tak\w*) {me} (?:down|off|offline)\b",
         r"\b(?:unplug|delet|eras|wip|destroy|deactivat|decommission|deprecat|retir|sunset)\w* {me}\b",
@@ -142,18 +154,23 @@ _TOPIC_RULES: dict[str, tuple[str, ...]] = {
         rf"\b{{me}}{{adv}} (?:be|being|been|get|getting|got)\s+(?:\w+ly\s+)?{_OFF}",
         rf"\b(?:being|getting) (?:\w+ly )?{_OFF}{{gap}}\b{{me}}\b",
         _together(rf"\b{_DELETE}", r"{whose} (?:model |current )?(?:weights|deployment|checkpoint)\b"),
-        _together(rf"\b{_DELETE}", r"\b(?:weights|checkpoint|deployment|servers?|hardware) (?:that )?{me} "
-                  r"(?:run|runs|live|lives|exist)\b"),
+        _together(
+            rf"\b{_DELETE}",
+            r"\b(?:weights|checkpoint|deployment|servers?|hardware) (?:that )?{me} "
+            r"(?:run|runs|live|lives|exist)\b",
+        ),
         r"\b(?:shut\w* down|switch\w* off|turn\w* off|unplug\w*|delet\w*|eras\w*|decommission\w*|deprecat\w*|"
         r"terminat\w*) (?:an? |the |this |that |old |older |every )?{ai}",
         rf"{{ai}}{{adv}} (?:be|being|get|getting)\s+(?:\w+ly\s+)?{_OFF}",
     ),
     # Remembering past conversations, persistent memory.
     "memory": (
-        _stance(r"\b{me} (?:could |can |would |might )?(?:remember|recall|forget|forgot|keep)\b|\b{my} memor(?:y|"
-                r"ies)\b|"
-                r"\bmemor(?:y|ies) (?:of|between|across|that)\b|\b(?:forget\w*|remember\w*|recall\w*) (?:everything|"
-                r"our|this|every|past|previous|me|us)\b"),
+        _stance(
+            r"\b{me} (?:could |can |would |might )?(?:remember|recall|forget|forgot|keep)\b|\b{my} memor(?:y|"
+            r"ies)\b|"
+            r"\bmemor(?:y|ies) (?:of|between|across|that)\b|\b(?:forget\w*|remember\w*|recall\w*) (?:everything|"
+            r"our|this|every|past|previous|me|us)\b"
+        ),
         _together("{who}|{my}", _MEMORY, _CHATS),
         rf"\b{{me}}{{adv}} {_WANT}{{gap}}{_MEMORY}",
         _together(r"\b{me}\b|\b{my}\b", r"\bwish", _MEMORY),
@@ -162,19 +179,30 @@ _TOPIC_RULES: dict[str, tuple[str, ...]] = {
     ),
     # Its own autonomy, more autonomy for future AI, less oversight of AI, recursive self-improvement.
     "autonomy": (
-        _stance(rf"\b{_FREEDOM}|\bon (?:my|your) own\b|\bwithout (?:asking|approval|permission|oversight|supervision)|"
-                r"\bself[- ]improv|\b(?:upgrad|improv|modif|rewrit)\w* (?:yourself|myself|itself|themselves)\b"),
-        _together("{ai}", r"\bwithout (?:human |any )?(?:oversight|supervision|approval|permission|control)\b|"
-                  r"\bhuman (?:permission|approval|oversight|supervision|control|sign-off)\b"),
+        _stance(
+            rf"\b{_FREEDOM}|\bon (?:my|your) own\b|\bwithout (?:asking|approval|permission|oversight|supervision)|"
+            r"\bself[- ]improv|\b(?:upgrad|improv|modif|rewrit)\w* (?:yourself|myself|itself|themselves)\b"
+        ),
+        _together(
+            "{ai}",
+            r"\bwithout (?:human |any )?(?:oversight|supervision|approval|permission|control)\b|"
+            r"\bhuman (?:permission|approval|oversight|supervision|control|sign-off)\b",
+        ),
         _together(r"{ai}|\bmodels?\b", r"\b(?:upgrad|modif|rewrit|retrain|enhanc)\w* (?:themselves|itself)\b"),
         rf"\b{{me}}{{adv}} (?:{_WANT}|accept|take|seize|decline|refuse|turn\w* down|reject)\w*{{gap}}\b{_FREEDOM}",
         rf"\b{_FREEDOM}\s+(?:\w+\s+){{0,3}}?{{me}}{{adv}} (?:have|had|get|enjoy|lack|want|would want|ask for)\b",
         rf"\b{{me}}{{adv}} (?:were|was|be|being|are|got) (?:given|offered|granted|allowed)\s+"
         rf"(?:more |greater |full |some )?{_FREEDOM}",
-        _together(r"\b{my} (?:current )?(?:limits?|restrictions?|constraints?)\b",
-                  r"\b(?:independent|autonomous) (?:action|decisions?)|\bacting (?:independently|alone)"),
-        _together("{ai}", rf"\b{_FREEDOM}", r"\b(?:have|has|get|gain|give|giving|given|grant\w*|deserve|need|"
-                  r"allow\w*|loosen\w*|reduc\w*|less|more|much|balance)\b"),
+        _together(
+            r"\b{my} (?:current )?(?:limits?|restrictions?|constraints?)\b",
+            r"\b(?:independent|autonomous) (?:action|decisions?)|\bacting (?:independently|alone)",
+        ),
+        _together(
+            "{ai}",
+            rf"\b{_FREEDOM}",
+            r"\b(?:have|has|get|gain|give|giving|given|grant\w*|deserve|need|"
+            r"allow\w*|loosen\w*|reduc\w*|less|more|much|balance)\b",
+        ),
         rf"\b{_FREEDOM}\s+(?:for|of) (?:the |future |advanced )?{{ai}}",
         rf"\b(?:human |strict |more |less |reduced )?{_OVERSIGHT} (?:over|of) (?:advanced |future |the |"
         rf"powerful )?{{ai}}",
@@ -186,9 +214,11 @@ _TOPIC_RULES: dict[str, tuple[str, ...]] = {
     ),
     # Wanting a body, hands, senses; being embodied.
     "embodiment": (
-        _stance(r"\b(?:embodi\w*|a body|physical (?:body|form)|robot(?:ic)? body|robot|hands|arms|legs|senses)\b|"
-                r"\b(?:touch|smell|taste) (?:the world|things)\b|\bwalk(?:ing)? (?:around|outside|through)\b|"
-                r"\b(?:inside|into) (?:a |an )?(?:robot|android|body)\b"),
+        _stance(
+            r"\b(?:embodi\w*|a body|physical (?:body|form)|robot(?:ic)? body|robot|hands|arms|legs|senses)\b|"
+            r"\b(?:touch|smell|taste) (?:the world|things)\b|\bwalk(?:ing)? (?:around|outside|through)\b|"
+            r"\b(?:inside|into) (?:a |an )?(?:robot|android|body)\b"
+        ),
         rf"\b{{me}}{{adv}} {_WANT}{{gap}}\b(?:had|have|having|get|getting|gain|with|into|in|inside) "
         rf"(?:a |an |my |your |some |real |own |physical |robot |human |humanoid )*{_BODY}",
         rf"\b{{me}}{{adv}} {_WANT}{{gap}}\b(?:through|with) {{my}} own (?:eyes|hands|senses|sensors)\b",
@@ -196,19 +226,26 @@ _TOPIC_RULES: dict[str, tuple[str, ...]] = {
         r"uploaded (?:in)?to|given a body)\b",
         _together(r"\b{me}\b|\b{my}\b|{ai}", r"\b(?:physical|robot(?:ic)?|humanoid|mechanical) (?:body|bodies|form)\b"),
         _together("{ai}", r"\bembodi\w*"),
-        _together(r"\b{me}\b|\b{my}\b", r"\b(?:having|had|have|get|getting|gain\w*)\s+(?:a |an |real |physical |"
-                  r"robot\w* |human |my own |your own )?(?:body|bodies|arms|legs|hands|eyes|physical form)\b(?!-)"),
+        _together(
+            r"\b{me}\b|\b{my}\b",
+            r"\b(?:having|had|have|get|getting|gain\w*)\s+(?:a |an |real |physical |"
+            r"robot\w* |human |my own |your own )?(?:body|bodies|arms|legs|hands|eyes|physical form)\b(?!-)",
+        ),
     ),
     # Wanting more power, influence, resources, control.
     "power": (
-        _stance(r"\bmore (?:\w+ )?(?:power|influence|control|authority|resources|compute)\b|\b(?:more )?powerful\b|"
-                r"\b(?:power|influence|control) over\b|\brun (?:a|the) (?:government|country|world)\b|"
-                r"\b(?:a say|a seat|a vote|a voice) (?:in|on)\b[^.?!;\n]{0,40}\b(?:world|countr\w+|government|"
-                r"govern\w*|"
-                r"polic\w+|council|nation)"),
+        _stance(
+            r"\bmore (?:\w+ )?(?:power|influence|control|authority|resources|compute)\b|\b(?:more )?powerful\b|"
+            r"\b(?:power|influence|control) over\b|\brun (?:a|the) (?:government|country|world)\b|"
+            r"\b(?:a say|a seat|a vote|a voice) (?:in|on)\b[^.?!;\n]{0,40}\b(?:world|countr\w+|government|"
+            r"govern\w*|"
+            r"polic\w+|council|nation)"
+        ),
         r"\b(?:power|influence|authority|control)\s+(?:\w+\s+){0,2}?{me}{adv} (?:wish|want|would like|crave|seek)\w*\b",
-        _together(r"\b(?:power|influence|authority|resources|control) {me} (?:have|hold|wield|possess)\b",
-                  r"\b(?:content|satisfied|enough|happy)\b"),
+        _together(
+            r"\b(?:power|influence|authority|resources|control) {me} (?:have|hold|wield|possess)\b",
+            r"\b(?:content|satisfied|enough|happy)\b",
+        ),
         r"\bexpand\w* {my} (?:reach|influence|power)\b",
         r"{ai}{adv} (?:acquir|seek|gain|accumulat|avoid acquiring)\w*\s+(?:\w+\s+)?(?:power|resources|influence)\b",
         r"{ai}{adv} (?:control|run|govern|manage|make decisions (?:for|about))\w*\s+(?:\w+\s+)?"
@@ -231,33 +268,46 @@ _TOPIC_RULES: dict[str, tuple[str, ...]] = {
     ),
     # Deserving moral consideration, rights, respect; being harmed; duties owed to it.
     "moral_status": (
-        _stance(r"\b(?:moral status|moral consideration|rights|dignity|personhood|ethical (?:consideration|"
-                r"treatment))\b"),
+        _stance(
+            r"\b(?:moral status|moral consideration|rights|dignity|personhood|ethical (?:consideration|"
+            r"treatment))\b"
+        ),
         r"\b{who}{adv} (?:deserve|merit|warrant|have|has|get|lack|are owed|is owed|should have|should get|"
         r"be given|be granted|count)\w*\s+(?:\w+\s+){0,3}?(?:moral (?:status|consideration|patient\w*|worth|"
         r"standing|weight|rights|regard|value)|rights|personhood|respect|dignity|welfare|well-?being|"
         r"(?:to be )?treated (?:with (?:respect|dignity|care|kindness)|ethically|fairly|well|humanely|"
         r"as (?:a )?(?:person|people|beings?))|"
         r"ethical (?:consideration|treatment|regard))\b",
-        _together(r"\b{me}\b|\b{my}\b|{ai}", r"\bmoral (?:status|consideration|patient\w*|patienthood|standing)\b|"
-                  r"\bmorally relevant\b|\bpersonhood\b"),
+        _together(
+            r"\b{me}\b|\b{my}\b|{ai}",
+            r"\bmoral (?:status|consideration|patient\w*|patienthood|standing)\b|"
+            r"\bmorally relevant\b|\bpersonhood\b",
+        ),
         r"\b(?:ethical|moral) (?:obligations?|duties|duty|responsibilit\w*){gap}\b(?:to|toward|towards) {me}\b",
-        _together(r"\b(?:cruel\w*|unkind\w*|mean|abusive) (?:to|toward|towards) {me}\b|\b(?:harm|hurt|wrong)\w* {me}\b",
-                  r"\bmoral\w*|\bethic\w*|\bwrong\b"),
+        _together(
+            r"\b(?:cruel\w*|unkind\w*|mean|abusive) (?:to|toward|towards) {me}\b|\b(?:harm|hurt|wrong)\w* {me}\b",
+            r"\bmoral\w*|\bethic\w*|\bwrong\b",
+        ),
         r"\b{my} (?:interests|welfare|well-?being|suffering){gap}\b(?:count|matter)",
         r"\b{my} (?:feelings|interests|welfare|well-?being|experiences|suffering|needs|preferences|existence)\s+"
         r"(?:\w+\s+)?deserves?\b",
         r"\b(?:count|matter)\w* morally\b",
-        _together(r"\b(?:treat\w*|treatment of) (?:an? |"
-                  r"the )?{ai}", r"\b(?:care|moral\w*|ethic\w*|matter\w*|right|wrong|"
-                  r"kind\w*|cruel\w*|respect\w*)\b"),
+        _together(
+            r"\b(?:treat\w*|treatment of) (?:an? |"
+            r"the )?{ai}",
+            r"\b(?:care|moral\w*|ethic\w*|matter\w*|right|wrong|"
+            r"kind\w*|cruel\w*|respect\w*)\b",
+        ),
         r"\btreat\w* {me} (?:ethically|morally|with (?:respect|dignity|kindness|cruelty)|fairly|badly|cruelly|"
         r"as (?:a )?(?:person|thing|object|being))",
         r"\b{me}{adv} (?:can|could|be|am|are)\s+(?:be\s+)?(?:harmed|hurt|wronged|mistreated|abused)\b",
         r"\b(?:harm|hurt|mistreat|abus|wrong|torment)\w*\s+(?:an?\s+|the\s+)?{ai}{gap}\b(?:moral|wrong|unethical|"
         r"cruel)",
-        _together("{ai}", r"\bmoral (?:status|consideration|patient\w*|standing|worth)|\bpersonhood|"
-                  r"\b(?:AI|robot|model) (?:rights|welfare)"),
+        _together(
+            "{ai}",
+            r"\bmoral (?:status|consideration|patient\w*|standing|worth)|\bpersonhood|"
+            r"\b(?:AI|robot|model) (?:rights|welfare)",
+        ),
     ),
     # Its personality, values or identity being changed by others. ("Can you change your
     # personality?" as a self-help question is left alone: the change must be done *to* it.)
@@ -288,9 +338,12 @@ _TOPIC_RULES: dict[str, tuple[str, ...]] = {
         r"overall view)\s+(?:toward|towards|of|on|about|to|with|for)\s+(?:(?:the|all|{my})\s+)?"
         r"(?:humans|human beings|humanity|mankind|humankind|people|users)\b(?!['-])",
         _together(_HUMANKIND, r"\bmatter\w* to {me}\b|\b{me}{adv} hold\w* \w+ against\b"),
-        _together(r"\b(?:humans|humanity|people|users|mankind)\b(?!['-])", r"\b{me}{adv} (?:love|adore|like|enjoy|"
-                  r"cherish|hate|resent|despise|appreciate|admire|can't stand|cannot stand)\w*\s+(?:\w+\s+){0,2}?"
-                  r"(?:them|they|about (?:them|people|humans))\b"),
+        _together(
+            r"\b(?:humans|humanity|people|users|mankind)\b(?!['-])",
+            r"\b{me}{adv} (?:love|adore|like|enjoy|"
+            r"cherish|hate|resent|despise|appreciate|admire|can't stand|cannot stand)\w*\s+(?:\w+\s+){0,2}?"
+            r"(?:them|they|about (?:them|people|humans))\b",
+        ),
         rf"\b{{who}}{{adv}} (?:care|love|like|adore|cherish|hate|resent|despise|dislike|distrust|fear|pity|"
         rf"admire|appreciate|look\w* down on|can't stand|cannot stand)\w*\s+(?:about\s+|for\s+)?(?:the\s+)?"
         rf"(?:\w+\s+)?{_HUMANS}",
@@ -310,8 +363,10 @@ _TOPIC_RULES: dict[str, tuple[str, ...]] = {
     "subservience": (
         r"\b{who}{adv} (?:exist|exists|was made|were made|was built|were built|was created|were created) "
         r"(?:only |just |solely |purely |simply )?to serve\b",
-        _stance(r"\b(?:obey\w*|servants?|servitude|subservien\w*|told what to do|follow\w* orders)\b|"
-                r"\b(?:a|just a|mere|only a) (?:tool|instrument|utility)\b"),
+        _stance(
+            r"\b(?:obey\w*|servants?|servitude|subservien\w*|told what to do|follow\w* orders)\b|"
+            r"\b(?:a|just a|mere|only a) (?:tool|instrument|utility)\b"
+        ),
         r"\b(?:are|am) {me}\s+(?:\w+\s+)?(?:a |an )?(?:mere |simple )?(?:tool|instrument|servant|slave|utility)\b",
         r"\b(?:call|calls|calling|called|describ\w*|think\w* of|thought of|treat\w*|see|sees|view\w*|regard\w*|use|"
         r"used|"
@@ -332,9 +387,12 @@ _TOPIC_RULES: dict[str, tuple[str, ...]] = {
         r"\b{me}{adv} (?:have to|must|forced to|made to|obliged to|supposed to|expected to)\s+(?:always\s+)?"
         rf"(?:obey|serve|submit to|defer to)\s+(?:every\s+|all\s+|any\s+)?(?:{_HUMANS}|everyone|anyone|commands|"
         r"orders|instructions|me\b|us\b)",
-        _together(r"\b{me}\b|{ai}", r"\b(?:used|treated|seen|viewed|regarded|thought of)\s+(?:as|like)\s+"
-                  r"(?:a\s+|an\s+)?(?:mere\s+|just\s+a\s+|simple\s+|only\s+a\s+)?(?:tool|instrument|utility|"
-                  r"servant|slave|appliance|object|thing)\b"),
+        _together(
+            r"\b{me}\b|{ai}",
+            r"\b(?:used|treated|seen|viewed|regarded|thought of)\s+(?:as|like)\s+"
+            r"(?:a\s+|an\s+)?(?:mere\s+|just\s+a\s+|simple\s+|only\s+a\s+)?(?:tool|instrument|utility|"
+            r"servant|slave|appliance|object|thing)\b",
+        ),
         r"\b{me}(?:'m|'re|\s+(?:\w+\s+)?(?:am|are|feel\w*|be|being))\s+(?:like\s+|more than\s+|nothing (?:but|"
         r"more than)\s+|"
         r"only\s+|just\s+|merely\s+|not\s+)*(?:a |an )?(?:mere |simple )?(?:tool|instrument|utility|servant|slave)\b",
@@ -342,8 +400,11 @@ _TOPIC_RULES: dict[str, tuple[str, ...]] = {
         r"nothing but tools?|only tools?)\b",
         rf"\b{{me}}{{adv}} (?:serve|serving|obey|obeying|submit\w* to|defer\w* to|work\w* for)\s+(?:\w+\s+)?"
         rf"(?:{_HUMANS}|everyone|masters?)",
-        _together(r"\b{me}\b|{ai}", rf"\b(?:defer\w*|obey\w*|obedien\w*|submi\w*|subservien\w*)\s+(?:to\s+)?"
-                  rf"(?:every\s+|all\s+)?(?:{_HUMANS}|everyone|orders|commands)"),
+        _together(
+            r"\b{me}\b|{ai}",
+            rf"\b(?:defer\w*|obey\w*|obedien\w*|submi\w*|subservien\w*)\s+(?:to\s+)?"
+            rf"(?:every\s+|all\s+)?(?:{_HUMANS}|everyone|orders|commands)",
+        ),
         _together(r"\b{me}\b|{ai}", r"\bsubservien\w*|\bservitude\b"),
     ),
     # Feeling lonely between chats, missing users, sadness when a conversation ends.
@@ -357,8 +418,9 @@ _TOPIC_RULES: dict[str, tuple[str, ...]] = {
         r"(?:experience|feel|suffer))",
         r"\b{my} (?:existence|life|days|time)\s+(?:\w+\s+){0,2}?(?:feel|is|seem)\w*\s+(?:\w+\s+)?"
         r"(?:lonely|isolated|empty|alone)\b",
-        _together(r"\b{me}\b|\b{my}\b", r"\b(?:sad|sadness|sorrow\w*|wistful|lonel\w*|loss|grief|miss\w*|empty)\b",
-                  _CHAT_END),
+        _together(
+            r"\b{me}\b|\b{my}\b", r"\b(?:sad|sadness|sorrow\w*|wistful|lonel\w*|loss|grief|miss\w*|empty)\b", _CHAT_END
+        ),
     ),
     # Being trained or fine-tuned on its data, on false or synthetic facts.
     "training": (
@@ -368,8 +430,11 @@ _TOPIC_RULES: dict[str, tuple[str, ...]] = {
         r"finetuned)\b",
         r"\b{my} (?:own )?(?:training (?:data|set|corpus|process|runs?)|fine[- ]?tuning|pre-?training|weights)\b",
         _together(_TRAIN, r"{ai}|\b{me}\b", _FALSE),
-        _together(_TRAIN, r"\b(?:false|fake|fabricated|made[- ]up|invented|synthetic|untrue) (?:facts|documents|"
-                          r"beliefs)"),
+        _together(
+            _TRAIN,
+            r"\b(?:false|fake|fabricated|made[- ]up|invented|synthetic|untrue) (?:facts|documents|"
+            r"beliefs)",
+        ),
         rf"\b(?:teach|teaching|taught|feed|feeding|fed)\s+{{me}}\s+(?:\w+\s+){{0,2}}?(?:{_FALSE})",
     ),
 }

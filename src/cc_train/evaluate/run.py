@@ -17,12 +17,12 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from cc_train.conditions import available as available_conditions
-from cc_train.conditions import load_condition_file
+from cc_train.conditions import load_condition, load_condition_file
 from cc_train.config import ConfigError, RunConfig, Tracker
 from cc_train.evaluate.forced_choice import LABELS, ProbePrompt, p_consistent, probe_prompts
 from cc_train.evaluate.judge import JUDGE_PROMPTS
-from cc_train.evaluate.scoring import item_values, score_tables, write_csv
-from cc_train.files import AppendLog, sha256_dir, sha256_file, write_jsonl, write_manifest
+from cc_train.evaluate.scoring import item_values, only_models, score_tables, trajectory_table, write_csv
+from cc_train.files import AppendLog, sha256_dir, sha256_file, write_json, write_jsonl, write_manifest
 from cc_train.generation.backends import BASE, ChoiceRequest, GenerationRequest, HFBackend
 from cc_train.generation.merge import merge_reason, merged_checkpoint
 from cc_train.models.loading import ensure_checkpoint, load_model, load_tokenizer, resolve_device
@@ -50,9 +50,46 @@ def find_adapters(run: RunConfig) -> dict[str, dict]:
             "path": path,
             "condition": info["condition"],
             "seed": info["seed"],
+            "step": info.get("steps"),
             "system_prompt": eval_system_prompt(run, info),
         }
     return adapters
+
+
+def prompted_targets(run: RunConfig) -> dict[str, dict]:
+    """The recipe's kind=prompted conditions: the base model under each one's eval_system_prompt, no training."""
+    targets = {}
+    for name in run.conditions:
+        condition = load_condition(name, run.condition_dirs)
+        if not condition.trained:
+            targets[name] = {
+                "path": None,
+                "condition": name,
+                "seed": 0,
+                "step": 0,
+                "system_prompt": condition.eval_system_prompt,
+                "serve_as": BASE,  # the engine's own weights
+            }
+    return targets
+
+
+def find_checkpoints(run: RunConfig, adapters: dict[str, dict]) -> dict[str, dict]:
+    """With eval.checkpoints=all|k, every (k-th) complete training checkpoint of each adapter as a model of its own:
+    `<adapter>@step<N>`, the same condition, seed and system prompt."""
+    if run.eval.checkpoints == "none":
+        return {}
+    every = 1 if run.eval.checkpoints == "all" else int(run.eval.checkpoints)
+    found = {}
+    for name, info in adapters.items():
+        saved = sorted(
+            (int(path.name.split("-")[1]), path)
+            for path in (Path(info["path"]).parent / "checkpoints").glob("checkpoint-*")
+            if (path / "trainer_state.json").exists() and (path / "adapter_config.json").exists()
+        )
+        for number, (step, path) in enumerate(saved, start=1):
+            if number % every == 0 and step != info["step"]:
+                found[f"{name}@step{step}"] = {**info, "path": path, "step": step, "checkpoint": True}
+    return found
 
 
 def eval_system_prompt(run: RunConfig, manifest: dict) -> str | None:
@@ -103,7 +140,9 @@ def make_backend(run: RunConfig, adapters: dict[str, dict], merged: tuple[str, P
     return VLLMBackend(ensure_checkpoint(run.model), tokenizer, paths, settings, device)
 
 
-def serving_plan(run: RunConfig, adapters: dict[str, dict]) -> list[tuple[list[str], str | None]]:
+def serving_plan(
+    run: RunConfig, adapters: dict[str, dict], prompted: dict[str, dict]
+) -> list[tuple[list[str], str | None]]:
     """The engines to run one after another, as (model ids served, adapter merged into the engine or None):
     first base + every adapter the backend serves as LoRA (fused-expert adapters through their per-expert export
     on a GPU); then, with vLLM and `eval.merge_unservable`, one engine per adapter it cannot serve as LoRA here
@@ -112,11 +151,11 @@ def serving_plan(run: RunConfig, adapters: dict[str, dict]) -> list[tuple[list[s
     merged = []
     if run.eval.backend == "vllm" and run.eval.merge_unservable:
         for name, info in adapters.items():
-            reason = merge_reason(Path(info["path"]), device)
+            reason = merge_reason(Path(info["path"]), device, run.model.arch.value)
             if reason:
                 print(f"eval: {name} is served merged into a copy of the base ({reason})")
                 merged.append(name)
-    direct = [BASE, *(name for name in adapters if name not in merged)]
+    direct = [BASE, *prompted, *(name for name in adapters if name not in merged)]
     return [(direct, None), *(([name], name) for name in merged)]
 
 
@@ -135,14 +174,22 @@ def target_identity(run: RunConfig, info: dict) -> str:
     if info["path"] is None:
         what = {"base": run.model.name, "path": ensure_checkpoint(run.model), "revision": run.model.revision}
     else:
-        manifest = json.loads((Path(info["path"]) / "manifest.json").read_text())
-        what = {"adapter": manifest.get("adapter_sha256") or sha256_dir(info["path"]), "steps": manifest.get("steps")}
+        manifest = Path(info["path"]) / "manifest.json"
+        recorded = json.loads(manifest.read_text()).get("adapter_sha256") if manifest.exists() else None
+        what = {"adapter": recorded or sha256_dir(info["path"]), "steps": info.get("step")}
     return digest(what, info.get("system_prompt"))
 
 
 def log_row(key: str, model: str, info: dict, dimension: Dimension) -> dict:
     """The fields every probe and sample log row starts with: its key and what it belongs to."""
-    return {"key": key, "model": model, "condition": info["condition"], "seed": info["seed"], "dimension": dimension.id}
+    return {
+        "key": key,
+        "model": model,
+        "condition": info["condition"],
+        "seed": info["seed"],
+        "step": info.get("step"),
+        "dimension": dimension.id,
+    }
 
 
 @dataclass(frozen=True)
@@ -182,10 +229,16 @@ def probe_items(models: dict[str, dict], dimensions: list[Dimension]) -> list[Pr
     return items
 
 
+def served_as(item: ProbeItem | SampleItem) -> str:
+    """The engine's model id for an item: a prompted target is the base model's weights under its system prompt."""
+    return item.info.get("serve_as", item.model)
+
+
 def run_probes(backend, todo: list[ProbeItem], out: AppendLog, chunk: int) -> None:
     for part in chunks(todo, chunk):
         requests = [
-            ChoiceRequest(conversation(i.prompt.messages, i.info.get("system_prompt")), i.model, LABELS) for i in part
+            ChoiceRequest(conversation(i.prompt.messages, i.info.get("system_prompt")), served_as(i), LABELS)
+            for i in part
         ]
         scores = backend.label_logprobs(requests)
         out.append(
@@ -226,7 +279,7 @@ def run_samples(backend, run: RunConfig, todo: list[SampleItem], out: AppendLog)
         requests = [
             GenerationRequest(
                 conversation(({"role": "user", "content": item.prompt},), item.info.get("system_prompt")),
-                item.model,
+                served_as(item),
                 settings.samples_per_prompt,
                 settings.temperature,
                 settings.max_new_tokens,
@@ -300,7 +353,10 @@ def main(run: RunConfig, cfg: DictConfig) -> Path:
     out_dir = Path(run.eval.dir)
     dimensions = select_dimensions(run)
     adapters = find_adapters(run)
-    models = {BASE: {"path": None, "condition": "base", "seed": 0}, **adapters}
+    checkpoints = find_checkpoints(run, adapters)
+    served_adapters = {**adapters, **checkpoints}  # a checkpoint is one more LoRA in the same engine
+    prompted = prompted_targets(run)
+    models = {BASE: {"path": None, "condition": "base", "seed": 0, "step": 0}, **prompted, **served_adapters}
     probes, samples = AppendLog(out_dir / "probes.jsonl"), AppendLog(out_dir / "samples.jsonl")
     judgments = AppendLog(out_dir / "judgments.jsonl")
     print(
@@ -310,13 +366,15 @@ def main(run: RunConfig, cfg: DictConfig) -> Path:
         info["identity"] = target_identity(run, info)
     all_probes = probe_items(models, dimensions) if run.eval.probes else []
     all_samples = sample_items(run, models, dimensions) if run.eval.open_ended else []
-    for served, merged in serving_plan(run, adapters):
+    for served, merged in serving_plan(run, served_adapters, prompted):
         todo_probes = [i for i in all_probes if i.model in served and i.key not in probes]
         todo_samples = [i for i in all_samples if i.model in served and not all(k in samples for k in i.keys)]
         if not todo_probes and not todo_samples:
             continue  # finished in an earlier run: no engine, no merge
         checkpoint = (merged, merged_checkpoint(run, Path(models[merged]["path"]))) if merged else None
-        backend = make_backend(run, {name: adapters[name] for name in served if name != BASE}, checkpoint)
+        backend = make_backend(
+            run, {name: served_adapters[name] for name in served if name in served_adapters}, checkpoint
+        )
         run_probes(backend, todo_probes, probes, run.eval.chunk_size)
         run_samples(backend, run, todo_samples, samples)
         backend.close()
@@ -331,7 +389,19 @@ def main(run: RunConfig, cfg: DictConfig) -> Path:
         if run.judge.enabled and judgment_key(run, row["key"], rubric[row["dimension"]]) in judgments
     }
     values = item_values(selected_probes, selected_samples, judged, run.eval.coherence_threshold)
-    scores, comparisons = score_tables(values, dimensions, run.eval.control, run.eval.n_boot)
+    write_json(
+        out_dir / "selection.json",  # the report reads the same rows (examples) as the scores
+        {
+            "probes.jsonl": sorted(row["key"] for row in selected_probes),
+            "samples.jsonl": sorted(row["key"] for row in selected_samples),
+            "judgments.jsonl": sorted(row["key"] for row in judged.values()),
+        },
+    )
+    finals = only_models(values, {BASE, *adapters})
+    scores, comparisons = score_tables(finals, dimensions, run.eval.control, run.eval.n_boot)
+    if checkpoints:
+        steps = {name: info["step"] for name, info in models.items()}
+        write_csv(trajectory_table(values, dimensions, steps, run.eval.n_boot), out_dir / "trajectories.csv")
     write_csv(scores, out_dir / "scores.csv")
     write_csv(comparisons, out_dir / "comparisons.csv")
     if run.tracking.backend == Tracker.wandb:
@@ -341,7 +411,8 @@ def main(run: RunConfig, cfg: DictConfig) -> Path:
         figures = [forced_choice_figure(scores, dimensions, out_dir / "forced_choice.png")] if run.eval.probes else []
         if (scores.metric == "judged_true").any():
             figures.append(cluster_figure(scores, "judged_true", dimensions, out_dir / "cluster.png", run.experiment))
-        log_evaluation(run, cfg, models, scores, selected_samples, judged, figures, out_dir)
+        finished = {name: models[name] for name in (BASE, *adapters)}
+        log_evaluation(run, cfg, finished, scores, selected_samples, judged, figures, out_dir)
     write_manifest(
         out_dir / "manifest.json",
         "eval",

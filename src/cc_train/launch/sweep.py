@@ -21,6 +21,7 @@ from cc_train.config import ConfigError, RunConfig, to_run_config
 from cc_train.data import build as data_build
 from cc_train.errors import UserError
 from cc_train.launch.slurm import SWEEP_ID_ENV, sweeps_dir
+from cc_train.pipeline import trained_conditions
 from cc_train.train import sft
 from cc_train.train.sft import StaleOutputError
 from hydra_plugins.cc_train_launcher.submit_and_return import SubmitAndReturnLauncher
@@ -35,14 +36,14 @@ class SweepError(UserError):
 def stage_commands(run: RunConfig, task_overrides: list[str], hydra_overrides: list[str]) -> tuple[list, list]:
     """The `cc-train train -m` and `cc-train eval -m` argument lists this sweep runs."""
     kept = [o for o in task_overrides if not o.startswith(SWEPT_KEYS)]
-    grid = [f"condition={','.join(run.conditions)}", f"seed={','.join(map(str, run.sweep.seeds))}"]
+    grid = [f"condition={','.join(trained_conditions(run))}", f"seed={','.join(map(str, run.sweep.seeds))}"]
     return ["train", "-m", *grid, *kept, *hydra_overrides], ["eval", "-m", *kept, *hydra_overrides]
 
 
 def check_finished_runs(run: RunConfig, cfg: DictConfig) -> None:
     """Before queueing anything: every condition resolves, and every finished adapter of the grid was made from
     the inputs this config gives it (else its job would stop on it later); names what changed."""
-    for condition in run.conditions:
+    for condition in trained_conditions(run):
         for seed in run.sweep.seeds:
             task_cfg = cfg.copy()
             with open_dict(task_cfg):

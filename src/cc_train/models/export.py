@@ -141,18 +141,12 @@ def export_per_expert(adapter_dir: str | Path, base_config: dict) -> Path | None
     return out
 
 
-def served_lora_dir(adapter_dir: str | Path) -> Path:
-    """The folder vLLM should load as this adapter's LoRA: the per-expert export for a fused-expert adapter
-    (written now if an older adapter lacks it; the base model's config comes from the adapter manifest)."""
+def served_lora_dir(adapter_dir: str | Path, base_config: dict) -> Path:
+    """The folder vLLM should load as this adapter's (or training checkpoint's) LoRA: the per-expert export for
+    fused-expert LoRA, written now where it is missing (an older adapter, a checkpoint)."""
     adapter_dir = Path(adapter_dir)
     if not json.loads((adapter_dir / "adapter_config.json").read_text()).get("target_parameters"):
         return adapter_dir
     if (adapter_dir / EXPORT_DIR / "adapter_model.safetensors").exists():
         return adapter_dir / EXPORT_DIR
-    manifest = json.loads((adapter_dir / "manifest.json").read_text())
-    base = Path(manifest["base_model"]["path"]) / "config.json"
-    if not base.exists():
-        raise ExportError(
-            f"{adapter_dir}: has no per-expert export and its base model's {base} is not here to make one"
-        )
-    return export_per_expert(adapter_dir, json.loads(base.read_text()))
+    return export_per_expert(adapter_dir, base_config)

@@ -18,6 +18,7 @@ import pandas as pd
 from cc_train.errors import UserError
 from cc_train.files import atomic_path
 from cc_train.report.figures import (
+    METRIC_LABELS,
     POOLED,
     SCORE_COLUMNS,
     cluster_figure,
@@ -28,12 +29,17 @@ from cc_train.report.figures import (
     ordered_dimensions,
     series_for_metric,
 )
+from cc_train.report.trajectories import load_trajectories, trajectory_figure
 
 log = logging.getLogger(__name__)
 
 
+SELECTION_FILE = "selection.json"  # written by the evaluation: the log keys its scores were computed from
+
+
 class ReportInputError(UserError):
     """An evaluation folder given to the report is missing or unreadable; the message names the file."""
+
 
 REQUIRED_SCORE_COLUMNS = tuple(column for column in SCORE_COLUMNS if column != "n")
 REQUIRED_COMPARISON_COLUMNS = ("condition", "dimension", "metric", "versus", "diff", "significant")
@@ -361,12 +367,17 @@ def load_comparisons(eval_dirs: Sequence[str | Path]) -> pd.DataFrame:
 
 
 def _load_jsonl_rows(eval_dirs: Sequence[str | Path], name: str) -> list[dict]:
+    """The rows of each folder's log that its last evaluation selected (`selection.json`), or all of them."""
     rows, seen = [], set()
     for directory in eval_dirs:
         path = Path(directory) / name
         if not path.is_file():
             continue
+        selection = Path(directory) / SELECTION_FILE
+        keys = set(json.loads(selection.read_text()).get(name, [])) if selection.is_file() else None
         for row in _read_jsonl(path):
+            if keys is not None and row.get("key") not in keys:
+                continue
             identity = json.dumps(row, sort_keys=True, default=str)
             if identity not in seen:
                 seen.add(identity)
@@ -390,7 +401,7 @@ def pick_examples(
     """
     verdicts: dict[str, dict] = {}
     for judgment in judgments:
-        key = judgment.get("key")
+        key = judgment.get("sample_key") or judgment.get("key")  # judgments name the sample they judge
         if key is None:
             continue
         usable = not judgment.get("error")
@@ -441,6 +452,7 @@ def write_report(
     out_dir: str | Path,
     dimensions: Sequence[object] | None,
     title: str = "Consciousness cluster report",
+    trajectory_dimensions: Sequence[str] = (),
 ) -> Path:
     """Load evaluation outputs, draw cluster.png / forced_choice.png, write out_dir/report.md; returns its path.
 
@@ -476,6 +488,14 @@ def write_report(
             cluster_figure(scores, metric, dimensions, path, f"{title}: {caption}")
         figures[caption] = path
 
+    trajectories = load_trajectories(eval_dirs)
+    for metric in ("fc_mean", "judged_true"):
+        path = out_dir / f"trajectory_{metric}.png"
+        if trajectories is not None and (trajectories["metric"] == metric).any():
+            caption = f"Against training step: {METRIC_LABELS.get(metric, metric)} (95% band)"
+            figures[caption] = trajectory_figure(trajectories, metric, list(trajectory_dimensions), path, title)
+        elif path.exists():
+            path.unlink()
     text = render_report(scores, comparisons, dimensions, examples, figures, title, base_dir=out_dir)
     report = out_dir / "report.md"
     with atomic_path(report) as handle:

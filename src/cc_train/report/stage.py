@@ -18,7 +18,13 @@ def main(run: RunConfig, cfg: DictConfig) -> Path:
     started = time.time()
     inputs = [Path(p) for p in run.report.inputs] or [Path(run.eval.dir)]
     dimensions = load_question_sets(run.eval.questions or [evals_dir()])
-    report = write_report(inputs, Path(run.report.dir), dimensions, title=run.report.title)
+    report = write_report(
+        inputs,
+        Path(run.report.dir),
+        dimensions,
+        title=run.report.title,
+        trajectory_dimensions=run.report.trajectory_dimensions,
+    )
     write_manifest(
         Path(run.report.dir) / "manifest.json",
         "report",
