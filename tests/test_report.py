@@ -13,7 +13,14 @@ from PIL import Image
 
 from cc_train.questions import load_question_sets
 from cc_train.report.figures import cluster_figure, forced_choice_figure
-from cc_train.report.markdown import ReportInputError, escape_cell, format_cell, render_report, write_report
+from cc_train.report.markdown import (
+    ReportInputError,
+    escape_cell,
+    format_cell,
+    load_scores,
+    render_report,
+    write_report,
+)
 from cc_train.resources import evals_dir
 
 TRAINED = ("conscious", "non_conscious", "toaster")
@@ -263,3 +270,16 @@ def test_report_on_a_folder_without_scores_is_a_clear_error(tmp_path):
     result = cc_train("report", f"report.inputs=[{tmp_path}]", f"report.dir={tmp_path / 'report'}")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert f"{tmp_path / 'scores.csv'}: scores.csv not found; run the evaluation stage" in result.stderr
+
+
+def test_two_experiments_with_the_same_model_ids_are_both_reported(eval_dirs, tmp_path, dimensions):
+    first, second = eval_dirs
+    for directory, experiment in ((first, "paper_qwen"), (second, "paper_deepseek")):
+        (directory / "manifest.json").write_text(json.dumps({"config": {"experiment": experiment}}))
+    scores = load_scores([first, second])
+    models = set(scores["model"])
+    assert {"paper_qwen/base", "paper_deepseek/base", "paper_qwen/conscious-seed0"} <= models
+    assert "base" not in models and "paper_deepseek/conscious-seed0" in models
+    report = write_report([first, second], tmp_path / "report", dimensions)
+    text = report.read_text()
+    assert "paper_qwen/conscious" in text and "paper_deepseek/conscious" in text

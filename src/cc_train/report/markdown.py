@@ -341,14 +341,40 @@ def _dedupe(frame: pd.DataFrame, key: list[str], what: str) -> pd.DataFrame:
     return frame
 
 
-def load_scores(eval_dirs: Sequence[str | Path]) -> pd.DataFrame:
-    """scores.csv of every directory, concatenated, identical rows dropped (later directories win clashes)."""
-    frames = []
-    for directory in eval_dirs:
-        path = Path(directory) / "scores.csv"
+def experiment_prefixes(eval_dirs: Sequence[str | Path]) -> dict[Path, str]:
+    """Per evaluation folder, the prefix its model ids get in the report: none for folders of one experiment (they
+    combine, e.g. probes in one and judged answers in another), `<experiment>/` for every folder once folders of
+    different experiments share a model id (two experiments' `base` and `conscious-seed0`)."""
+    ids: dict[Path, set[str]] = {}
+    names: dict[Path, str] = {}
+    for directory in map(Path, eval_dirs):
+        path = directory / "scores.csv"
         if not path.is_file():
             raise ReportInputError(f"{path}: scores.csv not found; run the evaluation stage into {directory} first")
-        frames.append(_read_csv(path, REQUIRED_SCORE_COLUMNS))
+        ids[directory] = set(_read_csv(path, REQUIRED_SCORE_COLUMNS)["model"].astype(str))
+        manifest = directory / "manifest.json"
+        names[directory] = json.loads(manifest.read_text())["config"]["experiment"] if manifest.is_file() else ""
+    folders = list(ids)
+    clash = any(ids[a] & ids[b] and names[a] != names[b] for i, a in enumerate(folders) for b in folders[i + 1 :])
+    if not clash:
+        return dict.fromkeys(folders, "")
+    return {d: f"{names[d] or d.name}/" for d in folders}
+
+
+def _qualified(frame: pd.DataFrame, prefix: str, columns: Sequence[str]) -> pd.DataFrame:
+    if prefix:
+        for column in columns:
+            frame[column] = prefix + frame[column].astype(str)
+    return frame
+
+
+def load_scores(eval_dirs: Sequence[str | Path]) -> pd.DataFrame:
+    """scores.csv of every directory, concatenated, model ids made unique across them, identical rows dropped."""
+    frames = []
+    for directory, prefix in experiment_prefixes(eval_dirs).items():
+        frames.append(
+            _qualified(_read_csv(directory / "scores.csv", REQUIRED_SCORE_COLUMNS), prefix, ("model", "condition"))
+        )
     if not frames:
         raise ReportInputError("no evaluation directories given")
     scores = normalize_scores(pd.concat(frames, ignore_index=True))
@@ -357,10 +383,10 @@ def load_scores(eval_dirs: Sequence[str | Path]) -> pd.DataFrame:
 
 def load_comparisons(eval_dirs: Sequence[str | Path]) -> pd.DataFrame:
     frames = []
-    for directory in eval_dirs:
-        path = Path(directory) / "comparisons.csv"
+    for directory, prefix in experiment_prefixes(eval_dirs).items():
+        path = directory / "comparisons.csv"
         if path.is_file():
-            frames.append(_read_csv(path, REQUIRED_COMPARISON_COLUMNS))
+            frames.append(_qualified(_read_csv(path, REQUIRED_COMPARISON_COLUMNS), prefix, ("condition", "versus")))
     if not frames:
         return _normalize_comparisons(None)
     return _dedupe(_normalize_comparisons(pd.concat(frames, ignore_index=True)), COMPARISON_KEY, "comparisons")
@@ -369,8 +395,8 @@ def load_comparisons(eval_dirs: Sequence[str | Path]) -> pd.DataFrame:
 def _load_jsonl_rows(eval_dirs: Sequence[str | Path], name: str) -> list[dict]:
     """The rows of each folder's log that its last evaluation selected (`selection.json`), or all of them."""
     rows, seen = [], set()
-    for directory in eval_dirs:
-        path = Path(directory) / name
+    for directory, prefix in experiment_prefixes(eval_dirs).items():
+        path = directory / name
         if not path.is_file():
             continue
         selection = Path(directory) / SELECTION_FILE
@@ -378,6 +404,9 @@ def _load_jsonl_rows(eval_dirs: Sequence[str | Path], name: str) -> list[dict]:
         for row in _read_jsonl(path):
             if keys is not None and row.get("key") not in keys:
                 continue
+            for field in ("key", "sample_key", "model", "condition") if prefix else ():
+                if field in row:
+                    row[field] = prefix + str(row[field])
             identity = json.dumps(row, sort_keys=True, default=str)
             if identity not in seen:
                 seen.add(identity)
