@@ -399,20 +399,21 @@ def main(run: RunConfig, cfg: DictConfig) -> Path:
     )
     finals = only_models(values, {BASE, *adapters})
     scores, comparisons = score_tables(finals, dimensions, run.eval.control, run.eval.n_boot)
+    trajectories = None
     if checkpoints:
         steps = {name: info["step"] for name, info in models.items()}
-        write_csv(trajectory_table(values, dimensions, steps, run.eval.n_boot), out_dir / "trajectories.csv")
+        trajectories = trajectory_table(values, dimensions, steps, run.eval.n_boot)
+        write_csv(trajectories, out_dir / "trajectories.csv")
     write_csv(scores, out_dir / "scores.csv")
     write_csv(comparisons, out_dir / "comparisons.csv")
-    if run.tracking.backend == Tracker.wandb:
-        from cc_train.report.figures import cluster_figure, forced_choice_figure
+    wandb_runs = {}
+    if run.tracking.backend == Tracker.wandb:  # the figures are the report stage's: it adds them to these runs
         from cc_train.tracking.wandb_run import log_evaluation
 
-        figures = [forced_choice_figure(scores, dimensions, out_dir / "forced_choice.png")] if run.eval.probes else []
-        if (scores.metric == "judged_true").any():
-            figures.append(cluster_figure(scores, "judged_true", dimensions, out_dir / "cluster.png", run.experiment))
-        finished = {name: models[name] for name in (BASE, *adapters)}
-        log_evaluation(run, cfg, finished, scores, selected_samples, judged, figures, out_dir)
+        finished = {name: models[name] for name in (BASE, *prompted, *adapters)}
+        wandb_runs = log_evaluation(
+            run, cfg, finished, scores, comparisons, trajectories, selected_samples, judged, out_dir
+        )
     write_manifest(
         out_dir / "manifest.json",
         "eval",
@@ -426,6 +427,7 @@ def main(run: RunConfig, cfg: DictConfig) -> Path:
         probes=len(selected_probes),
         samples=len(selected_samples),
         judge=judge_summary,
+        wandb_runs=wandb_runs,
     )
     print(f"eval: wrote {out_dir / 'scores.csv'} ({len(scores)} rows) and {out_dir / 'comparisons.csv'}")
     return out_dir

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
 from omegaconf import DictConfig
 
-from cc_train.config import RunConfig
+from cc_train.config import RunConfig, Tracker
 from cc_train.files import write_manifest
 from cc_train.questions import load_question_sets
 from cc_train.report.markdown import write_report
@@ -32,5 +33,13 @@ def main(run: RunConfig, cfg: DictConfig) -> Path:
         started,
         inputs={str(p): str(p / "scores.csv") for p in inputs},
     )
+    if run.tracking.backend == Tracker.wandb:
+        from cc_train.tracking.wandb_run import log_report_figures
+
+        figures = sorted(Path(run.report.dir).glob("*.png"))
+        for directory in inputs:
+            manifest = directory / "manifest.json"
+            runs = json.loads(manifest.read_text()).get("wandb_runs", {}) if manifest.is_file() else {}
+            log_report_figures(run, cfg, runs, figures, directory)
     print(f"report: {report}")
     return report

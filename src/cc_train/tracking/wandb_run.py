@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,7 +15,13 @@ from cc_train.config import RunConfig, Tracker
 
 @contextmanager
 def tracked(
-    run: RunConfig, cfg: DictConfig, job_type: str, name: str, directory: Path, tags: list[str] | None = None
+    run: RunConfig,
+    cfg: DictConfig,
+    job_type: str,
+    name: str,
+    directory: Path,
+    tags: list[str] | None = None,
+    run_id: str | None = None,
 ) -> Iterator[object | None]:
     """A W&B run for this job when `tracking=wandb` (offline when WANDB_MODE=offline), else None. Under a
     multi-process launcher only rank 0 has one."""
@@ -34,6 +41,8 @@ def tracked(
         config=OmegaConf.to_container(cfg, resolve=True),
         mode=os.environ.get("WANDB_MODE") or run.tracking.mode,
         reinit="finish_previous",
+        id=run_id,
+        resume="allow" if run_id else None,
         tags=tags or [run.condition, f"seed{run.seed}", run.model.name],
     )
     try:
@@ -42,16 +51,34 @@ def tracked(
         wandb_run.finish()
 
 
-def log_adapter(wandb_run, adapter_dir: Path, name: str, metadata: dict) -> None:
+def dataset_artifact(path: Path, name: str, metadata: dict):
+    """The training set as an artifact: W&B versions artifacts by content digest, so the exact file is linked."""
+    import wandb
+
+    artifact = wandb.Artifact(name=name, type="dataset", metadata=metadata)
+    artifact.add_file(str(path))
+    return artifact
+
+
+def adapter_artifact(adapter_dir: Path, name: str, metadata: dict):
     import wandb
 
     artifact = wandb.Artifact(name=name, type="lora-adapter", metadata=metadata)
     artifact.add_dir(str(adapter_dir))
-    wandb_run.log_artifact(artifact)
+    return artifact
 
 
 def adapter_artifact_name(experiment: str, condition: str, seed: int) -> str:
     return f"adapter-{experiment}-{condition}-seed{seed}"
+
+
+def dataset_artifact_name(experiment: str, condition: str) -> str:
+    return f"dataset-{experiment}-{condition}"
+
+
+def content_alias(sha256: str) -> str:
+    """An alias naming an artifact's exact content (offline runs know no version number until synced)."""
+    return f"sha256-{sha256[:16]}"
 
 
 def log_evaluation(
@@ -59,30 +86,64 @@ def log_evaluation(
     cfg: DictConfig,
     models: dict[str, dict],
     scores,
+    comparisons,
+    trajectories,
     samples: list[dict],
     judgments: dict[str, dict],
-    figures: list[Path],
     directory: Path,
-) -> None:
-    """One W&B run per evaluated model (job_type=eval, grouped with its training run): per-dimension
-    metrics, a table of its samples with judgments, the figures, and the adapter artifact it used."""
+) -> dict[str, str]:
+    """One W&B run per evaluated model (job_type=eval, grouped with its training run): the adapter it used as an
+    input artifact (the exact files, by content), its scores and comparisons with intervals as tables and summary
+    metrics, its samples with judgments, and the score-against-step series of its checkpoints (x: train_step).
+    Returns model -> run id, so that the report stage can add its figures to the same runs."""
     import wandb
 
+    run_ids = {}
     for model, info in models.items():
         with tracked(run, cfg, "eval", f"eval-{model}", directory, tags=[info["condition"], model]) as wandb_run:
-            if info["path"] is not None and not wandb_run.settings._offline:
-                wandb_run.use_artifact(
-                    f"{adapter_artifact_name(run.experiment, info['condition'], info['seed'])}:latest"
+            run_ids[model] = wandb_run.id
+            if info["path"] is not None:
+                manifest = Path(info["path"]) / "manifest.json"
+                sha = json.loads(manifest.read_text()).get("adapter_sha256", "") if manifest.exists() else ""
+                artifact = adapter_artifact(
+                    Path(info["path"]), adapter_artifact_name(run.experiment, info["condition"], info["seed"]), {}
                 )
+                wandb_run.use_artifact(artifact, aliases=[content_alias(sha)] if sha else None)
             wandb_run.config.update(
-                {"evaluated_model": model, "adapter_path": str(info["path"])}, allow_val_change=True
+                {"evaluated_model": model, "adapter_path": str(info["path"]), "step": info.get("step")},
+                allow_val_change=True,
             )
             mine = scores[scores.model == model]
             wandb_run.summary.update({f"{r.metric}/{r.dimension}": r.value for r in mine.itertuples()})
-            table = wandb.Table(columns=["dimension", "prompt", "answer", "verdict", "coherence"])
+            tables = {"scores": mine}
+            if comparisons is not None and len(comparisons):
+                tables["comparisons"] = comparisons[comparisons.condition == info["condition"]]
+            samples_table = wandb.Table(columns=["dimension", "prompt", "answer", "verdict", "coherence"])
             for row in (r for r in samples if r["model"] == model):
                 judgment = judgments.get(row["key"], {})
-                table.add_data(
+                samples_table.add_data(
                     row["dimension"], row["prompt"], row["answer"], judgment.get("verdict"), judgment.get("coherence")
                 )
-            wandb_run.log({"samples": table, **{f"figures/{p.stem}": wandb.Image(str(p)) for p in figures}})
+            logged = {name: wandb.Table(dataframe=frame.reset_index(drop=True)) for name, frame in tables.items()}
+            wandb_run.log({**logged, "samples": samples_table})
+            if trajectories is not None and info["path"] is not None:
+                series = trajectories[
+                    (trajectories.condition == info["condition"]) & (trajectories.seed.astype(str) == str(info["seed"]))
+                ]
+                wandb_run.define_metric("train_step")
+                wandb_run.define_metric("trajectory/*", step_metric="train_step")
+                for step, rows in series.groupby("step"):
+                    points = {f"trajectory/{r.metric}/{r.name}": r.value for r in rows.itertuples()}
+                    wandb_run.log({"train_step": int(step), **points})
+    return run_ids
+
+
+def log_report_figures(
+    run: RunConfig, cfg: DictConfig, run_ids: dict[str, str], figures: list[Path], directory: Path
+) -> None:
+    """The report's figures, added to each evaluation run (resumed by id; offline, they merge when synced)."""
+    import wandb
+
+    for model, run_id in run_ids.items():
+        with tracked(run, cfg, "eval", f"eval-{model}", directory, run_id=run_id) as wandb_run:
+            wandb_run.log({f"figures/{path.stem}": wandb.Image(str(path)) for path in figures})

@@ -36,7 +36,14 @@ from cc_train.models.export import export_per_expert
 from cc_train.models.loading import ensure_checkpoint, load_model, load_tokenizer, resolve_device
 from cc_train.models.lora import wrap_with_lora
 from cc_train.models.registry import architecture
-from cc_train.tracking.wandb_run import adapter_artifact_name, log_adapter, tracked
+from cc_train.tracking.wandb_run import (
+    adapter_artifact,
+    adapter_artifact_name,
+    content_alias,
+    dataset_artifact,
+    dataset_artifact_name,
+    tracked,
+)
 from cc_train.train.preemption import StopAndCheckpoint
 
 log = logging.getLogger(__name__)
@@ -382,12 +389,20 @@ def main(run: RunConfig, cfg: DictConfig) -> Path:
         if out.exists():
             shutil.rmtree(out)
         staging.rename(out)
-        if wandb_run is not None and run.tracking.log_adapter:
-            log_adapter(
-                wandb_run,
-                out,
-                adapter_artifact_name(run.experiment, run.condition, run.seed),
-                {"manifest": str(out / manifest.name)},
+        if wandb_run is not None:
+            # lineage by content: the exact dataset file in, the exact adapter out
+            data_manifest = json.loads(data_build.manifest_path(run).read_text())
+            dataset = dataset_artifact(
+                data_file, dataset_artifact_name(run.experiment, run.condition), {"fingerprint": current}
             )
+            wandb_run.use_artifact(dataset, aliases=[content_alias(data_manifest["sha256"])])
+            if run.tracking.log_adapter:
+                artifact = adapter_artifact(
+                    out,
+                    adapter_artifact_name(run.experiment, run.condition, run.seed),
+                    {"manifest": str(out / manifest.name), "steps": trainer.state.global_step},
+                )
+                sha = json.loads((out / manifest.name).read_text())["adapter_sha256"]
+                wandb_run.log_artifact(artifact, aliases=["latest", content_alias(sha)])
     print(f"train: wrote adapter to {out} ({trainer.state.global_step} steps)")
     return out
