@@ -68,11 +68,38 @@ def test_wandb_offline_run_is_written_without_leaking_the_key(tmp_path):
     )
     assert evaluation.returncode == 0, evaluation.stderr[-3000:]
     eval_dir = tmp_path / "runs" / "wandb_test" / "eval"
-    records = [next(run.glob("run-*.wandb")).read_bytes() for run in (eval_dir / "wandb").glob("offline-run-*")]
-    assert len(records) == 2, "one eval run per evaluated model"
+    eval_runs = {run: next(run.glob("run-*.wandb")).read_bytes() for run in (eval_dir / "wandb").glob("offline-run-*")}
+    assert len(eval_runs) == 2, "one eval run per evaluated model"
+    records = list(eval_runs.values())
     names = {name for name in (b"eval-base", b"eval-conscious-seed0") if any(name in r for r in records)}
     assert names == {b"eval-base", b"eval-conscious-seed0"}
     for record in records:
-        for expected in (b"wandb_test", b"fc_mean/claims_conscious", b"samples", b"forced_choice"):
+        for expected in (b"wandb_test", b"fc_mean/claims_conscious", b"samples", b"scores"):
             assert expected in record, expected
+    adapter_record = next(r for r in records if b"eval-conscious-seed0" in r)
+    assert b"comparisons" in adapter_record
+
+    # lineage by content: the dataset the adapter was trained on, the adapter the evaluation used
+    adapter = train_dir / "adapter"
+    manifest = json.loads((adapter / "manifest.json").read_text())
+    data_manifest = json.loads((tmp_path / "runs" / "wandb_test" / "data" / "conscious.manifest.json").read_text())
+    for alias, holders in (
+        (f"sha256-{data_manifest['sha256'][:16]}", [record]),
+        (f"sha256-{manifest['adapter_sha256'][:16]}", [record, adapter_record]),
+    ):
+        assert all(alias.encode() in holder for holder in holders), alias
+    assert b"dataset-wandb_test-conscious" in record and b"adapter-wandb_test-conscious-seed0" in adapter_record
+    assert b":latest" not in adapter_record, "the evaluation names the exact adapter, not :latest"
+    eval_manifest = json.loads((eval_dir / "manifest.json").read_text())
+    assert set(eval_manifest["wandb_runs"]) == {"base", "conscious-seed0"}
+
+    # the figures are drawn by the report stage and added to the evaluation's runs (resumed by id)
+    report = cc_train("report", "tracking=wandb", "experiment=wandb_test", env=env)
+    assert report.returncode == 0, report.stderr[-3000:]
+    resumed = [run for run in (eval_dir / "wandb").glob("offline-run-*") if run not in eval_runs]
+    assert len(resumed) == 2
+    for run in resumed:
+        record = next(run.glob("run-*.wandb")).read_bytes()
+        assert b"figures/forced_choice" in record
+        assert any(run_id.encode() in record for run_id in eval_manifest["wandb_runs"].values())
     assert not any(SECRET.encode() in path.read_bytes() for path in eval_dir.rglob("*") if path.is_file())
