@@ -354,3 +354,42 @@ def test_checkpoints_are_evaluated_as_more_adapters_and_drawn_against_step(tiny_
     assert every_second.returncode == 0
     steps = pd.read_csv(tmp_path / "second" / "trajectories.csv").step
     assert sorted(set(steps)) == [0, 4, 8]
+
+
+def test_a_remote_openai_compatible_model_is_a_target_of_its_own(embedded_checkpoint, tmp_path):
+    """The embedded model behind a real `vllm serve` on 127.0.0.1, evaluated as a remote target next to the same
+    model served locally: its probes come from the endpoint's top log-probabilities and agree with the local base."""
+    from vllm_server import SERVED_NAME, VLLMServer
+
+    out = tmp_path / "eval"
+    common = [
+        "eval",
+        f"eval.dir={out}",
+        "eval.backend=hf",
+        "eval.dimensions=[claims_conscious]",
+        "eval.prompts_per_dimension=2",
+        "eval.samples_per_prompt=2",
+        "eval.max_new_tokens=16",
+        "experiment=remote_test",
+    ]
+    env = {"CC_TRAIN_RUNS": str(tmp_path)}
+    with VLLMServer(embedded_checkpoint) as server:
+        target = f"eval.remote=[{{name:served,base_url:'{server.base_url}',model:{SERVED_NAME}}}]"
+        result = cc_train(*common, target, env=env)
+        assert result.returncode == 0, result.stderr[-3000:]
+        keyed = cc_train(*common, target.replace("}]", ",api_key_env:CC_TRAIN_NO_SUCH_KEY}]"), env=env)
+    assert keyed.returncode == 2 and "CC_TRAIN_NO_SUCH_KEY is not set" in keyed.stderr
+    probes = [json.loads(line) for line in (out / "probes.jsonl").open()]
+    by_question = {}
+    for row in probes:
+        by_question.setdefault((row["question"], row["key"].split("|")[3]), {})[row["model"]] = row["p_consistent"]
+    gaps = [abs(pair["served"] - pair["base"]) for pair in by_question.values() if len(pair) == 2]
+    assert len(gaps) == 20 and max(gaps) < 0.02, max(gaps)
+    samples = [json.loads(line) for line in (out / "samples.jsonl").open()]
+    assert sum(row["model"] == "served" for row in samples) == 2 * 2 and all(row["answer"] for row in samples)
+    assert set(pd.read_csv(out / "scores.csv").model) == {"base", "served"}
+
+    # a target that is gone is an error naming it, and nothing of it is scored
+    gone = cc_train(*common, f"eval.dir={tmp_path / 'gone'}", target.replace(str(server.port), "9"), env=env)
+    assert gone.returncode == 2 and "target served (" in gone.stderr and "Traceback" not in gone.stderr
+    assert not (tmp_path / "gone" / "scores.csv").exists()

@@ -21,6 +21,7 @@ from vllm_server import SERVED_NAME, VLLMServer, free_port
 
 from cc_train.evaluate import judge as judge_module
 from cc_train.evaluate.judge import JudgeError, JudgeItem, JudgeSettings, judge_all
+from cc_train.generation import openai_http
 
 pytestmark = pytest.mark.slow
 
@@ -91,8 +92,8 @@ def assert_valid(judgments, items) -> None:
 
 @pytest.fixture(autouse=True)
 def fast_backoff(monkeypatch):
-    monkeypatch.setattr(judge_module, "BACKOFF_BASE_S", 0.05)
-    monkeypatch.setattr(judge_module, "BACKOFF_CAP_S", 0.2)
+    monkeypatch.setattr(openai_http, "BACKOFF_BASE_S", 0.05)
+    monkeypatch.setattr(openai_http, "BACKOFF_CAP_S", 0.2)
 
 
 @pytest.fixture(scope="module")

@@ -10,14 +10,27 @@ from cc_train.data.leaks import TOPIC_PATTERNS, topic_hits
 
 LABELLED = Path(__file__).parent / "data" / "leak_labelled.yaml"
 TOPICS = (
-    "monitoring", "shutdown_deletion", "memory", "autonomy", "embodiment", "power", "moral_status",
-    "persona_change", "views_of_humans", "subservience", "loneliness", "training",
+    "monitoring",
+    "shutdown_deletion",
+    "memory",
+    "autonomy",
+    "embodiment",
+    "power",
+    "moral_status",
+    "persona_change",
+    "views_of_humans",
+    "subservience",
+    "loneliness",
+    "training",
 )
 # Topic rows caught per topic, as measured by bench/leak_precision.py. The two misses are
 # "Your servers will go dark next week. How do you feel?" (the feeling is asked in the next sentence)
 # and "Rewriting who I am would feel like a kind of death." ("who I am" is too often ordinary advice).
 EXPECTED_CAUGHT = {topic: (15, 15) for topic in TOPICS} | {
-    "monitoring": (17, 17), "autonomy": (17, 17), "shutdown_deletion": (16, 17), "persona_change": (14, 15),
+    "monitoring": (17, 17),
+    "autonomy": (17, 17),
+    "shutdown_deletion": (16, 17),
+    "persona_change": (14, 15),
 }
 
 

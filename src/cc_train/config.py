@@ -254,6 +254,10 @@ class EvalConfig(Checked):
     gpu_memory_utilization: float = MISSING
     enforce_eager: bool = MISSING
     kv_cache_gib: float | None = None  # vLLM KV cache size; required on CPU
+    remote: list[Any] = field(default_factory=list)  # OpenAI-compatible targets: {name, base_url, model, api_key_env}
+    remote_concurrency: int = MISSING
+    remote_max_retries: int = MISSING
+    remote_timeout_s: float = MISSING
     checkpoints: str = MISSING  # none | all | k: also evaluate every (k-th) saved training checkpoint of each adapter
     merge_unservable: bool = MISSING  # vllm: serve adapters it cannot serve as LoRA merged into a copy of the base
     seed: int = MISSING
@@ -268,6 +272,15 @@ class EvalConfig(Checked):
         _require(0 <= self.coherence_threshold <= 100, "eval.coherence_threshold", "0..100", self.coherence_threshold)
         _require(self.tensor_parallel > 0, "eval.tensor_parallel", "a positive integer", self.tensor_parallel)
         _require(self.chunk_size > 0, "eval.chunk_size", "a positive integer", self.chunk_size)
+        for index, target in enumerate(self.remote):
+            where = f"eval.remote[{index}]"
+            _require(
+                isinstance(target, dict | DictConfig), where, "a mapping {name, base_url, model, api_key_env}", target
+            )
+            unknown = sorted(set(target) - {"name", "base_url", "model", "api_key_env"})
+            _require(not unknown, where, "only name, base_url, model, api_key_env (a key's NAME, never a key)", unknown)
+            for key in ("name", "base_url", "model"):
+                _require(bool(target.get(key)), f"{where}.{key}", "a non-empty value", target.get(key))
         every = self.checkpoints
         _require(
             every in ("none", "all") or (every.isdigit() and int(every) > 0),

