@@ -390,6 +390,7 @@ def test_a_remote_openai_compatible_model_is_a_target_of_its_own(embedded_checkp
     assert set(pd.read_csv(out / "scores.csv").model) == {"base", "served"}
 
     # a target that is gone is an error naming it, and nothing of it is scored
-    gone = cc_train(*common, f"eval.dir={tmp_path / 'gone'}", target.replace(str(server.port), "9"), env=env)
+    gone_target = target.replace(str(server.port), "9")
+    gone = cc_train(*common, f"eval.dir={tmp_path / 'gone'}", gone_target, "eval.remote_max_retries=1", env=env)
     assert gone.returncode == 2 and "target served (" in gone.stderr and "Traceback" not in gone.stderr
     assert not (tmp_path / "gone" / "scores.csv").exists()
