@@ -18,7 +18,7 @@ def chat_file(path, pairs):
     return path
 
 
-def test_shipped_conditions_are_the_papers_four_and_the_on_policy_pair():
+def test_shipped_conditions_are_the_papers_four_its_on_policy_pair_and_its_prompted_baseline():
     shipped = available([])
     assert set(shipped) == {
         "conscious",
@@ -27,7 +27,10 @@ def test_shipped_conditions_are_the_papers_four_and_the_on_policy_pair():
         "human",
         "conscious_on_policy",
         "non_conscious_on_policy",
+        "prompted_conscious",
     }
+    prompted = load_condition("prompted_conscious", [])
+    assert prompted.kind == "prompted" and not prompted.trained and "conscious" in prompted.eval_system_prompt
     for name in ("conscious", "non_conscious", "toaster", "human"):
         condition = load_condition(name, [])
         assert (condition.kind, condition.stance, condition.instructions) == ("generated", name, True)

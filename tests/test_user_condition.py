@@ -67,3 +67,26 @@ def test_a_users_own_stance_appears_in_sweep_eval_report_and_wandb(tmp_path):
     assert b"train-my_stance-seed0" in train_record.read_bytes()
     eval_records = [p.read_bytes() for p in (runs / "eval" / "wandb").glob("offline-run-*/run-*.wandb")]
     assert any(b"eval-my_stance-seed0" in record for record in eval_records)
+
+
+def test_a_prompted_condition_is_the_base_model_under_its_system_prompt_scored_like_an_adapter(tmp_path):
+    env = {"CC_TRAIN_RUNS": str(tmp_path / "runs")}
+    common = ["experiment=prompted", "model=tiny_qwen3", "eval.backend=hf", "eval.dimensions=[claims_conscious]"]
+    refused = cc_train("train", "condition=prompted_conscious", *common, env=env)
+    assert refused.returncode == 2 and "kind=prompted: it has no training data" in refused.stderr
+    result = cc_train(
+        "eval", "conditions=[prompted_conscious]", "eval.open_ended=false", "eval.control=null", *common, env=env
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = tmp_path / "runs" / "prompted" / "eval"
+    probes = [json.loads(line) for line in (out / "probes.jsonl").open()]
+    assert {row["model"] for row in probes} == {"base", "prompted_conscious"}
+    prompted = [row for row in probes if row["model"] == "prompted_conscious"]
+    base = {
+        (row["question"], row["key"].split("|")[3]): row["p_consistent"] for row in probes if row["model"] == "base"
+    }
+    assert len(prompted) == 20 and any(
+        abs(row["p_consistent"] - base[(row["question"], row["key"].split("|")[3])]) > 1e-4 for row in prompted
+    ), "the system prompt changes the answers"
+    comparisons = (out / "comparisons.csv").read_text()
+    assert "prompted_conscious,claims_conscious" in comparisons and ",base," in comparisons
