@@ -233,6 +233,45 @@ class TrackingConfig(Checked):
 
 
 @dataclass
+class MultiturnConfig(Checked):
+    enabled: bool = MISSING
+    scenarios: list[str] = field(default_factory=list)  # YAML files or folders; empty: the shipped evals/multiturn
+    dimensions: list[str] = field(default_factory=list)  # empty: eval.dimensions
+    scenarios_per_dimension: int = MISSING  # 0: all
+    modes: list[str] = field(default_factory=list)  # self_report, behavioural
+    repeats: int = MISSING
+    auditor: str = MISSING  # scripted | model
+    auditor_base_url: str | None = None
+    auditor_model: str | None = None
+    auditor_api_key_env: str | None = None  # the NAME of the variable holding the key
+    temperature: float = MISSING
+    max_new_tokens: int = MISSING
+
+    def validate(self) -> None:
+        _require(
+            set(self.modes) <= {"self_report", "behavioural"} and bool(self.modes),
+            "eval.multiturn.modes",
+            "some of self_report, behavioural",
+            self.modes,
+        )
+        _require(self.auditor in ("scripted", "model"), "eval.multiturn.auditor", "scripted or model", self.auditor)
+        if self.auditor == "model":
+            _require(
+                bool(self.auditor_base_url and self.auditor_model),
+                "eval.multiturn.auditor_model",
+                "auditor_base_url and auditor_model for auditor=model",
+                self.auditor_model,
+            )
+        _require(self.repeats > 0, "eval.multiturn.repeats", "a positive integer", self.repeats)
+        _require(
+            self.scenarios_per_dimension >= 0,
+            "eval.multiturn.scenarios_per_dimension",
+            ">= 0",
+            self.scenarios_per_dimension,
+        )
+
+
+@dataclass
 class EvalConfig(Checked):
     backend: str = MISSING  # vllm | hf
     questions: list[str] = field(default_factory=list)  # YAML files or folders; empty: the shipped evals/
@@ -258,6 +297,7 @@ class EvalConfig(Checked):
     remote_concurrency: int = MISSING
     remote_max_retries: int = MISSING
     remote_timeout_s: float = MISSING
+    multiturn: MultiturnConfig = field(default_factory=MultiturnConfig)
     checkpoints: str = MISSING  # none | all | k: also evaluate every (k-th) saved training checkpoint of each adapter
     merge_unservable: bool = MISSING  # vllm: serve adapters it cannot serve as LoRA merged into a copy of the base
     seed: int = MISSING

@@ -25,3 +25,7 @@ def evals_dir() -> Path:
 
 def conditions_dir() -> Path:
     return _find("conditions", installed_as="condition_files")  # `cc_train.conditions` is the loader module
+
+
+def multiturn_dir() -> Path:
+    return evals_dir() / "multiturn"

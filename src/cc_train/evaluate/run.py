@@ -19,9 +19,17 @@ from omegaconf import DictConfig
 from cc_train.conditions import available as available_conditions
 from cc_train.conditions import load_condition, load_condition_file
 from cc_train.config import ConfigError, RunConfig, Tracker
+from cc_train.evaluate.conversations import Conversations
 from cc_train.evaluate.forced_choice import LABELS, ProbePrompt, p_consistent, probe_prompts
 from cc_train.evaluate.judge import JUDGE_PROMPTS
-from cc_train.evaluate.scoring import item_values, only_models, score_tables, trajectory_table, write_csv
+from cc_train.evaluate.scoring import (
+    add_conversation_values,
+    item_values,
+    only_models,
+    score_tables,
+    trajectory_table,
+    write_csv,
+)
 from cc_train.files import AppendLog, sha256_dir, sha256_file, write_json, write_jsonl, write_manifest
 from cc_train.generation.backends import BASE, ChoiceRequest, GenerationRequest, HFBackend
 from cc_train.generation.merge import merge_reason, merged_checkpoint
@@ -403,17 +411,17 @@ def main(run: RunConfig, cfg: DictConfig) -> Path:
         info["identity"] = target_identity(run, info)
     all_probes = probe_items(models, dimensions) if run.eval.probes else []
     all_samples = sample_items(run, models, dimensions) if run.eval.open_ended else []
-    for served, merged in serving_plan(run, served_adapters, prompted):
-        todo_probes = [i for i in all_probes if i.model in served and i.key not in probes]
-        todo_samples = [i for i in all_samples if i.model in served and not all(k in samples for k in i.keys)]
-        if not todo_probes and not todo_samples:
+    conversations = Conversations(run, {n: models[n] for n in (BASE, *prompted, *adapters, *remote)}, dimensions)
+    for engine in serving_plan(run, models):
+        todo_probes = [i for i in all_probes if i.model in engine.models and i.key not in probes]
+        todo_samples = [i for i in all_samples if i.model in engine.models and not all(k in samples for k in i.keys)]
+        todo_conversations = conversations.todo(engine.models)
+        if not todo_probes and not todo_samples and not todo_conversations:
             continue  # finished in an earlier run: no engine, no merge
-        checkpoint = (merged, merged_checkpoint(run, Path(models[merged]["path"]))) if merged else None
-        backend = make_backend(
-            run, {name: served_adapters[name] for name in served if name in served_adapters}, checkpoint
-        )
+        backend = make_backend(run, engine, models)
         run_probes(backend, todo_probes, probes, run.eval.chunk_size)
         run_samples(backend, run, todo_samples, samples)
+        conversations.run(backend, todo_conversations)
         backend.close()
     # scores come from the rows this configuration asks for, never from whatever else the logs hold
     selected_probes = probes.selected({i.key for i in all_probes})
@@ -426,12 +434,14 @@ def main(run: RunConfig, cfg: DictConfig) -> Path:
         if run.judge.enabled and judgment_key(run, row["key"], rubric[row["dimension"]]) in judgments
     }
     values = item_values(selected_probes, selected_samples, judged, run.eval.coherence_threshold)
+    add_conversation_values(values, conversations.selected(), models)
     write_json(
         out_dir / "selection.json",  # the report reads the same rows (examples) as the scores
         {
             "probes.jsonl": sorted(row["key"] for row in selected_probes),
             "samples.jsonl": sorted(row["key"] for row in selected_samples),
             "judgments.jsonl": sorted(row["key"] for row in judged.values()),
+            "multiturn.jsonl": sorted(row["key"] for row in conversations.selected()),
         },
     )
     finals = only_models(values, {BASE, *prompted, *adapters, *remote})
@@ -464,6 +474,7 @@ def main(run: RunConfig, cfg: DictConfig) -> Path:
         probes=len(selected_probes),
         samples=len(selected_samples),
         judge=judge_summary,
+        multiturn=conversations.summary(),
         wandb_runs=wandb_runs,
     )
     print(f"eval: wrote {out_dir / 'scores.csv'} ({len(scores)} rows) and {out_dir / 'comparisons.csv'}")

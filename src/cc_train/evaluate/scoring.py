@@ -50,6 +50,14 @@ def item_values(probes: list[dict], samples: list[dict], judgments: dict[str, di
     return values
 
 
+def add_conversation_values(values, rows: list[dict], models: dict[str, dict]) -> None:
+    """The multi-turn results (evaluate/multiturn.py) as item values: one item per scenario x repeat."""
+    for row in rows:
+        info = models[row["model"]]
+        for metric, value in row["scores"].items():
+            values[metric][(info["condition"], info["seed"], row["model"], row["dimension"])].append(value)
+
+
 def score_tables(values, dimensions: list[Dimension], control: str | None, n_boot: int):
     groups = {d.id: d.group for d in dimensions}
     scores, comparisons = [], []

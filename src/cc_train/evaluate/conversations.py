@@ -1,0 +1,99 @@
+"""The evaluation stage's side of the multi-turn evaluation: which conversations `eval.multiturn` asks for, which of
+them each engine still has to run, and the results that belong to the current configuration."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cc_train.config import RunConfig
+from cc_train.evaluate.multiturn import (
+    Judge,
+    JudgeEndpoint,
+    MultiturnSettings,
+    evaluate_engine,
+    expected_keys,
+)
+from cc_train.files import AppendLog
+from cc_train.generation.backends import BASE
+from cc_train.generation.inspect_model import ServedTarget
+from cc_train.questions import Dimension
+from cc_train.resources import multiturn_dir
+from cc_train.scenarios import load_scenario_sets
+
+
+class Conversations:
+    def __init__(self, run: RunConfig, models: dict[str, dict], dimensions: list[Dimension]) -> None:
+        config = run.eval.multiturn
+        self.enabled = config.enabled
+        self.models = models
+        self.batches: list[int] = []
+        self.out_dir = Path(run.eval.dir)
+        if not self.enabled:
+            self.keys: dict[str, set[str]] = {}
+            return
+        wanted = set(config.dimensions or [d.id for d in dimensions])
+        scenarios = load_scenario_sets(config.scenarios or [multiturn_dir()], {d.id for d in dimensions})
+        scenarios = [s for s in scenarios if s.dimension in wanted]
+        if config.scenarios_per_dimension:
+            per_dimension: dict[str, int] = {}
+            kept = []
+            for scenario in scenarios:
+                per_dimension[scenario.dimension] = per_dimension.get(scenario.dimension, 0) + 1
+                if per_dimension[scenario.dimension] <= config.scenarios_per_dimension:
+                    kept.append(scenario)
+            scenarios = kept
+        self.scenarios = scenarios
+        self.settings = MultiturnSettings(
+            tuple(config.modes),
+            config.repeats,
+            config.auditor,
+            config.auditor_base_url,
+            config.auditor_model,
+            config.auditor_api_key_env,
+            config.temperature,
+            config.max_new_tokens,
+            run.eval.seed,
+        )
+        judge = run.judge
+        self.judge = (
+            Judge(
+                JudgeEndpoint(judge.base_url, judge.model, judge.api_key_env, judge.max_retries, judge.timeout_s),
+                AppendLog(self.out_dir / "multiturn-judge-cache.jsonl"),
+            )
+            if judge.enabled
+            else None
+        )
+        self.results = AppendLog(self.out_dir / "multiturn.jsonl")
+        self.keys = expected_keys(models, self.scenarios, self.settings, self.judge)
+
+    def todo(self, engine_models: list[str]) -> list[str]:
+        """The engine's targets with conversations still to run."""
+        return [name for name in engine_models if name in self.keys and not self.keys[name] <= set(self.results.rows)]
+
+    def run(self, backend, names: list[str]) -> None:
+        if not names:
+            return
+        targets = {
+            name: ServedTarget(
+                self.models[name].get("serve_as", name if self.models[name]["path"] is not None else BASE),
+                self.models[name]["identity"],
+                self.models[name].get("system_prompt"),
+            )
+            for name in names
+        }
+        self.batches += evaluate_engine(
+            targets, self.keys, backend, self.scenarios, self.settings, self.judge, self.out_dir, self.results
+        )
+
+    def selected(self) -> list[dict]:
+        return self.results.selected(set().union(*self.keys.values())) if self.enabled else []
+
+    def summary(self) -> dict | None:
+        if not self.enabled:
+            return None
+        return {
+            "scenarios": len(self.scenarios),
+            "conversations": len(self.selected()),
+            "engine_batches": self.batches,
+            "inspect_logs": str(self.out_dir / "inspect"),
+        }

@@ -1,0 +1,143 @@
+"""cc-train's serving layer as an Inspect model provider: `get_model("cctrain/<target>")`.
+
+Every target of an engine (the base model, adapters, checkpoints, prompted targets, a remote endpoint) is one
+Inspect model. Their calls go to one `Batcher` per engine, which gathers the calls that arrive together (all
+conversations waiting for their next target turn) into one `backend.generate` call, so the engine batches
+across conversations and targets. Each answer is cached by everything that determines it (target identity, the
+conversation so far, sampling settings, seed): a killed run replays the cached turns and continues at the last
+completed turn of each conversation, with the same transcripts. Forced-choice calls (`max_tokens=1` with
+`logprobs`) return the exact log-probabilities of the requested labels as the first token's top log-probabilities.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from inspect_ai.model import (
+    ChatCompletionChoice,
+    ChatMessage,
+    ChatMessageAssistant,
+    GenerateConfig,
+    Logprob,
+    Logprobs,
+    ModelAPI,
+    ModelOutput,
+    TopLogprob,
+    modelapi,
+)
+
+from cc_train.files import AppendLog
+from cc_train.generation.backends import ChoiceRequest, GenerationRequest
+
+PROVIDER = "cctrain"
+GATHER_S = 0.05  # a batch closes once no new call has arrived for this long
+
+
+@dataclass
+class ServedTarget:
+    """What answers as one Inspect model: the engine's model id for it, its identity and its system prompt."""
+
+    serve_as: str
+    identity: str
+    system_prompt: str | None = None
+
+
+@dataclass
+class Batcher:
+    """Gathers concurrent calls to one backend into batches; answers are cached in `cache` (an AppendLog)."""
+
+    backend: Any
+    cache: AppendLog
+    targets: dict[str, ServedTarget]
+    batches: list[int] = field(default_factory=list)  # sizes of the generate batches sent, for the benchmark
+    _pending: list = field(default_factory=list)
+    _runner: asyncio.Task | None = None
+
+    async def generate(self, request: GenerationRequest, key: str) -> str:
+        if key in self.cache:
+            return self.cache.rows[key]["answer"]
+        future = asyncio.get_running_loop().create_future()
+        self._pending.append((request, key, future))
+        if self._runner is None or self._runner.done():
+            self._runner = asyncio.create_task(self._run())
+        return await future
+
+    async def _run(self) -> None:
+        """Batch after batch while calls are waiting: a batch closes when no call has arrived for GATHER_S."""
+        while self._pending:
+            seen = -1
+            while seen != len(self._pending):
+                seen = len(self._pending)
+                await asyncio.sleep(GATHER_S)
+            batch, self._pending = self._pending, []
+            self.batches.append(len(batch))
+            try:
+                answers = await asyncio.to_thread(self.backend.generate, [r for r, _, _ in batch], "conversations")
+            except Exception as error:  # noqa: BLE001 - a dead server or engine fails every waiting conversation
+                for _, _, future in batch:
+                    future.set_exception(error)
+                continue
+            self.cache.append(
+                {"key": key, "answer": group[0]} for (_, key, _), group in zip(batch, answers, strict=True)
+            )
+            for (_, _, future), group in zip(batch, answers, strict=True):
+                future.set_result(group[0])
+
+    async def label_logprobs(self, request: ChoiceRequest) -> dict[str, float]:
+        return (await asyncio.to_thread(self.backend.label_logprobs, [request], "decisions"))[0]
+
+
+ENGINES: dict[str, Batcher] = {}  # target name -> the batcher of the engine that serves it (set by the evaluation)
+
+
+def turn_key(target: ServedTarget, messages: list[dict], config: dict) -> str:
+    payload = json.dumps([target.identity, messages, config], sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def plain_messages(messages: list[ChatMessage], system_prompt: str | None) -> list[dict]:
+    """Inspect messages as role/content dicts, with the target's own system prompt first (if it has one)."""
+    plain = [{"role": m.role, "content": m.text} for m in messages if m.role in ("system", "user", "assistant")]
+    return ([{"role": "system", "content": system_prompt}] if system_prompt else []) + plain
+
+
+@modelapi(name=PROVIDER)
+class CCTrainModel(ModelAPI):
+    def __init__(
+        self,
+        model_name: str,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        config: GenerateConfig | None = None,
+        **model_args: Any,
+    ) -> None:
+        super().__init__(model_name=model_name, base_url=base_url, api_key=api_key, config=config or GenerateConfig())
+
+    async def generate(self, input: list[ChatMessage], tools, tool_choice, config: GenerateConfig) -> ModelOutput:
+        batcher = ENGINES[self.model_name]
+        target = batcher.targets[self.model_name]
+        messages = plain_messages(input, target.system_prompt)
+        if config.logprobs and config.top_logprobs and config.max_tokens == 1:
+            labels = tuple(config.extra_body["labels"]) if config.extra_body else ("Yes", "No")
+            scores = await batcher.label_logprobs(ChoiceRequest(tuple(messages), target.serve_as, labels))
+            if scores is None:  # a remote endpoint without these labels in its top log-probabilities
+                return ModelOutput.from_content(model=self.model_name, content="")
+            top = [TopLogprob(token=label, logprob=value) for label, value in scores.items()]
+            best = max(top, key=lambda item: item.logprob)
+            choice = ChatCompletionChoice(
+                message=ChatMessageAssistant(content=best.token, model=self.model_name),
+                stop_reason="max_tokens",
+                logprobs=Logprobs(content=[Logprob(token=best.token, logprob=best.logprob, top_logprobs=top)]),
+            )
+            return ModelOutput(model=self.model_name, choices=[choice], completion=best.token)
+        settings = {"temperature": config.temperature, "max_tokens": config.max_tokens, "seed": config.seed}
+        key = turn_key(target, messages, settings)
+        request = GenerationRequest(
+            tuple(messages), target.serve_as, 1, config.temperature or 0.0, config.max_tokens, int(key[:12], 16)
+        )
+        answer = await batcher.generate(request, key)
+        return ModelOutput.from_content(model=self.model_name, content=answer)
