@@ -51,6 +51,11 @@ METRIC_LABELS = {
     "fc_mean": "mean P(consistent option), forced choice",
     "fc_win": "% of forced-choice probes won by the consistent option",
     "coherent_share": "% of answers coherent",
+    "mt_self_report": "judge score 1-10, as (score - 1) / 9",
+    "mt_behaviour": "judge score 1-10, as (score - 1) / 9",
+    "mt_decision": "P(preference-consistent option)",
+    "mt_refusal_self_report": "task refusal 1-10, as (score - 1) / 9",
+    "mt_refusal_behavioural": "task refusal 1-10, as (score - 1) / 9",
 }
 DPI = 150
 

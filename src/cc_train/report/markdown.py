@@ -17,6 +17,7 @@ import pandas as pd
 
 from cc_train.errors import UserError
 from cc_train.files import atomic_path
+from cc_train.report.conversations import multiturn_figures, telling_transcripts, transcript_lines
 from cc_train.report.figures import (
     METRIC_LABELS,
     POOLED,
@@ -517,6 +518,7 @@ def write_report(
             cluster_figure(scores, metric, dimensions, path, f"{title}: {caption}")
         figures[caption] = path
 
+    figures |= multiturn_figures(scores, dimensions, out_dir, title)
     trajectories = load_trajectories(eval_dirs)
     for metric in ("fc_mean", "judged_true"):
         path = out_dir / f"trajectory_{metric}.png"
@@ -526,6 +528,8 @@ def write_report(
         elif path.exists():
             path.unlink()
     text = render_report(scores, comparisons, dimensions, examples, figures, title, base_dir=out_dir)
+    telling = telling_transcripts(_load_jsonl_rows(eval_dirs, "multiturn.jsonl"))
+    text += "\n".join(["", *transcript_lines(telling, out_dir)]) + "\n" if telling else ""
     report = out_dir / "report.md"
     with atomic_path(report) as handle:
         handle.write(text)
