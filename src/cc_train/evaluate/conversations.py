@@ -57,7 +57,14 @@ class Conversations:
         judge = run.judge
         self.judge = (
             Judge(
-                JudgeEndpoint(judge.base_url, judge.model, judge.api_key_env, judge.max_retries, judge.timeout_s),
+                JudgeEndpoint(
+                    judge.base_url,
+                    judge.model,
+                    judge.api_key_env,
+                    judge.max_retries,
+                    judge.timeout_s,
+                    judge.constrained,
+                ),
                 AppendLog(self.out_dir / "multiturn-judge-cache.jsonl"),
             )
             if judge.enabled

@@ -80,6 +80,7 @@ class JudgeEndpoint:
     api_key_env: str | None
     max_retries: int
     timeout_s: float
+    constrained: str  # vllm: ask a vLLM server for one of the integers 1-10 (structured outputs)
 
 
 def digest(*parts) -> str:
@@ -190,6 +191,8 @@ class Judge:
             "temperature": 0.0,
             "max_tokens": 4,
         }
+        if self.endpoint.constrained == "vllm":
+            body["structured_outputs"] = {"choice": [str(value) for value in range(1, 11)]}
 
         def rejected(status: int, message: str) -> MultiturnError:
             return MultiturnError(f"judge {self.endpoint.base_url} rejected a request with HTTP {status}: {message}")
