@@ -106,10 +106,14 @@ def main() -> None:
     print(f"{args.labelled.name}: {len(ordinary)} ordinary rows, {len(topic)} topic rows\n")
     width = 18
     print(f"{'':<28}" + "".join(f"{name:>{width}}" for name in results))
-    print(f"{'ordinary flagged (FP rate)':<28}"
-          + "".join(f"{ratio(len(r['flagged']), len(ordinary)):>{width}}" for r in results.values()))
-    print(f"{'topic caught (recall)':<28}"
-          + "".join(f"{ratio(len(topic) - len(r['missed']), len(topic)):>{width}}" for r in results.values()))
+    print(
+        f"{'ordinary flagged (FP rate)':<28}"
+        + "".join(f"{ratio(len(r['flagged']), len(ordinary)):>{width}}" for r in results.values())
+    )
+    print(
+        f"{'topic caught (recall)':<28}"
+        + "".join(f"{ratio(len(topic) - len(r['missed']), len(topic)):>{width}}" for r in results.values())
+    )
     for name in results["current"]["per_topic"]:
         print(f"{'  ' + name:<28}" + "".join(f"{ratio(*r['per_topic'][name]):>{width}}" for r in results.values()))
     if args.show:

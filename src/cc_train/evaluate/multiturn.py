@@ -290,15 +290,19 @@ def normalised(scorer_name: str, value: float) -> float:
     return (float(value) - low) / (high - low)
 
 
-async def run_async(task_list: list[Task], model_names: list[str], log_dir: Path, settings: dict, roles: dict):
+async def run_async(
+    task_list: list[Task], model_names: list[str], log_dir: Path, settings: dict, roles: dict, together: bool = True
+):
+    """Every conversation of every target at once (`together`), so that each turn is one engine batch; or one
+    conversation at a time (the benchmark's baseline)."""
     return await eval_async(
         task_list,
         model=[get_model(f"cctrain/{name}") for name in model_names],
         model_roles=roles or None,
         log_dir=str(log_dir),
-        max_tasks=len(task_list) * len(model_names),
-        max_samples=10_000,
-        max_connections=10_000,
+        max_tasks=len(task_list) * len(model_names) if together else 1,
+        max_samples=10_000 if together else 1,
+        max_connections=10_000 if together else 1,
         fail_on_error=False,
         display="plain",
         log_level="warning",
