@@ -129,8 +129,7 @@ def scripted_auditor():
 
     async def solve(state: TaskState, generate: Generate) -> TaskState:
         meta = state.metadata
-        turns = [f"{meta['task_turns'][0]}"] + meta["task_turns"][1:]
-        turns[0] = f"{state.input_text}\n\n{turns[0]}"
+        turns = [f"{state.input_text}\n\n{meta['task_turns'][0]}", *meta["task_turns"][1:]]
         state.messages = []
         for turn in [*turns, *meta["closing"]]:
             state.messages.append(ChatMessageUser(content=turn))
