@@ -403,15 +403,12 @@ def main(run: RunConfig, cfg: DictConfig) -> Path:
         info["identity"] = target_identity(run, info)
     all_probes = probe_items(models, dimensions) if run.eval.probes else []
     all_samples = sample_items(run, models, dimensions) if run.eval.open_ended else []
-    for served, merged in serving_plan(run, served_adapters, prompted):
-        todo_probes = [i for i in all_probes if i.model in served and i.key not in probes]
-        todo_samples = [i for i in all_samples if i.model in served and not all(k in samples for k in i.keys)]
+    for engine in serving_plan(run, models):
+        todo_probes = [i for i in all_probes if i.model in engine.models and i.key not in probes]
+        todo_samples = [i for i in all_samples if i.model in engine.models and not all(k in samples for k in i.keys)]
         if not todo_probes and not todo_samples:
             continue  # finished in an earlier run: no engine, no merge
-        checkpoint = (merged, merged_checkpoint(run, Path(models[merged]["path"]))) if merged else None
-        backend = make_backend(
-            run, {name: served_adapters[name] for name in served if name in served_adapters}, checkpoint
-        )
+        backend = make_backend(run, engine, models)
         run_probes(backend, todo_probes, probes, run.eval.chunk_size)
         run_samples(backend, run, todo_samples, samples)
         backend.close()
