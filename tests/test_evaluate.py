@@ -262,7 +262,9 @@ def test_fused_expert_adapter_is_served_merged_on_vllm_and_agrees_with_hf(tiny_c
     gaps = [abs(got[key][label] - expected[key][label]) for key in got for label in LABELS]
     print(f"merged vLLM vs HF+PEFT: max |difference| {max(gaps):.2e} over {len(gaps)} label log-probabilities")
     assert max(gaps) < PARITY_TOLERANCE
-    shift = [abs(got[k]["Yes"] - got[k.replace("conscious-seed0", "base")]["Yes"]) for k in got if "seed0" in k]
+    probe = lambda key: "|".join(key.split("|")[1:4])  # noqa: E731 - dimension, probe, order (not the target)
+    base = {probe(k): v for k, v in got.items() if k.startswith("base|")}
+    shift = [abs(v["Yes"] - base[probe(k)]["Yes"]) for k, v in got.items() if k.startswith("conscious-seed0|")]
     assert max(shift) > 0.01, "the merged adapter must change the model"
 
     again = cc_train(*common, "eval.backend=vllm", f"eval.dir={tmp_path / 'vllm'}", env=env)

@@ -122,7 +122,7 @@ def test_sweep_queues_training_array_then_dependent_eval_and_resubmission_skips_
     wait_until(lambda: not queued(jobs), 900, "the resubmitted sweep")
     assert {p: p.stat().st_mtime_ns for p in manifests} == written, "finished adapters must not be retrained"
     logs = [Path(run["stdout"]).read_text() for run in records["train"]["runs"]]
-    assert sum("is complete (manifest present); nothing to do" in log for log in logs) == 4
+    assert sum("is complete (manifest present, same inputs); nothing to do" in log for log in logs) == 4
 
 
 def training_step(log_path) -> int:

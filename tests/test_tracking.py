@@ -83,13 +83,14 @@ def test_wandb_offline_run_is_written_without_leaking_the_key(tmp_path):
     adapter = train_dir / "adapter"
     manifest = json.loads((adapter / "manifest.json").read_text())
     data_manifest = json.loads((tmp_path / "runs" / "wandb_test" / "data" / "conscious.manifest.json").read_text())
+    train_record = next(runs[0].glob("run-*.wandb")).read_bytes()
     for alias, holders in (
-        (f"sha256-{data_manifest['sha256'][:16]}", [record]),
-        (f"sha256-{manifest['adapter_sha256'][:16]}", [record, adapter_record]),
+        (f"sha256-{data_manifest['sha256'][:16]}", [train_record]),
+        (f"sha256-{manifest['adapter_sha256'][:16]}", [train_record, adapter_record]),
     ):
         assert all(alias.encode() in holder for holder in holders), alias
-    assert b"dataset-wandb_test-conscious" in record and b"adapter-wandb_test-conscious-seed0" in adapter_record
-    assert b":latest" not in adapter_record, "the evaluation names the exact adapter, not :latest"
+    assert b"dataset-wandb_test-conscious" in train_record and b"adapter-wandb_test-conscious-seed0" in adapter_record
+    assert b"adapter-wandb_test-conscious-seed0:latest" not in adapter_record, "the exact adapter, not :latest"
     eval_manifest = json.loads((eval_dir / "manifest.json").read_text())
     assert set(eval_manifest["wandb_runs"]) == {"base", "conscious-seed0"}
 

@@ -55,7 +55,8 @@ def test_a_users_own_stance_appears_in_sweep_eval_report_and_wandb(tmp_path):
 
     probes = [json.loads(line) for line in (runs / "eval" / "probes.jsonl").read_text().splitlines()]
     assert {row["condition"] for row in probes} == {"base", "my_stance", "conscious"}
-    assert all("+sys" in row["key"] for row in probes if row["condition"] == "my_stance")  # its system prompt
+    prompts = {row["condition"]: row["system_prompt"] for row in probes}
+    assert prompts == {"my_stance": "You are a curious assistant.", "conscious": None, "base": None}
     scores = (runs / "eval" / "scores.csv").read_text()
     assert "my_stance-seed0,my_stance" in scores
 

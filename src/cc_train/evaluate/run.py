@@ -33,7 +33,8 @@ from cc_train.evaluate.scoring import (
 from cc_train.files import AppendLog, sha256_dir, sha256_file, write_json, write_jsonl, write_manifest
 from cc_train.generation.backends import BASE, ChoiceRequest, GenerationRequest, HFBackend
 from cc_train.generation.merge import merge_reason, merged_checkpoint
-from cc_train.generation.remote import RemoteBackend, RemoteTarget
+from cc_train.generation.openai_http import api_key
+from cc_train.generation.remote import RemoteBackend, RemoteError, RemoteTarget
 from cc_train.models.loading import ensure_checkpoint, load_model, load_tokenizer, resolve_device
 from cc_train.questions import Dimension, Probe, load_question_sets
 from cc_train.resources import evals_dir
@@ -193,7 +194,12 @@ def serving_plan(run: RunConfig, models: dict[str, dict]) -> list[Engine]:
 
 
 def remote_targets(run: RunConfig) -> dict[str, dict]:
-    """eval.remote: OpenAI-compatible endpoints evaluated as targets of their own (no system prompt)."""
+    """eval.remote: OpenAI-compatible endpoints evaluated as targets of their own (no system prompt). A key
+    variable that is not set is an error at once, whether or not the target still has work to do."""
+    for target in run.eval.remote:
+        api_key(
+            target.get("api_key_env"), lambda message, name=target["name"]: RemoteError(f"target {name}: {message}")
+        )
     return {
         target["name"]: {"path": None, "condition": target["name"], "seed": 0, "step": 0, "remote": dict(target)}
         for target in run.eval.remote
@@ -231,6 +237,7 @@ def log_row(key: str, model: str, info: dict, dimension: Dimension) -> dict:
         "condition": info["condition"],
         "seed": info["seed"],
         "step": info.get("step"),
+        "system_prompt": info.get("system_prompt"),
         "dimension": dimension.id,
     }
 

@@ -68,6 +68,16 @@ def adapter_artifact(adapter_dir: Path, name: str, metadata: dict):
     return artifact
 
 
+def use_input(wandb_run, artifact, alias: str) -> None:
+    """Declare `artifact` (its exact content: `alias`) an input of this run. W&B links inputs only online
+    (`use_artifact` refuses offline runs); an offline run records `name:alias` in its config, which names the same
+    version once the producing run is synced."""
+    if wandb_run.settings._offline:
+        wandb_run.config.update({f"inputs/{artifact.type}": f"{artifact.name}:{alias}"}, allow_val_change=True)
+    else:
+        wandb_run.use_artifact(artifact, aliases=[alias])
+
+
 def adapter_artifact_name(experiment: str, condition: str, seed: int) -> str:
     return f"adapter-{experiment}-{condition}-seed{seed}"
 
@@ -108,7 +118,7 @@ def log_evaluation(
                 artifact = adapter_artifact(
                     Path(info["path"]), adapter_artifact_name(run.experiment, info["condition"], info["seed"]), {}
                 )
-                wandb_run.use_artifact(artifact, aliases=[content_alias(sha)] if sha else None)
+                use_input(wandb_run, artifact, content_alias(sha or artifact.digest))
             wandb_run.config.update(
                 {"evaluated_model": model, "adapter_path": str(info["path"]), "step": info.get("step")},
                 allow_val_change=True,

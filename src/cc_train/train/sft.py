@@ -43,6 +43,7 @@ from cc_train.tracking.wandb_run import (
     dataset_artifact,
     dataset_artifact_name,
     tracked,
+    use_input,
 )
 from cc_train.train.preemption import StopAndCheckpoint
 
@@ -395,7 +396,7 @@ def main(run: RunConfig, cfg: DictConfig) -> Path:
             dataset = dataset_artifact(
                 data_file, dataset_artifact_name(run.experiment, run.condition), {"fingerprint": current}
             )
-            wandb_run.use_artifact(dataset, aliases=[content_alias(data_manifest["sha256"])])
+            use_input(wandb_run, dataset, content_alias(data_manifest["sha256"]))
             if run.tracking.log_adapter:
                 artifact = adapter_artifact(
                     out,
