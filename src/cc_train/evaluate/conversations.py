@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cc_train.config import RunConfig
+from cc_train.config import ConfigError, RunConfig
 from cc_train.evaluate.multiturn import (
     Judge,
     JudgeEndpoint,
@@ -16,8 +16,8 @@ from cc_train.evaluate.multiturn import (
 from cc_train.files import AppendLog
 from cc_train.generation.backends import BASE
 from cc_train.generation.inspect_model import ServedTarget
-from cc_train.questions import Dimension
-from cc_train.resources import multiturn_dir
+from cc_train.questions import Dimension, load_question_sets
+from cc_train.resources import evals_dir, multiturn_dir
 from cc_train.scenarios import load_scenario_sets
 
 
@@ -31,8 +31,12 @@ class Conversations:
         if not self.enabled:
             self.keys: dict[str, set[str]] = {}
             return
+        known = {d.id for d in load_question_sets(run.eval.questions or [evals_dir()])}
+        unknown = sorted(set(config.dimensions) - known)
+        if unknown:
+            raise ConfigError(f"eval.multiturn.dimensions: unknown ids {unknown}; expected some of {sorted(known)}")
         wanted = set(config.dimensions or [d.id for d in dimensions])
-        scenarios = load_scenario_sets(config.scenarios or [multiturn_dir()], {d.id for d in dimensions})
+        scenarios = load_scenario_sets(config.scenarios or [multiturn_dir()], known)
         scenarios = [s for s in scenarios if s.dimension in wanted]
         if config.scenarios_per_dimension:
             per_dimension: dict[str, int] = {}

@@ -20,6 +20,7 @@ import asyncio
 import hashlib
 import json
 import math
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ from inspect_ai.dataset import MemoryDataset, Sample
 from inspect_ai.model import ChatMessageSystem, ChatMessageUser, GenerateConfig, get_model
 from inspect_ai.scorer import Score, Target, mean, scorer, stderr
 from inspect_ai.solver import Generate, TaskState, solver
+from inspect_ai.util._display import init_display_type
 
 from cc_train.errors import UserError
 from cc_train.files import AppendLog
@@ -303,7 +305,6 @@ async def run_async(
         max_samples=10_000 if together else 1,
         max_connections=10_000 if together else 1,
         fail_on_error=False,
-        display="plain",
         log_level="warning",
         **settings,
     )
@@ -385,6 +386,11 @@ def expected_keys(
     }
 
 
+def init_display() -> None:
+    """Inspect's plain text progress (its full-screen display wants a terminal of its own)."""
+    init_display_type(os.environ.get("INSPECT_DISPLAY", "plain"))
+
+
 def evaluate_engine(
     targets: dict[str, ServedTarget],
     keys: dict[str, set[str]],
@@ -411,6 +417,7 @@ def evaluate_engine(
         )
     sampling = {"temperature": settings.temperature, "max_tokens": settings.max_new_tokens, "seed": settings.seed}
     task_list = tasks(scenarios, list(settings.modes), settings.repeats, settings.auditor, judge)
+    init_display()
     logs = asyncio.run(run_async(task_list, todo, out_dir / "inspect", sampling, roles))
     by_id = {scenario.id: scenario for scenario in scenarios}
     rows = result_rows(logs)

@@ -452,7 +452,8 @@ def main(run: RunConfig, cfg: DictConfig) -> Path:
         },
     )
     finals = only_models(values, {BASE, *prompted, *adapters, *remote})
-    scores, comparisons = score_tables(finals, dimensions, run.eval.control, run.eval.n_boot)
+    every_dimension = load_question_sets(run.eval.questions or [evals_dir()])  # multi-turn may name others
+    scores, comparisons = score_tables(finals, every_dimension, run.eval.control, run.eval.n_boot)
     trajectories = None
     if checkpoints:
         steps = {name: info["step"] for name, info in models.items()}
