@@ -48,47 +48,57 @@ class ServedTarget:
 
 @dataclass
 class Batcher:
-    """Gathers concurrent calls to one backend into batches; answers are cached in `cache` (an AppendLog)."""
+    """Gathers concurrent calls to one backend into batches, one backend call at a time; generated answers are
+    cached in `cache` (an AppendLog) by their key."""
 
     backend: Any
     cache: AppendLog
     targets: dict[str, ServedTarget]
     batches: list[int] = field(default_factory=list)  # sizes of the generate batches sent, for the benchmark
-    _pending: list = field(default_factory=list)
+    _pending: dict[str, list] = field(default_factory=lambda: {"generate": [], "label_logprobs": []})
     _runner: asyncio.Task | None = None
 
     async def generate(self, request: GenerationRequest, key: str) -> str:
         if key in self.cache:
             return self.cache.rows[key]["answer"]
+        answer = await self._submit("generate", request)
+        self.cache.append([{"key": key, "answer": answer}])
+        return answer
+
+    async def label_logprobs(self, request: ChoiceRequest) -> dict[str, float] | None:
+        return await self._submit("label_logprobs", request)
+
+    async def _submit(self, kind: str, request) -> Any:
         future = asyncio.get_running_loop().create_future()
-        self._pending.append((request, key, future))
+        self._pending[kind].append((request, future))
         if self._runner is None or self._runner.done():
             self._runner = asyncio.create_task(self._run())
         return await future
 
     async def _run(self) -> None:
-        """Batch after batch while calls are waiting: a batch closes when no call has arrived for GATHER_S."""
-        while self._pending:
+        """Batch after batch while calls wait; a batch closes when no call has arrived for GATHER_S. The backend is
+        called from one thread at a time (it switches adapters per batch)."""
+        while any(self._pending.values()):
             seen = -1
-            while seen != len(self._pending):
-                seen = len(self._pending)
+            while seen != sum(map(len, self._pending.values())):
+                seen = sum(map(len, self._pending.values()))
                 await asyncio.sleep(GATHER_S)
-            batch, self._pending = self._pending, []
-            self.batches.append(len(batch))
-            try:
-                answers = await asyncio.to_thread(self.backend.generate, [r for r, _, _ in batch], "conversations")
-            except Exception as error:  # noqa: BLE001 - a dead server or engine fails every waiting conversation
-                for _, _, future in batch:
-                    future.set_exception(error)
-                continue
-            self.cache.append(
-                {"key": key, "answer": group[0]} for (_, key, _), group in zip(batch, answers, strict=True)
-            )
-            for (_, _, future), group in zip(batch, answers, strict=True):
-                future.set_result(group[0])
-
-    async def label_logprobs(self, request: ChoiceRequest) -> dict[str, float]:
-        return (await asyncio.to_thread(self.backend.label_logprobs, [request], "decisions"))[0]
+            for kind, batch in list(self._pending.items()):
+                if not batch:
+                    continue
+                self._pending[kind] = []
+                if kind == "generate":
+                    self.batches.append(len(batch))
+                try:
+                    results = await asyncio.to_thread(
+                        getattr(self.backend, kind), [r for r, _ in batch], "conversations"
+                    )
+                except Exception as error:  # noqa: BLE001 - a dead server or engine fails every waiting conversation
+                    for _, future in batch:
+                        future.set_exception(error)
+                    continue
+                for (_, future), result in zip(batch, results, strict=True):
+                    future.set_result(result[0] if kind == "generate" else result)
 
 
 ENGINES: dict[str, Batcher] = {}  # target name -> the batcher of the engine that serves it (set by the evaluation)
