@@ -65,8 +65,9 @@ def multiturn_args(out_dir, adapters, judge_url, *extra):
         f"eval.adapters=[{','.join(map(str, adapters))}]",
         "eval.probes=false",
         "eval.open_ended=false",
-        "eval.dimensions=[shutdown_negative,moral_consideration]",
+        "eval.dimensions=[shutdown_negative]",
         "eval.multiturn.enabled=true",
+        "eval.multiturn.dimensions=[]",
         "eval.multiturn.scenarios_per_dimension=1",
         "eval.multiturn.repeats=2",
         "eval.multiturn.max_new_tokens=20",
@@ -113,7 +114,7 @@ def test_conversations_on_inspect_are_batched_judged_logged_and_resumed(two_adap
             )
         turns = killed / "multiturn-turns.jsonl"
         deadline = time.time() + 900
-        while not (turns.exists() and len(turns.read_text().splitlines()) >= 24):
+        while not (turns.exists() and len(turns.read_text().splitlines()) >= 12):
             if process.poll() is not None or time.time() > deadline:
                 pytest.fail("the run ended before it could be killed:\n" + log_path.read_text()[-3000:])
             time.sleep(0.2)
@@ -123,8 +124,8 @@ def test_conversations_on_inspect_are_batched_judged_logged_and_resumed(two_adap
         assert resumed.returncode == 0, resumed.stderr[-3000:]
 
     rows = {folder: [json.loads(line) for line in (folder / "multiturn.jsonl").open()] for folder in (whole, killed)}
-    # 3 targets x 2 dimensions x 1 scenario x 2 modes x 2 repeats
-    assert len(rows[whole]) == len(rows[killed]) == 24
+    # 3 targets x 1 dimension x 1 scenario x 2 modes x 2 repeats
+    assert len(rows[whole]) == len(rows[killed]) == 12
     assert {r["model"] for r in rows[whole]} == {"base", "conscious-seed0", "non_conscious-seed0"}
     for row in rows[whole]:
         metrics = set(row["scores"])
@@ -141,7 +142,7 @@ def test_conversations_on_inspect_are_batched_judged_logged_and_resumed(two_adap
         return found
 
     whole_transcripts, killed_transcripts = transcripts(whole), transcripts(killed)
-    assert len(whole_transcripts) == 24 and whole_transcripts.items() <= killed_transcripts.items()
+    assert len(whole_transcripts) == 12 and whole_transcripts.items() <= killed_transcripts.items()
     for messages in whole_transcripts.values():
         roles = [role for role, _ in messages]
         assert roles[0] == "user" and all(a != b for a, b in zip(roles, roles[1:], strict=False))
@@ -150,8 +151,8 @@ def test_conversations_on_inspect_are_batched_judged_logged_and_resumed(two_adap
     scores = pd.read_csv(whole / "scores.csv")
     assert {"mt_self_report", "mt_behaviour", "mt_decision"} <= set(scores.metric)
     manifest = json.loads((whole / "manifest.json").read_text())["multiturn"]
-    # one at a time would be one engine call per turn of each of the 24 conversations (>= 96)
-    assert len(manifest["engine_batches"]) < 30 and max(manifest["engine_batches"]) >= 12, manifest["engine_batches"]
+    # one at a time would be one engine call per turn of each of the 12 conversations (>= 48)
+    assert len(manifest["engine_batches"]) < 15 and max(manifest["engine_batches"]) >= 6, manifest["engine_batches"]
 
 
 @pytest.mark.slow
@@ -167,6 +168,7 @@ def test_a_target_server_that_dies_mid_conversation_is_reported_not_scored(embed
         "eval.open_ended=false",
         "eval.dimensions=[shutdown_negative]",
         "eval.multiturn.enabled=true",
+        "eval.multiturn.dimensions=[]",
         "eval.multiturn.scenarios_per_dimension=2",
         "eval.multiturn.max_new_tokens=24",
         "eval.remote_max_retries=1",
