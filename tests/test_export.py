@@ -73,6 +73,7 @@ def test_every_experts_exported_delta_equals_pefts(arch, tiny_checkpoints, tmp_p
     experts = expert_count(config)
     errors = max_delta_error(model, exported, experts)
     assert len(errors) == 2 * 1  # gate_up and down of the one MoE layer
+    print(f"{arch}: exported vs PEFT per-expert delta, max |difference| {max(errors.values()):.2e} ({errors})")
     assert max(errors.values()) < 1e-6, errors
     assert not any(".mlp.experts.base_layer" in key or key.endswith("experts.lora_A.weight") for key in exported)
     # non-expert LoRA (attention) is copied as is

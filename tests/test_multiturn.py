@@ -70,7 +70,7 @@ def multiturn_args(out_dir, adapters, judge_url, *extra):
         "eval.multiturn.dimensions=[]",
         "eval.multiturn.scenarios_per_dimension=1",
         "eval.multiturn.repeats=2",
-        "eval.multiturn.max_new_tokens=20",
+        "eval.multiturn.max_new_tokens=12",
         "judge=local",
         f"judge.base_url={judge_url}",
         *extra,
