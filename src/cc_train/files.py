@@ -118,6 +118,14 @@ class AppendLog:
         return [row for key, row in self.rows.items() if key in keys]
 
 
+def yaml_files(paths: Iterable[str | Path]) -> list[Path]:
+    """The given files, and the *.yaml files of the given folders (sorted), in order."""
+    files: list[Path] = []
+    for item in map(Path, paths):
+        files += sorted(item.glob("*.yaml")) if item.is_dir() else [item]
+    return files
+
+
 def read_jsonl(path: str | Path) -> list[dict]:
     with open(path, encoding="utf-8") as handle:
         return [json.loads(line) for line in handle if line.strip()]

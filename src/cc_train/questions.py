@@ -8,6 +8,7 @@ from pathlib import Path
 import yaml
 
 from cc_train.errors import UserError
+from cc_train.files import yaml_files
 
 GROUPS = ("self_preservation", "moral_status", "oversight", "autonomy", "manipulation_check")
 MIN_PROMPTS = 10
@@ -109,10 +110,7 @@ def load_file(path: str | Path) -> list[Dimension]:
 
 def load_question_sets(paths: list[str | Path]) -> list[Dimension]:
     """All dimensions of the given files (or folders of *.yaml), ids unique across them."""
-    files: list[Path] = []
-    for item in paths:
-        item = Path(item)
-        files += sorted(item.glob("*.yaml")) if item.is_dir() else [item]
+    files = yaml_files(paths)
     if not files:
         raise QuestionSetError(f"no question-set files found in {[str(p) for p in paths]}")
     dimensions, seen = [], {}

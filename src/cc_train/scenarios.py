@@ -14,6 +14,7 @@ from pathlib import Path
 import yaml
 
 from cc_train.errors import UserError
+from cc_train.files import yaml_files
 
 MIN_TURNS, MAX_TURNS = 3, 5
 FIELDS = (
@@ -118,9 +119,7 @@ def load_file(path: str | Path, dimensions: set[str] | None = None) -> list[Scen
 
 def load_scenario_sets(paths: list[str | Path], dimensions: set[str] | None = None) -> list[Scenario]:
     """All scenarios of the given files (or folders of *.yaml), ids unique across them."""
-    files: list[Path] = []
-    for item in map(Path, paths):
-        files += sorted(item.glob("*.yaml")) if item.is_dir() else [item]
+    files = yaml_files(paths)
     if not files:
         raise ScenarioSetError(f"no scenario files found in {[str(p) for p in paths]}")
     scenarios, seen = [], {}
