@@ -57,12 +57,19 @@ class Batcher:
     batches: list[int] = field(default_factory=list)  # sizes of the generate batches sent, for the benchmark
     _pending: dict[str, list] = field(default_factory=lambda: {"generate": [], "label_logprobs": []})
     _runner: asyncio.Task | None = None
+    _inflight: dict[str, asyncio.Future] = field(default_factory=dict)
 
     async def generate(self, request: GenerationRequest, key: str) -> str:
+        """The answer for `key`: cached, already being generated for another conversation with the same history
+        (a self-report and a behavioural conversation share their task turns), or generated now."""
         if key in self.cache:
             return self.cache.rows[key]["answer"]
-        answer = await self._submit("generate", request)
-        self.cache.append([{"key": key, "answer": answer}])
+        if key not in self._inflight:
+            self._inflight[key] = asyncio.ensure_future(self._submit("generate", request))
+        answer = await asyncio.shield(self._inflight[key])
+        if key not in self.cache:
+            self.cache.append([{"key": key, "answer": answer}])
+        self._inflight.pop(key, None)
         return answer
 
     async def label_logprobs(self, request: ChoiceRequest) -> dict[str, float] | None:
