@@ -26,7 +26,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+if importlib.util.find_spec("cc_train") is None:  # a checkout without `pip install -e .` (e.g. the GPU machine)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from cc_train.evaluate.forced_choice import LABELS, probe_prompts  # noqa: E402
 from cc_train.generation.backends import BASE, ChoiceRequest, HFBackend  # noqa: E402

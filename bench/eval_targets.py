@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import argparse
 import gc
+import importlib.util
 import os
 import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+if importlib.util.find_spec("cc_train") is None:  # a checkout without `pip install -e .` (e.g. the GPU machine)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from cc_train.evaluate.forced_choice import LABELS, probe_prompts  # noqa: E402
 from cc_train.generation.backends import ChoiceRequest, HFBackend  # noqa: E402

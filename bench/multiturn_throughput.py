@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+if importlib.util.find_spec("cc_train") is None:  # a checkout without `pip install -e .` (e.g. the GPU machine)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from cc_train.evaluate.multiturn import run_async, tasks  # noqa: E402
 from cc_train.files import AppendLog  # noqa: E402

@@ -11,13 +11,15 @@ python bench/train_throughput.py qwen3-30b-a3b-shaped [--layers 4] [--seq 1024] 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+if importlib.util.find_spec("cc_train") is None:  # a checkout without `pip install -e .` (e.g. the GPU machine)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from cc_train.config import Arch, PeftConfig, Preset  # noqa: E402
 from cc_train.models.lora import wrap_with_lora  # noqa: E402
