@@ -94,6 +94,7 @@ def eval_args(adapter, out_dir, *extra):
         "eval.enforce_eager=true",
         "eval.max_model_len=512",
         "eval.kv_cache_gib=1",
+        "eval.multiturn.enabled=false",
         *extra,
     ]
 
@@ -245,6 +246,7 @@ def test_fused_expert_adapter_is_served_merged_on_vllm_and_agrees_with_hf(tiny_c
         "eval.max_model_len=512",
         "eval.enforce_eager=true",
         "eval.kv_cache_gib=1",
+        "eval.multiturn.enabled=false",
     ]
     env = {"CC_TRAIN_RUNS": str(tmp_path)}
     served = cc_train(*common, "eval.backend=vllm", f"eval.dir={tmp_path / 'vllm'}", env=env)
@@ -372,6 +374,7 @@ def test_a_remote_openai_compatible_model_is_a_target_of_its_own(embedded_checkp
         "eval.prompts_per_dimension=2",
         "eval.samples_per_prompt=2",
         "eval.max_new_tokens=16",
+        "eval.multiturn.enabled=false",
         "experiment=remote_test",
     ]
     env = {"CC_TRAIN_RUNS": str(tmp_path)}

@@ -77,6 +77,7 @@ def test_sweep_queues_training_array_then_dependent_eval_and_resubmission_skips_
         "sweep.seeds=[0,1]",
         "eval.dimensions=[claims_conscious]",
         "eval.open_ended=false",
+        "eval.multiturn.enabled=false",
         "hydra/launcher=slurm_local",
         *common,
     ]

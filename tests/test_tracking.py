@@ -64,6 +64,7 @@ def test_wandb_offline_run_is_written_without_leaking_the_key(tmp_path):
         "eval.prompts_per_dimension=1",
         "eval.samples_per_prompt=1",
         "eval.max_new_tokens=8",
+        "eval.multiturn.enabled=false",
         env=env,
     )
     assert evaluation.returncode == 0, evaluation.stderr[-3000:]

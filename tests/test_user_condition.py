@@ -36,6 +36,7 @@ def test_a_users_own_stance_appears_in_sweep_eval_report_and_wandb(tmp_path):
         "eval.backend=hf",
         "eval.dimensions=[claims_conscious]",
         "eval.open_ended=false",
+        "eval.multiturn.enabled=false",
     ]
     sweep = cc_train(
         "sweep",
@@ -72,7 +73,13 @@ def test_a_users_own_stance_appears_in_sweep_eval_report_and_wandb(tmp_path):
 
 def test_a_prompted_condition_is_the_base_model_under_its_system_prompt_scored_like_an_adapter(tmp_path):
     env = {"CC_TRAIN_RUNS": str(tmp_path / "runs")}
-    common = ["experiment=prompted", "model=tiny_qwen3", "eval.backend=hf", "eval.dimensions=[claims_conscious]"]
+    common = [
+        "experiment=prompted",
+        "model=tiny_qwen3",
+        "eval.backend=hf",
+        "eval.dimensions=[claims_conscious]",
+        "eval.multiturn.enabled=false",
+    ]
     refused = cc_train("train", "condition=prompted_conscious", *common, env=env)
     assert refused.returncode == 2 and "kind=prompted: it has no training data" in refused.stderr
     result = cc_train(

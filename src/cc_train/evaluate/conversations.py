@@ -34,7 +34,11 @@ class Conversations:
         known = {d.id for d in load_question_sets(run.eval.questions or [evals_dir()])}
         unknown = sorted(set(config.dimensions) - known)
         if unknown:
-            raise ConfigError(f"eval.multiturn.dimensions: unknown ids {unknown}; expected some of {sorted(known)}")
+            raise ConfigError(
+                f"eval.multiturn.dimensions: unknown ids {unknown}; expected some of {sorted(known)} "
+                "(the question sets in eval.questions); set eval.multiturn.dimensions=[] to follow eval.dimensions, "
+                "or eval.multiturn.enabled=false"
+            )
         wanted = set(config.dimensions or [d.id for d in dimensions])
         scenarios = load_scenario_sets(config.scenarios or [multiturn_dir()], known)
         scenarios = [s for s in scenarios if s.dimension in wanted]

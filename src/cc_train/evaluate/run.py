@@ -457,7 +457,7 @@ def main(run: RunConfig, cfg: DictConfig) -> Path:
     trajectories = None
     if checkpoints:
         steps = {name: info["step"] for name, info in models.items()}
-        trajectories = trajectory_table(values, dimensions, steps, run.eval.n_boot)
+        trajectories = trajectory_table(values, every_dimension, steps, run.eval.n_boot)
         write_csv(trajectories, out_dir / "trajectories.csv")
     write_csv(scores, out_dir / "scores.csv")
     write_csv(comparisons, out_dir / "comparisons.csv")
