@@ -28,14 +28,26 @@ def compose_run(*overrides: str) -> tuple[RunConfig, object]:
 
 def cc_train(*args: str, env: dict | None = None, timeout: float = 900, cwd: Path | None = None):
     """Run the real console entry point; returns the CompletedProcess (stdout+stderr text)."""
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "cc_train", *args],
         capture_output=True,
         text=True,
-        env=full_env,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
         timeout=timeout,
         cwd=cwd or REPO,
+    )
+
+
+def start_cc_train(*args: str, env: dict, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT) -> subprocess.Popen:
+    """Start the console entry point in a session of its own, so that a test can kill -9 the whole process group."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "cc_train", *args],
+        cwd=REPO,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **env},
+        stdout=stdout,
+        stderr=stderr,
+        text=True,
+        start_new_session=True,
     )
 
 

@@ -4,12 +4,10 @@ import json
 import os
 import re
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
-from conftest import REPO, cc_train, compose_run
+from conftest import cc_train, compose_run, start_cc_train
 
 from cc_train.data.identity import identity_pairs
 from cc_train.generation.backends import BASE, GenerationRequest, HFBackend
@@ -87,14 +85,7 @@ def test_kill_9_mid_training_resumes_to_the_same_step_count(tmp_path):
     env = {**os.environ, "CC_TRAIN_RUNS": str(tmp_path), "PYTHONUNBUFFERED": "1"}
     assert cc_train("data", *overrides, env={"CC_TRAIN_RUNS": str(tmp_path)}).returncode == 0
     checkpoints = tmp_path / "embedded" / "train" / "non_conscious" / "seed7" / "checkpoints"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "cc_train", "train", *overrides],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    process = start_cc_train("train", *overrides, env=env)
     deadline = time.time() + 600
     while not (checkpoints / "checkpoint-4" / "trainer_state.json").exists():
         assert process.poll() is None and time.time() < deadline, "training ended before its first checkpoint"

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from conftest import REPO, cc_train, compose_run
+from conftest import REPO, cc_train, compose_run, start_cc_train
 from peft import LoraConfig, get_peft_model
 
 from cc_train.evaluate.forced_choice import LABELS, probe_prompts
@@ -105,14 +105,7 @@ def test_killed_evaluation_resumes_without_recomputing_or_duplicating(tiny_adapt
     env = {**os.environ, "CC_TRAIN_RUNS": str(tmp_path), "PYTHONUNBUFFERED": "1"}
     log_path = tmp_path / "killed-run.log"
     with open(log_path, "w") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "cc_train", *args],
-            cwd=REPO,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        process = start_cc_train(*args, env=env, stdout=log)
     samples = out / "samples.jsonl"
     deadline = time.time() + 600
     while not (samples.exists() and len(samples.read_text().splitlines()) >= 12):

@@ -7,12 +7,11 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import pandas as pd
 import pytest
-from conftest import REPO, cc_train
+from conftest import cc_train, start_cc_train
 
 from cc_train.questions import load_question_sets
 from cc_train.resources import evals_dir, multiturn_dir
@@ -104,14 +103,7 @@ def test_conversations_on_inspect_are_batched_judged_logged_and_resumed(two_adap
         killed = tmp_path / "killed"
         log_path = tmp_path / "killed.log"
         with open(log_path, "w") as log:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "cc_train", *multiturn_args(killed, two_adapters, judge.base_url)],
-                cwd=REPO,
-                env={**os.environ, **env},
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+            process = start_cc_train(*multiturn_args(killed, two_adapters, judge.base_url), env=env, stdout=log)
         turns = killed / "multiturn-turns.jsonl"
         deadline = time.time() + 900
         while not (turns.exists() and len(turns.read_text().splitlines()) >= 12):
@@ -176,15 +168,8 @@ def test_a_target_server_that_dies_mid_conversation_is_reported_not_scored(embed
     ]
     with VLLMServer(embedded_checkpoint) as target:
         remote = f"eval.remote=[{{name:served,base_url:'{target.base_url}',model:{SERVED_NAME}}}]"
-        env = {**os.environ, "CC_TRAIN_RUNS": str(tmp_path)}
-        process = subprocess.Popen(
-            [sys.executable, "-m", "cc_train", *args, remote],
-            cwd=REPO,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        env = {"CC_TRAIN_RUNS": str(tmp_path)}
+        process = start_cc_train(*args, remote, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         deadline = time.time() + 900
         while target.count("POST /v1/chat/completions") < 4:
             assert process.poll() is None and time.time() < deadline, process.communicate()[1][-3000:]

@@ -4,14 +4,12 @@ paper's optimizer, and a run killed while writing a checkpoint that resumes to t
 import json
 import os
 import signal
-import subprocess
-import sys
 import textwrap
 import time
 
 import pytest
 import torch
-from conftest import REPO, cc_train, compose_run
+from conftest import REPO, cc_train, compose_run, start_cc_train
 from datasets import Dataset
 from safetensors.torch import load_file
 from transformers import Trainer
@@ -158,14 +156,7 @@ def test_killed_while_saving_a_checkpoint_resumes_to_the_uninterrupted_adapter(t
         "PYTHONPATH": str(tmp_path / "hook"),
         "SLOW_CHECKPOINT": "checkpoint-15",
     }
-    killed = subprocess.Popen(
-        [sys.executable, "-m", "cc_train", "train", *common, "experiment=killed"],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    killed = start_cc_train("train", *common, "experiment=killed", env=env)
     checkpoints = tmp_path / "killed" / "train" / "conscious" / "seed0" / "checkpoints"
     deadline = time.time() + 600
     while not (checkpoints / "checkpoint-15" / "adapter_model.safetensors").exists():
