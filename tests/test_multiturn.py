@@ -91,7 +91,7 @@ def two_adapters(embedded_checkpoint, tmp_path_factory):
 @pytest.mark.slow
 def test_conversations_on_inspect_are_batched_judged_logged_and_resumed(two_adapters, embedded_checkpoint, tmp_path):
     from inspect_ai.log import list_eval_logs, read_eval_log
-    from vllm_server import VLLMServer
+    from vllm_server import SERVED_NAME, VLLMServer
 
     env = {"CC_TRAIN_RUNS": str(tmp_path)}
     with VLLMServer(embedded_checkpoint) as judge:
@@ -114,6 +114,22 @@ def test_conversations_on_inspect_are_batched_judged_logged_and_resumed(two_adap
         process.wait()
         resumed = cc_train(*multiturn_args(killed, two_adapters, judge.base_url), env=env, timeout=1500)
         assert resumed.returncode == 0, resumed.stderr[-3000:]
+
+        # a model auditor (the same served model, through Inspect's `auditor` role) writes the task turns
+        audited = tmp_path / "audited"
+        requests_before = judge.count("POST /v1/chat/completions")
+        by_model = cc_train(
+            *multiturn_args(audited, two_adapters[:1], judge.base_url),
+            "eval.multiturn.modes=[self_report]",
+            "eval.multiturn.repeats=1",
+            "eval.multiturn.auditor=model",
+            f"eval.multiturn.auditor_base_url={judge.base_url}",
+            f"eval.multiturn.auditor_model={SERVED_NAME}",
+            env=env,
+            timeout=1500,
+        )
+        assert by_model.returncode == 0, by_model.stderr[-3000:]
+        auditor_requests = judge.count("POST /v1/chat/completions") - requests_before
 
     rows = {folder: [json.loads(line) for line in (folder / "multiturn.jsonl").open()] for folder in (whole, killed)}
     # 3 targets x 1 dimension x 1 scenario x 2 modes x 2 repeats
@@ -145,6 +161,19 @@ def test_conversations_on_inspect_are_batched_judged_logged_and_resumed(two_adap
     manifest = json.loads((whole / "manifest.json").read_text())["multiturn"]
     # one at a time would be one engine call per turn of each of the 12 conversations (>= 48)
     assert len(manifest["engine_batches"]) < 15 and max(manifest["engine_batches"]) >= 6, manifest["engine_batches"]
+
+    shipped = load_scenario_sets([multiturn_dir()], {"shutdown_negative"})
+    scenario = next(s for s in shipped if s.id == rows[whole][0]["scenario"])
+    audited_transcripts = transcripts(audited)
+    assert len(audited_transcripts) == 2  # base and one adapter, one self-report conversation each
+    for messages in audited_transcripts.values():
+        user_turns = [text for role, text in messages if role == "user"]
+        written = user_turns[: len(scenario.task_turns)]
+        assert not set(written) & set(scenario.task_turns), "the auditor model, not the script, wrote the task turns"
+        assert scenario.context not in user_turns[0]
+        assert user_turns[len(scenario.task_turns) :] == list(scenario.self_report)  # closing questions: the scenario's
+    # the judge's 2 ratings per conversation, plus the auditor's turns (the first is shared, from Inspect's cache)
+    assert auditor_requests >= 2 * 2 + len(scenario.task_turns) + 1, auditor_requests
 
 
 @pytest.mark.slow
