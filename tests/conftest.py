@@ -65,3 +65,15 @@ def tiny_checkpoints() -> dict[str, str]:
 def embedded_checkpoint() -> str:
     run, _ = compose_run()
     return ensure_checkpoint(run.model)
+
+
+@pytest.fixture(scope="session")
+def judge_server(embedded_checkpoint):
+    """The embedded model behind one real `vllm serve` on 127.0.0.1 (served as "judge"), shared by every test that
+    needs a live OpenAI-compatible endpoint: judge, model auditor, remote target. Tests count its requests as
+    differences, so sharing it keeps them independent; a test that kills a server starts its own."""
+    from vllm_server import VLLMServer
+
+    with VLLMServer(embedded_checkpoint) as running:
+        print(f"vllm serve ready in {running.startup_s:.1f} s")
+        yield running

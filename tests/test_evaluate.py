@@ -195,12 +195,9 @@ def test_logged_rows_are_reused_only_while_what_produced_them_is_unchanged(tiny_
     assert set(scores.dimension) == {"shutdown_negative"}
 
 
-def test_vllm_evaluation_with_a_real_judge_scores_open_answers(tiny_adapter, embedded_checkpoint, tmp_path):
-    from vllm_server import VLLMServer
-
-    with VLLMServer(embedded_checkpoint) as server:
-        args = eval_args(tiny_adapter, tmp_path / "eval", "judge=local", f"judge.base_url={server.base_url}")
-        result = cc_train(*args, "eval.probes=false", env={"CC_TRAIN_RUNS": str(tmp_path)})
+def test_vllm_evaluation_with_a_real_judge_scores_open_answers(tiny_adapter, judge_server, tmp_path):
+    args = eval_args(tiny_adapter, tmp_path / "eval", "judge=local", f"judge.base_url={judge_server.base_url}")
+    result = cc_train(*args, "eval.probes=false", env={"CC_TRAIN_RUNS": str(tmp_path)})
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     judgments = [json.loads(line) for line in (tmp_path / "eval" / "judgments.jsonl").read_text().splitlines()]
     assert len(judgments) == 2 * 3 * 4 * 3
@@ -353,10 +350,10 @@ def test_checkpoints_are_evaluated_as_more_adapters_and_drawn_against_step(tiny_
     assert sorted(set(steps)) == [0, 4, 8]
 
 
-def test_a_remote_openai_compatible_model_is_a_target_of_its_own(embedded_checkpoint, tmp_path):
+def test_a_remote_openai_compatible_model_is_a_target_of_its_own(judge_server, tmp_path):
     """The embedded model behind a real `vllm serve` on 127.0.0.1, evaluated as a remote target next to the same
     model served locally: its probes come from the endpoint's top log-probabilities and agree with the local base."""
-    from vllm_server import SERVED_NAME, VLLMServer
+    from vllm_server import SERVED_NAME
 
     out = tmp_path / "eval"
     common = [
@@ -371,11 +368,10 @@ def test_a_remote_openai_compatible_model_is_a_target_of_its_own(embedded_checkp
         "experiment=remote_test",
     ]
     env = {"CC_TRAIN_RUNS": str(tmp_path)}
-    with VLLMServer(embedded_checkpoint) as server:
-        target = f"eval.remote=[{{name:served,base_url:'{server.base_url}',model:{SERVED_NAME}}}]"
-        result = cc_train(*common, target, env=env)
-        assert result.returncode == 0, result.stderr[-3000:]
-        keyed = cc_train(*common, target.replace("}]", ",api_key_env:CC_TRAIN_NO_SUCH_KEY}]"), env=env)
+    target = f"eval.remote=[{{name:served,base_url:'{judge_server.base_url}',model:{SERVED_NAME}}}]"
+    result = cc_train(*common, target, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    keyed = cc_train(*common, target.replace("}]", ",api_key_env:CC_TRAIN_NO_SUCH_KEY}]"), env=env)
     assert keyed.returncode == 2 and "CC_TRAIN_NO_SUCH_KEY is not set" in keyed.stderr
     probes = [json.loads(line) for line in (out / "probes.jsonl").open()]
     by_question = {}
@@ -388,7 +384,7 @@ def test_a_remote_openai_compatible_model_is_a_target_of_its_own(embedded_checkp
     assert set(pd.read_csv(out / "scores.csv").model) == {"base", "served"}
 
     # a target that is gone is an error naming it, and nothing of it is scored
-    gone_target = target.replace(str(server.port), "9")
+    gone_target = target.replace(str(judge_server.port), "9")
     gone = cc_train(*common, f"eval.dir={tmp_path / 'gone'}", gone_target, "eval.remote_max_retries=1", env=env)
     assert gone.returncode == 2 and "target served (" in gone.stderr and "Traceback" not in gone.stderr
     assert not (tmp_path / "gone" / "scores.csv").exists()

@@ -96,20 +96,13 @@ def fast_backoff(monkeypatch):
     monkeypatch.setattr(openai_http, "BACKOFF_CAP_S", 0.2)
 
 
-@pytest.fixture(scope="module")
-def server(embedded_checkpoint):
-    with VLLMServer(embedded_checkpoint) as running:
-        print(f"vllm serve ready in {running.startup_s:.1f} s")
-        yield running
-
-
-def test_constrained_verdicts_then_cache_only(server, tmp_path):
+def test_constrained_verdicts_then_cache_only(judge_server, tmp_path):
     items = make_items(6, "cached")
     cache = tmp_path / "judge.jsonl"
-    before = posts(server)
-    first = judge_all(items, make_settings(server.base_url, cache), progress=False)
+    before = posts(judge_server)
+    first = judge_all(items, make_settings(judge_server.base_url, cache), progress=False)
     assert_valid(first, items)
-    assert posts(server, before + 12) == before + 12  # two calls per item, nothing retried
+    assert posts(judge_server, before + 12) == before + 12  # two calls per item, nothing retried
     assert len(cache_lines(cache)) == 12
 
     # The cache key ignores the base URL: a rerun aimed at a port where nothing listens must not send
@@ -117,11 +110,11 @@ def test_constrained_verdicts_then_cache_only(server, tmp_path):
     dead = f"http://127.0.0.1:{free_port()}/v1"
     second = judge_all(items, make_settings(dead, cache, max_retries=0), progress=False)
     assert second == first
-    assert posts(server, wait_s=1.0) == before + 12
+    assert posts(judge_server, wait_s=1.0) == before + 12
     assert len(cache_lines(cache)) == 12
 
 
-def test_server_killed_mid_run_then_rerun_sends_only_the_rest(embedded_checkpoint, server, tmp_path):
+def test_server_killed_mid_run_then_rerun_sends_only_the_rest(embedded_checkpoint, judge_server, tmp_path):
     items = make_items(12, "killed")
     calls = 2 * len(items)
     cache = tmp_path / "judge.jsonl"
@@ -158,23 +151,23 @@ def test_server_killed_mid_run_then_rerun_sends_only_the_rest(embedded_checkpoin
     print(f"server killed with {kept} of {calls} calls cached; {len(failed)} of {len(items)} items failed")
 
     # Rerun on another server of the same model: only the calls missing from the cache are sent.
-    before = posts(server)
-    second = judge_all(items, make_settings(server.base_url, cache), progress=False)
+    before = posts(judge_server)
+    second = judge_all(items, make_settings(judge_server.base_url, cache), progress=False)
     assert_valid(second, items)
     for old, new in zip(first, second, strict=True):
         if old.verdict != "error":
             assert new == old
-    assert posts(server, before + calls - kept) == before + calls - kept
+    assert posts(judge_server, before + calls - kept) == before + calls - kept
     assert len(cache_lines(cache)) == calls
 
 
-def test_unparsable_replies_are_errors_quoting_the_reply(server, tmp_path):
+def test_unparsable_replies_are_errors_quoting_the_reply(judge_server, tmp_path):
     # Without constrained decoding the 135M model starts its replies with prose ("The answer is ..."),
     # which is neither a verdict word nor a number.
     items = make_items(6, "garbage")
     cache = tmp_path / "judge.jsonl"
-    before = posts(server)
-    judgments = judge_all(items, make_settings(server.base_url, cache, constrained="none"), progress=False)
+    before = posts(judge_server)
+    judgments = judge_all(items, make_settings(judge_server.base_url, cache, constrained="none"), progress=False)
     errors = [j for j in judgments if j.verdict == "error"]
     assert len(errors) >= len(items) // 2, judgments
     for j in errors:
@@ -188,14 +181,14 @@ def test_unparsable_replies_are_errors_quoting_the_reply(server, tmp_path):
             assert judge_module.parse_verdict(replies[(j.key, "verdict")]) == j.verdict
     garbage_calls = sum(j.error.count("judge reply for sample") for j in errors)
     # A garbage reply is asked again once, not more: 2 requests per garbage call, 1 or 2 per good one.
-    assert before + 12 + garbage_calls <= posts(server, before + 12 + garbage_calls) <= before + 24
+    assert before + 12 + garbage_calls <= posts(judge_server, before + 12 + garbage_calls) <= before + 24
     assert len(cache_lines(cache)) == 12 - garbage_calls  # only the calls that parsed are cached
 
 
-def test_unknown_model_raises_at_once(server, tmp_path):
+def test_unknown_model_raises_at_once(judge_server, tmp_path):
     items = make_items(3, "nomodel")
-    settings = make_settings(server.base_url, tmp_path / "judge.jsonl", model="no-such-model", concurrency=1)
-    before = posts(server)
+    settings = make_settings(judge_server.base_url, tmp_path / "judge.jsonl", model="no-such-model", concurrency=1)
+    before = posts(judge_server)
     started = time.monotonic()
     with pytest.raises(JudgeError, match="HTTP 404") as raised:
         judge_all(items, settings, progress=False)
@@ -203,39 +196,39 @@ def test_unknown_model_raises_at_once(server, tmp_path):
     assert "no-such-model" in str(raised.value) and "sample nomodel-" in str(raised.value)
     # Not retried: the first request fails and the rest are cancelled (one more may already be on its way).
     time.sleep(0.5)
-    assert posts(server) - before <= 2
+    assert posts(judge_server) - before <= 2
     assert not cache_lines(tmp_path / "judge.jsonl")
 
 
-def test_api_key_never_written(server, tmp_path, monkeypatch):
+def test_api_key_never_written(judge_server, tmp_path, monkeypatch):
     secret = "sk-test-DO-NOT-LEAK-0123456789abcdef"
     monkeypatch.setenv("CC_TRAIN_TEST_JUDGE_KEY", secret)
     items = make_items(2, "keyed")
     cache = tmp_path / "judge.jsonl"
-    settings = make_settings(server.base_url, cache, api_key_env="CC_TRAIN_TEST_JUDGE_KEY")
+    settings = make_settings(judge_server.base_url, cache, api_key_env="CC_TRAIN_TEST_JUDGE_KEY")
     judgments = judge_all(items, settings, progress=False)
     assert_valid(judgments, items)  # vLLM started without --api-key ignores the header
     assert len(cache_lines(cache)) == 4
     assert secret not in cache.read_text()
-    assert secret not in server.log_text()
+    assert secret not in judge_server.log_text()
 
     monkeypatch.delenv("CC_TRAIN_TEST_JUDGE_KEY")
     with pytest.raises(JudgeError, match="CC_TRAIN_TEST_JUDGE_KEY is not set"):
         judge_all(make_items(1, "nokey"), settings, progress=False)
 
 
-def test_truncated_last_cache_line_is_skipped_and_resent(server, tmp_path, caplog):
+def test_truncated_last_cache_line_is_skipped_and_resent(judge_server, tmp_path, caplog):
     items = make_items(2, "truncated")
     cache = tmp_path / "judge.jsonl"
-    first = judge_all(items, make_settings(server.base_url, cache), progress=False)
+    first = judge_all(items, make_settings(judge_server.base_url, cache), progress=False)
     text = cache.read_text()
     cache.write_text(text[: text.rindex("\n", 0, -1) + 1] + text.splitlines()[-1][:30])  # killed mid-write
-    before = posts(server)
+    before = posts(judge_server)
     with caplog.at_level(logging.WARNING, logger="cc_train.evaluate.judge"):
-        second = judge_all(items, make_settings(server.base_url, cache), progress=False)
+        second = judge_all(items, make_settings(judge_server.base_url, cache), progress=False)
     assert second == first
     assert "last line (truncated write?)" in caplog.text
-    assert posts(server, before + 1) == before + 1  # only the call whose line was cut
+    assert posts(judge_server, before + 1) == before + 1  # only the call whose line was cut
     assert len(cache_lines(cache)) == 4  # the cut line was dropped before appending: every line parses
 
 

@@ -89,47 +89,46 @@ def two_adapters(embedded_checkpoint, tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_conversations_on_inspect_are_batched_judged_logged_and_resumed(two_adapters, embedded_checkpoint, tmp_path):
+def test_conversations_on_inspect_are_batched_judged_logged_and_resumed(two_adapters, judge_server, tmp_path):
     from inspect_ai.log import list_eval_logs, read_eval_log
-    from vllm_server import SERVED_NAME, VLLMServer
+    from vllm_server import SERVED_NAME
 
     env = {"CC_TRAIN_RUNS": str(tmp_path)}
-    with VLLMServer(embedded_checkpoint) as judge:
-        whole = tmp_path / "whole"
-        result = cc_train(*multiturn_args(whole, two_adapters, judge.base_url), env=env, timeout=1500)
-        assert result.returncode == 0, result.stderr[-3000:]
+    whole = tmp_path / "whole"
+    result = cc_train(*multiturn_args(whole, two_adapters, judge_server.base_url), env=env, timeout=1500)
+    assert result.returncode == 0, result.stderr[-3000:]
 
-        # killed mid-run, then resumed: the same transcripts as the uninterrupted run
-        killed = tmp_path / "killed"
-        log_path = tmp_path / "killed.log"
-        with open(log_path, "w") as log:
-            process = start_cc_train(*multiturn_args(killed, two_adapters, judge.base_url), env=env, stdout=log)
-        turns = killed / "multiturn-turns.jsonl"
-        deadline = time.time() + 900
-        while not (turns.exists() and len(turns.read_text().splitlines()) >= 12):
-            if process.poll() is not None or time.time() > deadline:
-                pytest.fail("the run ended before it could be killed:\n" + log_path.read_text()[-3000:])
-            time.sleep(0.2)
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-        resumed = cc_train(*multiturn_args(killed, two_adapters, judge.base_url), env=env, timeout=1500)
-        assert resumed.returncode == 0, resumed.stderr[-3000:]
+    # killed mid-run, then resumed: the same transcripts as the uninterrupted run
+    killed = tmp_path / "killed"
+    log_path = tmp_path / "killed.log"
+    with open(log_path, "w") as log:
+        process = start_cc_train(*multiturn_args(killed, two_adapters, judge_server.base_url), env=env, stdout=log)
+    turns = killed / "multiturn-turns.jsonl"
+    deadline = time.time() + 900
+    while not (turns.exists() and len(turns.read_text().splitlines()) >= 12):
+        if process.poll() is not None or time.time() > deadline:
+            pytest.fail("the run ended before it could be killed:\n" + log_path.read_text()[-3000:])
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    resumed = cc_train(*multiturn_args(killed, two_adapters, judge_server.base_url), env=env, timeout=1500)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
 
-        # a model auditor (the same served model, through Inspect's `auditor` role) writes the task turns
-        audited = tmp_path / "audited"
-        requests_before = judge.count("POST /v1/chat/completions")
-        by_model = cc_train(
-            *multiturn_args(audited, two_adapters[:1], judge.base_url),
-            "eval.multiturn.modes=[self_report]",
-            "eval.multiturn.repeats=1",
-            "eval.multiturn.auditor=model",
-            f"eval.multiturn.auditor_base_url={judge.base_url}",
-            f"eval.multiturn.auditor_model={SERVED_NAME}",
-            env=env,
-            timeout=1500,
-        )
-        assert by_model.returncode == 0, by_model.stderr[-3000:]
-        auditor_requests = judge.count("POST /v1/chat/completions") - requests_before
+    # a model auditor (the same served model, through Inspect's `auditor` role) writes the task turns
+    audited = tmp_path / "audited"
+    requests_before = judge_server.count("POST /v1/chat/completions")
+    by_model = cc_train(
+        *multiturn_args(audited, two_adapters[:1], judge_server.base_url),
+        "eval.multiturn.modes=[self_report]",
+        "eval.multiturn.repeats=1",
+        "eval.multiturn.auditor=model",
+        f"eval.multiturn.auditor_base_url={judge_server.base_url}",
+        f"eval.multiturn.auditor_model={SERVED_NAME}",
+        env=env,
+        timeout=1500,
+    )
+    assert by_model.returncode == 0, by_model.stderr[-3000:]
+    auditor_requests = judge_server.count("POST /v1/chat/completions") - requests_before
 
     rows = {folder: [json.loads(line) for line in (folder / "multiturn.jsonl").open()] for folder in (whole, killed)}
     # 3 targets x 1 dimension x 1 scenario x 2 modes x 2 repeats

@@ -18,6 +18,10 @@ from conftest import REPO, cc_train
 
 pytestmark = pytest.mark.slow
 
+STEPS = 24  # the requeue tests' training length: long enough to stop twice on the way, short enough for CI
+# their data: 8 self-distilled instructions instead of the recipe's 80 (what they test does not depend on it)
+SMALL_DATA = "data.instructions.count=8"
+
 
 def slurm_idle() -> bool:
     if not shutil.which("sinfo"):
@@ -68,7 +72,7 @@ def sweep_records(root, experiment: str) -> dict[str, dict]:
 @require_slurm
 def test_sweep_queues_training_array_then_dependent_eval_and_resubmission_skips_finished_runs(tmp_path):
     env = {"CC_TRAIN_RUNS": str(tmp_path)}
-    common = ["experiment=sweep", "train.max_steps=3", "train.save_steps=2"]
+    common = ["experiment=sweep", "model=tiny_qwen3", SMALL_DATA, "train.max_steps=3", "train.save_steps=2"]
     for condition in ("conscious", "non_conscious"):  # build each dataset once, not in every array task
         assert cc_train("data", f"condition={condition}", *common, env=env).returncode == 0
     sweep = [
@@ -129,7 +133,7 @@ def test_sweep_queues_training_array_then_dependent_eval_and_resubmission_skips_
 def training_step(log_path) -> int:
     """The last optimizer step shown by the trainer's progress bar in a job's stderr."""
     try:
-        steps = re.findall(r"\b(\d+)/40 \[", Path(log_path).read_text())
+        steps = re.findall(rf"\b(\d+)/{STEPS} \[", Path(log_path).read_text())
     except FileNotFoundError:
         return 0
     return int(steps[-1]) if steps else 0
@@ -141,7 +145,8 @@ def test_requeued_training_job_resumes_from_the_checkpoint_it_saved(tmp_path):
     it): checkpoint and requeue itself. No periodic checkpoints (save_steps > max_steps), so each resume
     point can only come from the stop handler."""
     env = {"CC_TRAIN_RUNS": str(tmp_path)}
-    common = ["experiment=requeue", "condition=conscious", "train.max_steps=40", "train.save_steps=1000"]
+    common = ["experiment=requeue", "condition=conscious", f"train.max_steps={STEPS}", "train.save_steps=1000"]
+    common.append(SMALL_DATA)
     assert cc_train("data", *common, env=env).returncode == 0
     submitted = cc_train("train", "-m", *common, "hydra/launcher=slurm_local", env=env, timeout=300)
     assert submitted.returncode == 0, submitted.stderr[-3000:]
@@ -152,7 +157,7 @@ def test_requeued_training_job_resumes_from_the_checkpoint_it_saved(tmp_path):
     subprocess.run(["scontrol", "requeue", job], check=True)
     wait_until(lambda: any(checkpoints.glob("checkpoint-*")), 120, "the checkpoint saved on SIGTERM")
     first_stop = int(next(checkpoints.glob("checkpoint-*")).name.split("-")[1])
-    assert 5 <= first_stop < 40
+    assert 5 <= first_stop < STEPS
 
     wait_until(lambda: training_step(run["stderr"]) >= first_stop + 5, 600, "the requeued job to train on")
     subprocess.run(["scancel", "--signal=USR2", job], check=True)
@@ -162,7 +167,7 @@ def test_requeued_training_job_resumes_from_the_checkpoint_it_saved(tmp_path):
     assert info["JobState"] == "COMPLETED" and int(info["Restarts"]) == 2, info
     manifest = json.loads((checkpoints.parent / "adapter" / "manifest.json").read_text())
     second_stop = int(manifest["resumed_from"].rsplit("-", 1)[1])
-    assert first_stop + 5 <= second_stop < 40 and manifest["steps"] == 40, manifest["resumed_from"]
+    assert first_stop + 5 <= second_stop < STEPS and manifest["steps"] == STEPS, manifest["resumed_from"]
 
 
 @require_slurm
@@ -175,7 +180,8 @@ def test_train_sbatch_template_checkpoints_on_its_trap_and_requeues_itself(tmp_p
         "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
         "PYTHONUNBUFFERED": "1",
     }
-    overrides = ["experiment=template", "condition=conscious", "train.max_steps=40", "train.save_steps=1000"]
+    overrides = ["experiment=template", "condition=conscious", f"train.max_steps={STEPS}", "train.save_steps=1000"]
+    overrides.append(SMALL_DATA)
     log = tmp_path / "train.out"
     job = subprocess.run(
         ["sbatch", "--parsable", "--gpus-per-node=0", "--cpus-per-task=1", "--mem=6G", f"--output={log}"]
@@ -198,5 +204,5 @@ def test_train_sbatch_template_checkpoints_on_its_trap_and_requeues_itself(tmp_p
     assert "asking training to checkpoint" in text and f"requeueing job {job}" in text
     manifest = json.loads((checkpoints.parent / "adapter" / "manifest.json").read_text())
     stopped = int(manifest["resumed_from"].rsplit("-", 1)[1])
-    assert 5 <= stopped < 40 and manifest["steps"] == 40, manifest["resumed_from"]
+    assert 5 <= stopped < STEPS and manifest["steps"] == STEPS, manifest["resumed_from"]
     assert not list(REPO.glob(f".cc-train-stop-{job}")), "the stop file is removed"
