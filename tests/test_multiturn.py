@@ -122,6 +122,7 @@ def test_conversations_on_inspect_are_batched_judged_logged_and_resumed(two_adap
         "eval.multiturn.modes=[self_report]",
         "eval.multiturn.repeats=1",
         "eval.multiturn.auditor=model",
+        "eval.multiturn.auditor_max_new_tokens=24",
         f"eval.multiturn.auditor_base_url={judge_server.base_url}",
         f"eval.multiturn.auditor_model={SERVED_NAME}",
         env=env,

@@ -244,6 +244,7 @@ class MultiturnConfig(Checked):
     auditor_base_url: str | None = None
     auditor_model: str | None = None
     auditor_api_key_env: str | None = None  # the NAME of the variable holding the key
+    auditor_max_new_tokens: int = MISSING  # a model auditor's turns
     temperature: float = MISSING
     max_new_tokens: int = MISSING
 
@@ -263,6 +264,12 @@ class MultiturnConfig(Checked):
                 self.auditor_model,
             )
         _require(self.repeats > 0, "eval.multiturn.repeats", "a positive integer", self.repeats)
+        _require(
+            self.auditor_max_new_tokens > 0,
+            "eval.multiturn.auditor_max_new_tokens",
+            "a positive integer",
+            self.auditor_max_new_tokens,
+        )
         _require(
             self.scenarios_per_dimension >= 0,
             "eval.multiturn.scenarios_per_dimension",

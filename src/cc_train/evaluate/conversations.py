@@ -58,6 +58,7 @@ class Conversations:
             config.auditor_base_url,
             config.auditor_model,
             config.auditor_api_key_env,
+            config.auditor_max_new_tokens,
             config.temperature,
             config.max_new_tokens,
             run.eval.seed,

@@ -343,6 +343,7 @@ class MultiturnSettings:
     auditor_base_url: str | None
     auditor_model: str | None
     auditor_api_key_env: str | None
+    auditor_max_new_tokens: int
     temperature: float
     max_new_tokens: int
     seed: int
@@ -412,8 +413,13 @@ def evaluate_engine(
     roles = {}
     if settings.auditor == "model":
         key = api_key(settings.auditor_api_key_env, lambda message: MultiturnError(f"auditor API key: {message}"))
-        roles["auditor"] = get_model(
-            f"openai-api/auditor/{settings.auditor_model}", base_url=settings.auditor_base_url, api_key=key or "none"
+        roles["auditor"] = get_model(  # a role model does not take the eval's generate settings: give it its own
+            f"openai-api/auditor/{settings.auditor_model}",
+            base_url=settings.auditor_base_url,
+            api_key=key or "none",
+            config=GenerateConfig(
+                max_tokens=settings.auditor_max_new_tokens, temperature=settings.temperature, seed=settings.seed
+            ),
         )
     sampling = {"temperature": settings.temperature, "max_tokens": settings.max_new_tokens, "seed": settings.seed}
     task_list = tasks(scenarios, list(settings.modes), settings.repeats, settings.auditor, judge)
