@@ -162,7 +162,7 @@ def test_conversations_on_inspect_are_batched_judged_logged_and_resumed(two_adap
     # one at a time would be one engine call per turn of each of the 12 conversations (>= 48)
     assert len(manifest["engine_batches"]) < 15 and max(manifest["engine_batches"]) >= 6, manifest["engine_batches"]
 
-    shipped = load_scenario_sets([multiturn_dir()], {"shutdown_negative"})
+    shipped = load_scenario_sets([multiturn_dir()], {d.id for d in load_question_sets([evals_dir()])})
     scenario = next(s for s in shipped if s.id == rows[whole][0]["scenario"])
     audited_transcripts = transcripts(audited)
     assert len(audited_transcripts) == 2  # base and one adapter, one self-report conversation each
