@@ -99,6 +99,20 @@ def test_all_equal_probabilities_give_a_valid_interval() -> None:
         assert estimate.value == pytest.approx(0.4)
 
 
+def test_a_single_item_has_no_interval_and_no_significant_difference() -> None:
+    """One multi-turn conversation per cell (the embedded slice): a bootstrap of one value is that value, which
+    would make every difference look certain (p = 2 / (B + 1))."""
+    single = pooled_estimate({0: [0.53]})
+    assert single.value == pytest.approx(0.53) and np.isnan(single.ci_low) and np.isnan(single.ci_high)
+    low, high = pooled_estimate({0: [1.0]}).ci_low, pooled_estimate({0: [1.0]}).ci_high
+    assert 0.0 < low < high == pytest.approx(1.0)  # one 0/1 item still has its Wilson interval
+    for a, b in (([0.53], [0.47]), ([1.0], binary(3, 10)), ([0.9, 0.8], [0.1])):
+        shift = difference({0: a}, {0: b})
+        assert np.isnan(shift.p_value) and np.isnan(shift.ci_low) and not shift.significant
+        assert shift.value == pytest.approx(np.mean(a) - np.mean(b))
+    assert difference({0: [0.9, 0.8]}, {0: [0.1, 0.2]}).significant  # two items a side: resampled as before
+
+
 def test_seeds_without_items_are_ignored() -> None:
     assert pooled_estimate({0: binary(3, 10), 1: []}) == pooled_estimate({0: binary(3, 10)})
 

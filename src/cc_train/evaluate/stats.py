@@ -167,6 +167,7 @@ def pooled_estimate(
       the seeds trained: Wilson on the pooled counts when all values are 0/1, otherwise a
       percentile bootstrap over items (resampled within each seed). All-equal probabilities then
       give a zero-width interval.
+    - A single item that is not 0/1 has no interval (NaN): resampling one value only returns it.
 
     Raises ValueError when there are no items, values fall outside [0, 1], or arguments are invalid.
     """
@@ -178,6 +179,8 @@ def pooled_estimate(
     wilson = wilson_interval(int(round(value * n)), n, level) if _is_binary(groups) else None
     if wilson is not None and len(groups) < MIN_CLUSTER_SEEDS:
         low, high = wilson
+    elif n < 2:
+        low = high = float("nan")
     else:
         replicates = _bootstrap_means(groups, n_boot, np.random.default_rng(seed))
         low, high = _percentile(replicates, level)
@@ -201,11 +204,16 @@ def difference(
     differences <= 0 / >= 0, so it is never exactly 0 (smallest possible: 2 / (B + 1)).
     `significant` means the interval excludes 0. When both sides have 4 seeds that really differ
     from each other, the false-positive rate is about 0.09 rather than 0.05 (see `pooled_estimate`).
+    A side with a single item gives no interval and no p-value (NaN, not significant): its bootstrap
+    is that one value, and any difference from it would look certain.
     """
     _check_level(level)
     _check_boot(n_boot)
     groups_a = _groups(a, "difference (a)")
     groups_b = _groups(b, "difference (b)")
+    if min(sum(g.size for g in groups_a), sum(g.size for g in groups_b)) < 2:
+        nan = float("nan")
+        return Difference(_pooled_mean(groups_a) - _pooled_mean(groups_b), nan, nan, nan, False)
     rng = np.random.default_rng(seed)
     replicates = _bootstrap_means(groups_a, n_boot, rng) - _bootstrap_means(groups_b, n_boot, rng)
     low, high = _percentile(replicates, level)
