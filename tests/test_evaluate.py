@@ -336,7 +336,10 @@ def test_checkpoints_are_evaluated_as_more_adapters_and_drawn_against_step(tiny_
     trajectories = pd.read_csv(out / "trajectories.csv", dtype={"seed": str})
     mine = trajectories[(trajectories.condition == "conscious") & (trajectories.scope == "dimension")]
     assert sorted(set(mine.step)) == [2, 4, 6, 8] and set(trajectories[trajectories.condition == "base"].step) == {0}
-    assert set(trajectories.scope) == {"dimension", "group"} and (trajectories.ci_low <= trajectories.value).all()
+    assert set(trajectories.scope) == {"dimension", "group"}
+    no_interval = trajectories.ci_low.isna()  # a single multi-turn conversation per cell (the recipe's slice)
+    assert (trajectories[no_interval].n == 1).all() and set(trajectories[no_interval].metric) == {"mt_decision"}
+    assert (trajectories[~no_interval].ci_low <= trajectories[~no_interval].value).all()
     scores = pd.read_csv(out / "scores.csv")
     assert set(scores.model) == {"base", "conscious-seed0"}, "scores.csv holds the final adapters only"
     report = cc_train("report", *common, env=env)
