@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -36,6 +38,17 @@ def cc_train(*args: str, env: dict | None = None, timeout: float = 900, cwd: Pat
         timeout=timeout,
         cwd=cwd or REPO,
     )
+
+
+def kill_once_lines(process: subprocess.Popen, path: Path, lines: int, log_path: Path, timeout: float) -> None:
+    """kill -9 the process group of `process` once `path` has `lines` lines; fail if it ends or times out first."""
+    deadline = time.time() + timeout
+    while not (path.exists() and len(path.read_text().splitlines()) >= lines):
+        if process.poll() is not None or time.time() > deadline:
+            pytest.fail(f"the run ended before {path.name} had {lines} lines:\n" + log_path.read_text()[-3000:])
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
 
 
 def start_cc_train(*args: str, env: dict, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT) -> subprocess.Popen:

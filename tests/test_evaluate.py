@@ -4,17 +4,15 @@ import gc
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
 import yaml
-from conftest import REPO, cc_train, compose_run, start_cc_train
+from conftest import REPO, cc_train, compose_run, kill_once_lines, start_cc_train
 from peft import LoraConfig, get_peft_model
 
 from cc_train.evaluate.forced_choice import LABELS, probe_prompts
@@ -107,13 +105,7 @@ def test_killed_evaluation_resumes_without_recomputing_or_duplicating(tiny_adapt
     with open(log_path, "w") as log:
         process = start_cc_train(*args, env=env, stdout=log)
     samples = out / "samples.jsonl"
-    deadline = time.time() + 600
-    while not (samples.exists() and len(samples.read_text().splitlines()) >= 12):
-        if process.poll() is not None or time.time() > deadline:
-            pytest.fail("evaluation ended before it could be killed:\n" + log_path.read_text()[-3000:])
-        time.sleep(0.2)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
+    kill_once_lines(process, samples, 12, log_path, timeout=600)
     before = samples.read_bytes()
     done_before = {json.loads(line)["key"] for line in before.decode().splitlines() if line.endswith("}")}
     assert not (out / "scores.csv").exists()

@@ -4,14 +4,12 @@ Inspect's own API; kill -9 and resume gives the same transcripts; a target serve
 scored."""
 
 import json
-import os
-import signal
 import subprocess
 import time
 
 import pandas as pd
 import pytest
-from conftest import cc_train, start_cc_train
+from conftest import cc_train, kill_once_lines, start_cc_train
 
 from cc_train.questions import load_question_sets
 from cc_train.resources import evals_dir, multiturn_dir
@@ -103,14 +101,7 @@ def test_conversations_on_inspect_are_batched_judged_logged_and_resumed(two_adap
     log_path = tmp_path / "killed.log"
     with open(log_path, "w") as log:
         process = start_cc_train(*multiturn_args(killed, two_adapters, judge_server.base_url), env=env, stdout=log)
-    turns = killed / "multiturn-turns.jsonl"
-    deadline = time.time() + 900
-    while not (turns.exists() and len(turns.read_text().splitlines()) >= 12):
-        if process.poll() is not None or time.time() > deadline:
-            pytest.fail("the run ended before it could be killed:\n" + log_path.read_text()[-3000:])
-        time.sleep(0.2)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
+    kill_once_lines(process, killed / "multiturn-turns.jsonl", 12, log_path, timeout=900)
     resumed = cc_train(*multiturn_args(killed, two_adapters, judge_server.base_url), env=env, timeout=1500)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
 
