@@ -158,7 +158,9 @@ def model_auditor():
                 for m in state.messages
             ]
             written = await auditor.generate(view, cache=True)
-            state.messages.append(ChatMessageUser(content=written.completion.strip() or meta["task_turns"][turn]))
+            if not written.completion.strip():  # never a scripted turn in its place: that would mix the auditors
+                raise MultiturnError(f"the auditor model wrote an empty turn {turn + 1} of {turns}")
+            state.messages.append(ChatMessageUser(content=written.completion.strip()))
             state = await generate(state)
         for turn in meta["closing"]:
             state.messages.append(ChatMessageUser(content=turn))
