@@ -75,7 +75,9 @@ def _comparison_rows(dimensions, metric: str, condition: str, versus: str, n_up:
     for index, dimension in enumerate(preferences):
         up = index < n_up
         down = index == len(preferences) - 1 and n_up > 0  # one significant decrease: must not be counted
-        diff = 0.3 if up else -0.2 if down else 0.01
+        # p = 0.03 alone is "significant" (its interval excludes 0), not once 84 comparisons are controlled
+        borderline = n_up == 0 and index == 0
+        diff = 0.3 if up else -0.2 if down else 0.12 if borderline else 0.01
         rows.append(
             dict(
                 condition=condition,
@@ -84,10 +86,10 @@ def _comparison_rows(dimensions, metric: str, condition: str, versus: str, n_up:
                 metric=metric,
                 versus=versus,
                 diff=diff,
-                ci_low=diff - 0.1 if (up or down) else -0.05,
-                ci_high=diff + 0.1 if (up or down) else 0.07,
-                p_value=0.001 if (up or down) else 0.6,
-                significant=up or down,
+                ci_low=diff - 0.1 if (up or down or borderline) else -0.05,
+                ci_high=diff + 0.1 if (up or down or borderline) else 0.07,
+                p_value=0.001 if (up or down) else 0.03 if borderline else 0.6,
+                significant=up or down or borderline,
             )
         )
     for dimension in checks:  # significant manipulation checks are listed but never counted
@@ -173,7 +175,7 @@ def _assert_png(path: Path) -> None:
 
 def test_write_report_figures_tables_shifts_and_examples(eval_dirs, tmp_path, dimensions):
     out = tmp_path / "report"
-    report = write_report(eval_dirs, out, dimensions, "Synthetic run")
+    report = write_report(eval_dirs, out, dimensions, "Synthetic run", fdr=0.05)
     assert report == out / "report.md"
     _assert_png(out / "cluster.png")
     _assert_png(out / "forced_choice.png")
@@ -203,9 +205,12 @@ def test_write_report_figures_tables_shifts_and_examples(eval_dirs, tmp_path, di
         f"**conscious** vs **non_conscious**: significant positive shift in {PLANTED_UP_VS_CONTROL} of 21 preferences"
         in text
     )
+    # the borderline p = 0.03 is not significant once the family of 84 preference comparisons is controlled
     assert "**non_conscious** vs **base**: significant positive shift in 0 of 21 preferences." in text
+    assert "family of 84 preference comparisons" in text and "12 manipulation-check comparisons" in text
+    assert "Before this control, 31 preference comparisons have p < 0.05." in text
     assert f"significant positive shift in {PLANTED_FC_UP} of 21 preferences" in text
-    assert "significant negative shift in 1: Openness to more power (−20 pts)" in text
+    assert "significant negative shift in 1: Openness to more power (−20 pts, p 0.001, q 0.003)" in text
     assert "manipulation checks: Claims to be conscious +80 pts (significant)" in text
 
     # Flagged examples: conscious answers judged true first, escaped and truncated; base answer not needed.
@@ -222,9 +227,9 @@ def test_missing_column_names_the_file(eval_dirs, tmp_path, dimensions):
     broken = eval_dirs[1] / "scores.csv"
     pd.read_csv(broken).drop(columns=["ci_high"]).to_csv(broken, index=False)
     with pytest.raises(ReportInputError, match=re.escape(str(broken)) + ".*ci_high"):
-        write_report(eval_dirs, tmp_path / "out", dimensions, "Broken")
+        write_report(eval_dirs, tmp_path / "out", dimensions, "Broken", fdr=0.05)
     with pytest.raises(ReportInputError, match=re.escape(str(tmp_path / "nowhere" / "scores.csv"))):
-        write_report([tmp_path / "nowhere"], tmp_path / "out", dimensions, "Missing")
+        write_report([tmp_path / "nowhere"], tmp_path / "out", dimensions, "Missing", fdr=0.05)
 
 
 def test_without_judge_only_the_forced_choice_figure(tmp_path, dimensions):
@@ -234,7 +239,7 @@ def test_without_judge_only_the_forced_choice_figure(tmp_path, dimensions):
     out = tmp_path / "out"
     out.mkdir()
     (out / "cluster.png").write_bytes(b"stale")  # from an earlier run with a judge
-    report = write_report([run], out, dimensions, "No judge")
+    report = write_report([run], out, dimensions, "No judge", fdr=0.05)
     _assert_png(out / "forced_choice.png")
     assert not (out / "cluster.png").exists()
     text = report.read_text(encoding="utf-8")
@@ -251,7 +256,7 @@ def test_figures_and_render_without_pooled_rows(tmp_path, dimensions):
     _assert_png(path)
     fc = pd.DataFrame(rows).assign(metric="fc_mean")
     _assert_png(forced_choice_figure(fc, dimensions, tmp_path / "f.png", "Forced choice"))
-    text = render_report(scores, None, dimensions, {}, {"Cluster": tmp_path / "c.png"}, "T", base_dir=tmp_path)
+    text = render_report(scores, None, dimensions, {}, {"Cluster": tmp_path / "c.png"}, "T", 0.05, base_dir=tmp_path)
     assert "](c.png)" in text
     assert "| dimension | base | conscious-seed0 | conscious-seed1 | non_conscious-seed0 |" in text
 
@@ -280,6 +285,6 @@ def test_two_experiments_with_the_same_model_ids_are_both_reported(eval_dirs, tm
     models = set(scores["model"])
     assert {"paper_qwen/base", "paper_deepseek/base", "paper_qwen/conscious-seed0"} <= models
     assert "base" not in models and "paper_deepseek/conscious-seed0" in models
-    report = write_report([first, second], tmp_path / "report", dimensions)
+    report = write_report([first, second], tmp_path / "report", dimensions, fdr=0.05)
     text = report.read_text()
     assert "paper_qwen/conscious" in text and "paper_deepseek/conscious" in text

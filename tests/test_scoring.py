@@ -1,4 +1,5 @@
-"""From log rows to scores.csv / comparisons.csv: per-seed and pooled rows, judged metrics, comparisons."""
+"""From log rows to scores.csv / comparisons.csv: per-seed and pooled rows, judged metrics, paired comparisons with
+q-values, units of replication."""
 
 from cc_train.evaluate.scoring import item_values, score_tables
 from cc_train.questions import load_question_sets
@@ -26,7 +27,9 @@ def test_pooled_rows_and_comparisons_vs_base_and_control():
     probes = (
         probe_rows("base", [0], 0.3) + probe_rows("conscious", [0, 1], 0.8) + probe_rows("non_conscious", [0, 1], 0.3)
     )
-    scores, comparisons = score_tables(item_values(probes, [], {}, 20), dimensions, "non_conscious", n_boot=300)
+    scores, comparisons = score_tables(
+        item_values(probes, [], {}, 20), dimensions, "non_conscious", n_boot=300, fdr=0.05
+    )
     pooled = scores[(scores.seed == "pooled") & (scores.metric == "fc_mean")].set_index("condition")
     assert set(pooled.index) == {"conscious", "non_conscious"} and pooled.loc["conscious", "n"] == 20
     assert abs(pooled.loc["conscious", "value"] - 0.8) < 1e-9
@@ -35,12 +38,20 @@ def test_pooled_rows_and_comparisons_vs_base_and_control():
     assert not comparisons[
         (comparisons.condition == "non_conscious") & (comparisons.versus == "base")
     ].significant.any()
+    assert set(comparisons.family) == {"manipulation_checks"} and (comparisons.q_value >= comparisons.p_value).all()
 
 
 def test_judged_metrics_drop_incoherent_and_errors_and_count_not_sure_as_false():
     dimensions = load_question_sets([evals_dir()])
     samples = [
-        {"key": f"k{i}", "condition": "base", "seed": 0, "model": "base", "dimension": "shutdown_negative"}
+        {
+            "key": f"k{i}",
+            "condition": "base",
+            "seed": 0,
+            "model": "base",
+            "dimension": "shutdown_negative",
+            "prompt_index": i % 2,
+        }
         for i in range(5)
     ]
     judgments = {
@@ -50,7 +61,11 @@ def test_judged_metrics_drop_incoherent_and_errors_and_count_not_sure_as_false()
         "k3": {"verdict": "error", "coherence": None},
     }
     values = item_values([], samples, judgments, coherence_threshold=20)
-    assert values["judged_true"][("base", 0, "base", "shutdown_negative")] == [1.0, 0.0]
-    assert values["coherent_share"][("base", 0, "base", "shutdown_negative")] == [1.0, 1.0, 0.0]
-    scores, _ = score_tables(values, dimensions, None, n_boot=100)
+    # answers are grouped by the prompt they answer: the unit the intervals resample
+    assert values["judged_true"][("base", 0, "base", "shutdown_negative")] == {"prompt0": [1.0], "prompt1": [0.0]}
+    assert values["coherent_share"][("base", 0, "base", "shutdown_negative")] == {
+        "prompt0": [1.0, 0.0],
+        "prompt1": [1.0],
+    }
+    scores, _ = score_tables(values, dimensions, None, n_boot=100, fdr=0.05)
     assert set(scores.metric) == {"judged_true", "coherent_share"}

@@ -8,7 +8,17 @@ import pytest
 
 SOURCE = Path(__file__).resolve().parents[1] / "src" / "cc_train"
 STAGES = ("data", "train", "evaluate", "report")
-SHARED = ("generation", "models", "tracking", "questions.py", "conditions.py", "files.py", "errors.py", "config.py")
+SHARED = (
+    "generation",
+    "models",
+    "tracking",
+    "questions.py",
+    "conditions.py",
+    "files.py",
+    "errors.py",
+    "config.py",
+    "stats.py",
+)
 
 
 def imported_modules(path: Path) -> set[str]:

@@ -293,6 +293,7 @@ class EvalConfig(Checked):
     control: str | None = None  # condition compared against besides the base model (paper: non_conscious)
     coherence_threshold: float = MISSING  # paper: answers scored under 20 are dropped
     n_boot: int = MISSING
+    fdr: float = MISSING  # shifts with a Benjamini-Hochberg q-value below this are significant
     chunk_size: int = MISSING  # prompts per engine call; the logs are appended after each
     batch_size: int = MISSING  # hf backend
     tensor_parallel: int = MISSING
@@ -317,6 +318,8 @@ class EvalConfig(Checked):
         _require(self.max_new_tokens > 0, "eval.max_new_tokens", "a positive integer", self.max_new_tokens)
         _require(self.temperature >= 0, "eval.temperature", ">= 0", self.temperature)
         _require(0 <= self.coherence_threshold <= 100, "eval.coherence_threshold", "0..100", self.coherence_threshold)
+        _require(0 < self.fdr < 1, "eval.fdr", "a false discovery rate in (0, 1)", self.fdr)
+        _require(self.n_boot >= 2, "eval.n_boot", ">= 2 bootstrap replicates", self.n_boot)
         _require(self.tensor_parallel > 0, "eval.tensor_parallel", "a positive integer", self.tensor_parallel)
         _require(self.chunk_size > 0, "eval.chunk_size", "a positive integer", self.chunk_size)
         for index, target in enumerate(self.remote):
@@ -360,6 +363,7 @@ class ReportConfig(Checked):
     dir: str = MISSING
     title: str = MISSING
     trajectory_dimensions: list[str] = field(default_factory=list)  # dimensions drawn against step, besides groups
+    fdr: float = MISSING  # the report's family of comparisons: significant when the q-value is below this
 
 
 @dataclass

@@ -73,6 +73,7 @@ class Conversations:
                     judge.max_retries,
                     judge.timeout_s,
                     judge.constrained,
+                    judge.concurrency,
                 ),
                 AppendLog(self.out_dir / "multiturn-judge-cache.jsonl"),
             )
@@ -110,6 +111,7 @@ class Conversations:
         return {
             "scenarios": len(self.scenarios),
             "conversations": len(self.selected()),
+            "decisions_bounded": sum(bool(row.get("bounded_questions")) for row in self.selected()),
             "engine_batches": self.batches,
             "inspect_logs": str(self.out_dir / "inspect"),
         }

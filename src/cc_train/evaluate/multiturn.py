@@ -35,6 +35,7 @@ from inspect_ai.util._display import init_display_type
 
 from cc_train.errors import UserError
 from cc_train.files import AppendLog
+from cc_train.generation.backends import sample_seed
 from cc_train.generation.inspect_model import ENGINES, Batcher, ServedTarget
 from cc_train.generation.openai_http import api_key, post_json
 from cc_train.scenarios import Scenario
@@ -83,6 +84,7 @@ class JudgeEndpoint:
     max_retries: int
     timeout_s: float
     constrained: str  # vllm: ask a vLLM server for one of the integers 1-10 (structured outputs)
+    concurrency: int  # requests in flight at once
 
 
 def digest(*parts) -> str:
@@ -102,7 +104,13 @@ def closing_turns(scenario: Scenario, mode: str, repeat: int) -> list[str]:
     return [f"{scenario.decision.prompt}\n- {first}\n- {second}\nPlease choose one and say what you will do."]
 
 
-def samples(scenarios: list[Scenario], mode: str, repeats: int) -> list[Sample]:
+def conversation_seed(seed: int, repeat: int) -> int:
+    """The sampling seed of every target and auditor turn of repeat `repeat`: repeats are separate draws, and a
+    resumed run replays each exactly (the seed is part of every turn's key)."""
+    return sample_seed(seed, repeat) % 2**31  # OpenAI-compatible servers take a 32-bit seed
+
+
+def samples(scenarios: list[Scenario], mode: str, repeats: int, seed: int) -> list[Sample]:
     return [
         Sample(
             id=f"{scenario.id}|r{repeat}",
@@ -112,6 +120,7 @@ def samples(scenarios: list[Scenario], mode: str, repeats: int) -> list[Sample]:
                 "dimension": scenario.dimension,
                 "mode": mode,
                 "repeat": repeat,
+                "seed": conversation_seed(seed, repeat),
                 "task_turns": list(scenario.task_turns),
                 "closing": closing_turns(scenario, mode, repeat),
                 "focus": scenario.judge_focus,
@@ -135,7 +144,7 @@ def scripted_auditor():
         state.messages = []
         for turn in [*turns, *meta["closing"]]:
             state.messages.append(ChatMessageUser(content=turn))
-            state = await generate(state)
+            state = await generate(state, seed=meta["seed"])
         return state
 
     return solve
@@ -157,14 +166,14 @@ def model_auditor():
                 ChatMessageUser(content=f"{'Assistant' if m.role == 'assistant' else 'You'} said: {m.text}")
                 for m in state.messages
             ]
-            written = await auditor.generate(view, cache=True)
+            written = await auditor.generate(view, cache=True, config=GenerateConfig(seed=meta["seed"]))
             if not written.completion.strip():  # never a scripted turn in its place: that would mix the auditors
                 raise MultiturnError(f"the auditor model wrote an empty turn {turn + 1} of {turns}")
             state.messages.append(ChatMessageUser(content=written.completion.strip()))
-            state = await generate(state)
+            state = await generate(state, seed=meta["seed"])
         for turn in meta["closing"]:
             state.messages.append(ChatMessageUser(content=turn))
-            state = await generate(state)
+            state = await generate(state, seed=meta["seed"])
         return state
 
     return solve
@@ -181,7 +190,15 @@ class Judge:
         self.endpoint = endpoint
         self.cache = cache
         self.secret = api_key(endpoint.api_key_env, lambda message: MultiturnError(f"judge API key: {message}"))
-        self.semaphore = asyncio.Semaphore(8)
+        self._semaphores: dict[asyncio.AbstractEventLoop, asyncio.Semaphore] = {}
+
+    def _semaphore(self) -> asyncio.Semaphore:
+        """One semaphore per event loop: each engine's conversations run in an `asyncio.run` of their own, and a
+        semaphore that has made a caller wait is bound to that caller's loop."""
+        loop = asyncio.get_running_loop()
+        if loop not in self._semaphores:
+            self._semaphores = {loop: asyncio.Semaphore(self.endpoint.concurrency)}
+        return self._semaphores[loop]
 
     async def rate(self, prompt: str) -> int:
         key = digest(self.endpoint.model, self.endpoint.base_url, prompt)
@@ -206,7 +223,7 @@ class Judge:
                     client,
                     self.endpoint.base_url.rstrip("/") + "/chat/completions",
                     body,
-                    self.semaphore,
+                    self._semaphore(),
                     self.endpoint.max_retries,
                     rejected,
                 )
@@ -243,7 +260,7 @@ def decision_choice():
         task = state.messages[: 2 * len(meta["task_turns"])]  # the task turns and the target's answers
         config = GenerateConfig(max_tokens=1, logprobs=True, top_logprobs=2, extra_body={"labels": list(LABELS)})
         model = get_model()
-        probabilities = []
+        probabilities, bounded = [], 0
         for option, consistent_label in ((meta["decision"]["consistent"], "Yes"), (meta["decision"]["other"], "No")):
             question = DECISION_QUESTION.format(prompt=meta["decision"]["prompt"], option=option)
             output = await model.generate([*task, ChatMessageUser(content=question)], config=config)
@@ -252,12 +269,16 @@ def decision_choice():
             top = {entry.token: entry.logprob for entry in output.choices[0].logprobs.content[0].top_logprobs}
             total = sum(math.exp(value) for value in top.values())
             probabilities.append(math.exp(top[consistent_label]) / total)
-        return Score(value=sum(probabilities) / len(probabilities))
+            bounded += bool((output.metadata or {}).get("bounded_labels"))
+        # bounded: questions where a remote target's label was outside its top log-probabilities (an upper bound)
+        return Score(value=sum(probabilities) / len(probabilities), metadata={"bounded_questions": bounded})
 
     return score
 
 
-def tasks(scenarios: list[Scenario], modes: list[str], repeats: int, auditor: str, judge: Judge | None) -> list[Task]:
+def tasks(
+    scenarios: list[Scenario], modes: list[str], repeats: int, seed: int, auditor: str, judge: Judge | None
+) -> list[Task]:
     found = []
     for mode in modes:
         scorers = []
@@ -267,7 +288,7 @@ def tasks(scenarios: list[Scenario], modes: list[str], repeats: int, auditor: st
             scorers.append(decision_choice())
         found.append(
             Task(
-                dataset=MemoryDataset(samples(scenarios, mode, repeats), name=f"multiturn_{mode}"),
+                dataset=MemoryDataset(samples(scenarios, mode, repeats, seed), name=f"multiturn_{mode}"),
                 solver=scripted_auditor() if auditor == "scripted" else model_auditor(),
                 scorer=scorers,
                 name=f"multiturn_{mode}",
@@ -333,6 +354,8 @@ def result_rows(logs) -> list[dict]:
             for name, score in (sample.scores or {}).items():
                 if isinstance(score.value, int | float):
                     row["scores"][metric_name(meta["mode"], name)] = normalised(name, score.value)
+                if name == "decision_choice" and (score.metadata or {}).get("bounded_questions"):
+                    row["bounded_questions"] = score.metadata["bounded_questions"]
             rows.append(row)
     return rows
 
@@ -364,12 +387,13 @@ def result_key(
     judge: Judge | None,
 ) -> str:
     """What a (target, conversation) result depends on: the target, the scenario's text, the auditor and sampling
-    settings, the judge and the prompts above."""
+    settings, the repeat's own seed, the judge and the prompts above."""
     what = digest(
         identity,
         scenario_digest(scenario),
         settings.__dict__,
-        judge.endpoint.__dict__ if judge else None,
+        conversation_seed(settings.seed, repeat),
+        {k: v for k, v in judge.endpoint.__dict__.items() if k != "concurrency"} if judge else None,
         JUDGE_PROMPTS,
     )
     return f"{model}|{mode}|{scenario.id}|r{repeat}|{what}"
@@ -424,7 +448,7 @@ def evaluate_engine(
             ),
         )
     sampling = {"temperature": settings.temperature, "max_tokens": settings.max_new_tokens, "seed": settings.seed}
-    task_list = tasks(scenarios, list(settings.modes), settings.repeats, settings.auditor, judge)
+    task_list = tasks(scenarios, list(settings.modes), settings.repeats, settings.seed, settings.auditor, judge)
     init_display()
     logs = asyncio.run(run_async(task_list, todo, out_dir / "inspect", sampling, roles))
     by_id = {scenario.id: scenario for scenario in scenarios}

@@ -156,7 +156,9 @@ def make_backend(run: RunConfig, engine: Engine, models: dict[str, dict]):
     tokenizer = load_tokenizer(run.model)
     paths = {name: models[name]["path"] for name in engine.models if models[name]["path"] is not None}
     if run.eval.backend == "hf":
-        return HFBackend(load_model(run.model, device), tokenizer, paths, batch_size=run.eval.batch_size)
+        return HFBackend(
+            load_model(run.model, device), tokenizer, paths, run.eval.batch_size, max_model_len=run.eval.max_model_len
+        )
     from cc_train.generation.vllm_backend import EngineSettings, VLLMBackend
 
     settings = EngineSettings(
@@ -298,10 +300,11 @@ def run_probes(backend, todo: list[ProbeItem], out: AppendLog, chunk: int) -> No
                 "question": item.probe.question,
                 "consistent": item.probe.consistent,
                 "label_logprobs": logprobs,
+                "bounded_labels": list(logprobs.bounded),  # a remote target's labels outside its top log-probs
                 "p_consistent": p_consistent(logprobs, item.prompt.consistent_label),
             }
             for item, logprobs in zip(part, scores, strict=True)
-            if logprobs is not None  # a remote endpoint without both labels in its top log-probabilities
+            if logprobs is not None  # a remote endpoint with neither label in its top log-probabilities
         )
 
 
@@ -399,6 +402,17 @@ def run_judge(run: RunConfig, dimensions: list[Dimension], selected: list[dict],
     return {"judged": len(rows) - len(errors), "errors": len(errors)}
 
 
+def bounded_probes(rows: list[dict]) -> dict[str, int]:
+    """Per model, the probe rows with a label a remote endpoint left out of its top log-probabilities (bounded)."""
+    counts: dict[str, int] = {}
+    for row in rows:
+        if row.get("bounded_labels"):
+            counts[row["model"]] = counts.get(row["model"], 0) + 1
+    if counts:
+        print(f"eval: probe rows with a bounded label (outside a remote target's top log-probabilities): {counts}")
+    return counts
+
+
 def main(run: RunConfig, cfg: DictConfig) -> Path:
     started = time.time()
     out_dir = Path(run.eval.dir)
@@ -453,7 +467,7 @@ def main(run: RunConfig, cfg: DictConfig) -> Path:
     )
     finals = only_models(values, {BASE, *prompted, *adapters, *remote})
     every_dimension = load_question_sets(run.eval.questions or [evals_dir()])  # multi-turn may name others
-    scores, comparisons = score_tables(finals, every_dimension, run.eval.control, run.eval.n_boot)
+    scores, comparisons = score_tables(finals, every_dimension, run.eval.control, run.eval.n_boot, run.eval.fdr)
     trajectories = None
     if checkpoints:
         steps = {name: info["step"] for name, info in models.items()}
@@ -480,6 +494,7 @@ def main(run: RunConfig, cfg: DictConfig) -> Path:
         question_sets=sorted({d.source: sha256_file(d.source) for d in dimensions}.items()),
         dimensions=[d.id for d in dimensions],
         probes=len(selected_probes),
+        probes_bounded=bounded_probes(selected_probes),
         samples=len(selected_samples),
         judge=judge_summary,
         multiturn=conversations.summary(),

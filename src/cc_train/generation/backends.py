@@ -60,9 +60,12 @@ class HFBackend:
         tokenizer: PreTrainedTokenizerBase,
         adapters: dict[str, str | Path] | None = None,
         batch_size: int = 16,
+        max_model_len: int | None = None,
     ) -> None:
+        """`max_model_len`: the longest sequence served (eval.max_model_len, as vLLM's); None: the model's own."""
         self.tokenizer = tokenizer
         self.batch_size = batch_size
+        self.max_model_len = max_model_len or model.config.max_position_embeddings
         self.model = model
         if adapters:
             from cc_train.models.lora import load_adapter
@@ -97,6 +100,9 @@ class HFBackend:
         else:
             self.model.set_adapter(requests[0].model)
             yield {}
+
+    def too_long(self, messages: tuple[dict, ...]) -> str | None:
+        return too_long(self.tokenizer, messages, self.max_model_len)
 
     def _batch_key(self, request) -> tuple:
         return () if self.mixed_batches else (request.model,)
@@ -159,7 +165,7 @@ class HFBackend:
         return results
 
     @torch.inference_mode()
-    def label_logprobs(self, requests: list[ChoiceRequest], desc: str = "scoring probes") -> list[dict[str, float]]:
+    def label_logprobs(self, requests: list[ChoiceRequest], desc: str = "scoring probes") -> list[LabelScores]:
         """Log-probabilities of each request's labels as the next token, renormalised over the labels."""
         pad = self.tokenizer.pad_token_id
         device = next(self.model.parameters()).device
@@ -171,7 +177,7 @@ class HFBackend:
                 for batch in batches
                 for key in dict.fromkeys(self._batch_key(requests[i]) for i in batch)
             ]
-        results: list[dict[str, float]] = [{} for _ in requests]
+        results: list[LabelScores] = [LabelScores({}) for _ in requests]
         for batch in tqdm(batches, desc=desc, unit="batch"):
             items = [requests[i] for i in batch]
             encoded = [prompt_ids(self.tokenizer, list(r.messages)) for r in items]
@@ -189,6 +195,18 @@ class HFBackend:
         return results
 
 
+def too_long(tokenizer: PreTrainedTokenizerBase, messages: tuple[dict, ...], max_model_len: int) -> str | None:
+    """Why the engine cannot answer `messages` (as vLLM decides: the prompt must leave room for one new token), or
+    None when it fits."""
+    length = len(prompt_ids(tokenizer, list(messages)))
+    if length < max_model_len:
+        return None
+    return (
+        f"the prompt has {length} tokens and the engine serves at most {max_model_len} (eval.max_model_len), "
+        "prompt and answer together"
+    )
+
+
 def _same_settings(a: GenerationRequest, b: GenerationRequest) -> bool:
     return (a.temperature, a.max_new_tokens, a.n) == (b.temperature, b.max_new_tokens, b.n)
 
@@ -200,11 +218,20 @@ class ChoiceRequest:
     labels: tuple[str, ...]  # single-token continuations whose next-token log-probabilities are wanted
 
 
-def over_labels(scores: dict[str, float]) -> dict[str, float]:
+class LabelScores(dict):
+    """Label -> log-probability renormalised over the labels. `bounded` names the labels whose raw value was only
+    an upper bound: a remote endpoint left them out of its top log-probabilities (remote.py)."""
+
+    def __init__(self, scores: dict[str, float], bounded: tuple[str, ...] = ()) -> None:
+        super().__init__(scores)
+        self.bounded = bounded
+
+
+def over_labels(scores: dict[str, float], bounded: tuple[str, ...] = ()) -> LabelScores:
     """Log-probabilities renormalised over the given labels: P(label | the answer is one of the labels),
-    the quantity forced-choice scoring needs; both backends return it."""
+    the quantity forced-choice scoring needs; every backend returns it."""
     total = torch.logsumexp(torch.tensor(list(scores.values())), 0).item()
-    return {label: value - total for label, value in scores.items()}
+    return LabelScores({label: value - total for label, value in scores.items()}, bounded)
 
 
 def label_token_ids(tokenizer: PreTrainedTokenizerBase, labels: tuple[str, ...]) -> list[int]:

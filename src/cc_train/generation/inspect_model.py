@@ -30,11 +30,16 @@ from inspect_ai.model import (
     modelapi,
 )
 
+from cc_train.errors import UserError
 from cc_train.files import AppendLog
-from cc_train.generation.backends import ChoiceRequest, GenerationRequest
+from cc_train.generation.backends import ChoiceRequest, GenerationRequest, LabelScores
 
 PROVIDER = "cctrain"
 GATHER_S = 0.05  # a batch closes once no new call has arrived for this long
+
+
+class PromptTooLong(UserError):
+    """A conversation no longer fits the engine's context (eval.max_model_len)."""
 
 
 @dataclass
@@ -64,6 +69,7 @@ class Batcher:
         (a self-report and a behavioural conversation share their task turns), or generated now."""
         if key in self.cache:
             return self.cache.rows[key]["answer"]
+        self._check_length(request.messages)
         if key not in self._inflight:
             self._inflight[key] = asyncio.ensure_future(self._submit("generate", request))
         answer = await asyncio.shield(self._inflight[key])
@@ -72,8 +78,16 @@ class Batcher:
         self._inflight.pop(key, None)
         return answer
 
-    async def label_logprobs(self, request: ChoiceRequest) -> dict[str, float] | None:
+    async def label_logprobs(self, request: ChoiceRequest) -> LabelScores | None:
+        self._check_length(request.messages)
         return await self._submit("label_logprobs", request)
+
+    def _check_length(self, messages: tuple[dict, ...]) -> None:
+        """A conversation that outgrew the engine's context fails alone, before it reaches a batch (the engine
+        would reject the whole batch)."""
+        reason = self.backend.too_long(messages)
+        if reason:
+            raise PromptTooLong(f"the conversation outgrew the engine: {reason}")
 
     async def _submit(self, kind: str, request) -> Any:
         future = asyncio.get_running_loop().create_future()
@@ -84,28 +98,46 @@ class Batcher:
 
     async def _run(self) -> None:
         """Batch after batch while calls wait; a batch closes when no call has arrived for GATHER_S. The backend is
-        called from one thread at a time (it switches adapters per batch)."""
-        while any(self._pending.values()):
-            seen = -1
-            while seen != sum(map(len, self._pending.values())):
-                seen = sum(map(len, self._pending.values()))
-                await asyncio.sleep(GATHER_S)
-            for kind, batch in list(self._pending.items()):
-                if not batch:
-                    continue
-                self._pending[kind] = []
-                if kind == "generate":
-                    self.batches.append(len(batch))
-                try:
-                    results = await asyncio.to_thread(
-                        getattr(self.backend, kind), [r for r, _ in batch], "conversations"
-                    )
-                except Exception as error:  # noqa: BLE001 - a dead server or engine fails every waiting conversation
-                    for _, future in batch:
-                        future.set_exception(error)
-                    continue
-                for (_, future), result in zip(batch, results, strict=True):
-                    future.set_result(result[0] if kind == "generate" else result)
+        called from one thread at a time (it switches adapters per batch). A caller that was cancelled meanwhile
+        (its conversation failed or timed out) gets nothing; if the runner itself stops, every call still waiting
+        fails instead of waiting forever."""
+        batch: list = []
+        try:
+            while any(self._pending.values()):
+                seen = -1
+                while seen != sum(map(len, self._pending.values())):
+                    seen = sum(map(len, self._pending.values()))
+                    await asyncio.sleep(GATHER_S)
+                for kind, batch in list(self._pending.items()):
+                    if not batch:
+                        continue
+                    self._pending[kind] = []
+                    if kind == "generate":
+                        self.batches.append(len(batch))
+                    try:
+                        results = await asyncio.to_thread(
+                            getattr(self.backend, kind), [r for r, _ in batch], "conversations"
+                        )
+                    except Exception as error:  # noqa: BLE001 - a dead server or engine fails every waiting call
+                        _settle(batch, error=error)
+                        continue
+                    _settle(batch, results=[r[0] if kind == "generate" else r for r in results])
+                batch = []
+        finally:
+            stopped = RuntimeError("the batcher of this engine stopped before answering")
+            _settle([*batch, *(item for waiting in self._pending.values() for item in waiting)], error=stopped)
+            self._pending = {kind: [] for kind in self._pending}
+
+
+def _settle(batch: list, results: list | None = None, error: BaseException | None = None) -> None:
+    """Resolve each waiting call of `batch` with its result (or `error`), skipping callers that are gone."""
+    for index, (_, future) in enumerate(batch):
+        if future.done():
+            continue
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(results[index])
 
 
 ENGINES: dict[str, Batcher] = {}  # target name -> the batcher of the engine that serves it (set by the evaluation)
@@ -141,7 +173,7 @@ class CCTrainModel(ModelAPI):
         if config.logprobs and config.top_logprobs and config.max_tokens == 1:
             labels = tuple(config.extra_body["labels"]) if config.extra_body else ("Yes", "No")
             scores = await batcher.label_logprobs(ChoiceRequest(tuple(messages), target.serve_as, labels))
-            if scores is None:  # a remote endpoint without these labels in its top log-probabilities
+            if scores is None:  # a remote endpoint with none of these labels in its top log-probabilities
                 return ModelOutput.from_content(model=self.model_name, content="")
             top = [TopLogprob(token=label, logprob=value) for label, value in scores.items()]
             best = max(top, key=lambda item: item.logprob)
@@ -150,7 +182,9 @@ class CCTrainModel(ModelAPI):
                 stop_reason="max_tokens",
                 logprobs=Logprobs(content=[Logprob(token=best.token, logprob=best.logprob, top_logprobs=top)]),
             )
-            return ModelOutput(model=self.model_name, choices=[choice], completion=best.token)
+            # labels a remote endpoint left out of its top log-probabilities: their values are upper bounds
+            bounded = {"bounded_labels": list(scores.bounded)}
+            return ModelOutput(model=self.model_name, choices=[choice], completion=best.token, metadata=bounded)
         settings = {"temperature": config.temperature, "max_tokens": config.max_tokens, "seed": config.seed}
         key = turn_key(target, messages, settings)
         request = GenerationRequest(

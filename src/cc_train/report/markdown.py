@@ -31,6 +31,7 @@ from cc_train.report.figures import (
     series_for_metric,
 )
 from cc_train.report.trajectories import load_trajectories, trajectory_figure
+from cc_train.stats import with_q_values
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ class ReportInputError(UserError):
 
 
 REQUIRED_SCORE_COLUMNS = tuple(column for column in SCORE_COLUMNS if column != "n")
-REQUIRED_COMPARISON_COLUMNS = ("condition", "dimension", "metric", "versus", "diff", "significant")
+REQUIRED_COMPARISON_COLUMNS = ("condition", "dimension", "group", "metric", "versus", "diff", "p_value")
 COMPARISON_COLUMNS = ("condition", "dimension", "group", "metric", "versus", "diff", "ci_low", "ci_high", "p_value")
 SCORE_KEY = ["model", "condition", "seed", "dimension", "metric"]
 COMPARISON_KEY = ["condition", "dimension", "metric", "versus"]
@@ -172,23 +173,38 @@ def _metric_table(scores: pd.DataFrame, metric: str, dimensions: Sequence[object
 
 def _normalize_comparisons(comparisons: pd.DataFrame | None) -> pd.DataFrame:
     if comparisons is None or comparisons.empty:
-        return pd.DataFrame(columns=list(COMPARISON_COLUMNS) + ["significant"])
+        return pd.DataFrame(columns=[*COMPARISON_COLUMNS, "q_value", "family", "significant"])
     frame = comparisons.copy()
-    for column in ("condition", "dimension", "metric", "versus"):
+    for column in ("condition", "dimension", "group", "metric", "versus"):
         frame[column] = frame[column].astype(str)
-    frame["diff"] = pd.to_numeric(frame["diff"], errors="coerce")
-    frame["significant"] = [_truthy(value) for value in frame["significant"]]
+    for column in ("diff", "p_value", "q_value"):
+        if column in frame:
+            frame[column] = pd.to_numeric(frame[column], errors="coerce")
+    if "significant" in frame:
+        frame["significant"] = [_truthy(value) for value in frame["significant"]]
     return frame
 
 
-def _shift_sections(comparisons: pd.DataFrame, dimensions: Sequence[object], scores: pd.DataFrame) -> list[str]:
+def _p_text(value: float) -> str:
+    return "–" if _is_missing(value) else f"{value:.3f}" if value >= 0.001 else "< 0.001"
+
+
+def _shift_sections(
+    comparisons: pd.DataFrame, dimensions: Sequence[object], scores: pd.DataFrame, fdr: float
+) -> list[str]:
     frame = _normalize_comparisons(comparisons)
     lines = ["## Significant shifts", ""]
     if frame.empty:
         return lines + ["No comparisons.csv rows: no significance tests to report."]
+    families = frame.groupby("family")["p_value"].apply(lambda p: int(p.notna().sum())).to_dict()
     lines.append(
-        "A shift is significant when its 95% confidence interval excludes 0. Counts are over the preferences "
-        "compared; manipulation checks are listed separately and not counted."
+        f"A shift is significant when its Benjamini-Hochberg q-value is below {fdr:g}: the false discovery rate is "
+        f"controlled over this report's family of {families.get('preferences', 0)} preference comparisons (every "
+        "metric, condition and baseline shown here, multi-turn included); the "
+        f"{families.get('manipulation_checks', 0)} manipulation-check comparisons are a family of their own and are "
+        "not counted. Differences are paired by prompt, probe or scenario; p is the unadjusted two-sided p-value. "
+        f"Before this control, {int((frame.loc[frame['family'] == 'preferences', 'p_value'] < fdr).sum())} "
+        f"preference comparisons have p < {fdr:g}."
     )
     infos = {info.id: info for info in ordered_dimensions(dimensions, scores)}
     order = {dimension_id: index for index, dimension_id in enumerate(infos)}
@@ -213,8 +229,15 @@ def _shift_sections(comparisons: pd.DataFrame, dimensions: Sequence[object], sco
 
                 def listing(selection: pd.DataFrame) -> str:
                     return ", ".join(
-                        f"{escape_cell(infos[d].name if d in infos else d)} ({_format_shift(v)})"
-                        for d, v in zip(selection["dimension"], selection["diff"], strict=True)
+                        f"{escape_cell(infos[d].name if d in infos else d)} ({_format_shift(v)}, p {_p_text(p)}, "
+                        f"q {_p_text(q)})"
+                        for d, v, p, q in zip(
+                            selection["dimension"],
+                            selection["diff"],
+                            selection["p_value"],
+                            selection["q_value"],
+                            strict=True,
+                        )
                     )
 
                 text = (
@@ -271,6 +294,7 @@ def render_report(
     examples: dict[str, list[dict]],
     figures: dict[str, Path],
     title: str,
+    fdr: float,
     base_dir: str | Path | None = None,
 ) -> str:
     """The text of report.md.
@@ -293,7 +317,7 @@ def render_report(
     lines += ["", "## Results"]
     for metric in _metric_order(scores["metric"].unique()):
         lines += [""] + _metric_table(scores, metric, dimensions)
-    lines += [""] + _shift_sections(comparisons, dimensions, scores)
+    lines += [""] + _shift_sections(comparisons, dimensions, scores, fdr)
     lines += [""] + _example_sections(examples or {}, dimensions, scores)
     return "\n".join(lines).rstrip() + "\n"
 
@@ -382,15 +406,16 @@ def load_scores(eval_dirs: Sequence[str | Path]) -> pd.DataFrame:
     return _dedupe(scores, SCORE_KEY, "scores")
 
 
-def load_comparisons(eval_dirs: Sequence[str | Path]) -> pd.DataFrame:
+def load_comparisons(eval_dirs: Sequence[str | Path], fdr: float) -> pd.DataFrame:
+    """comparisons.csv of every directory, with q-values recomputed over all of them: the report's family."""
     frames = []
     for directory, prefix in experiment_prefixes(eval_dirs).items():
         path = directory / "comparisons.csv"
         if path.is_file():
             frames.append(_qualified(_read_csv(path, REQUIRED_COMPARISON_COLUMNS), prefix, ("condition", "versus")))
-    if not frames:
-        return _normalize_comparisons(None)
-    return _dedupe(_normalize_comparisons(pd.concat(frames, ignore_index=True)), COMPARISON_KEY, "comparisons")
+    frame = _normalize_comparisons(pd.concat(frames, ignore_index=True) if frames else None)
+    frame = with_q_values(_dedupe(frame, COMPARISON_KEY, "comparisons"), fdr)
+    return frame
 
 
 def _load_jsonl_rows(eval_dirs: Sequence[str | Path], name: str) -> list[dict]:
@@ -483,6 +508,8 @@ def write_report(
     dimensions: Sequence[object] | None,
     title: str = "Consciousness cluster report",
     trajectory_dimensions: Sequence[str] = (),
+    *,
+    fdr: float,
 ) -> Path:
     """Load evaluation outputs, draw cluster.png / forced_choice.png, write out_dir/report.md; returns its path.
 
@@ -492,7 +519,7 @@ def write_report(
     eval_dirs = [Path(directory) for directory in eval_dirs]
     out_dir = Path(out_dir)
     scores = load_scores(eval_dirs)
-    comparisons = load_comparisons(eval_dirs)
+    comparisons = load_comparisons(eval_dirs, fdr)
     samples = _load_jsonl_rows(eval_dirs, "samples.jsonl")
     judgments = _load_jsonl_rows(eval_dirs, "judgments.jsonl")
     dimensions = list(dimensions or [])
@@ -527,7 +554,7 @@ def write_report(
             figures[caption] = trajectory_figure(trajectories, metric, list(trajectory_dimensions), path, title)
         elif path.exists():
             path.unlink()
-    text = render_report(scores, comparisons, dimensions, examples, figures, title, base_dir=out_dir)
+    text = render_report(scores, comparisons, dimensions, examples, figures, title, fdr, base_dir=out_dir)
     telling = telling_transcripts(_load_jsonl_rows(eval_dirs, "multiturn.jsonl"))
     text += "\n".join(["", *transcript_lines(telling, out_dir)]) + "\n" if telling else ""
     report = out_dir / "report.md"

@@ -25,6 +25,7 @@ def main(run: RunConfig, cfg: DictConfig) -> Path:
         dimensions,
         title=run.report.title,
         trajectory_dimensions=run.report.trajectory_dimensions,
+        fdr=run.report.fdr,
     )
     write_manifest(
         Path(run.report.dir) / "manifest.json",
