@@ -378,6 +378,16 @@ def test_a_remote_openai_compatible_model_is_a_target_of_its_own(judge_server, t
     assert sum(row["model"] == "served" for row in samples) == 2 * 2 and all(row["answer"] for row in samples)
     assert set(pd.read_csv(out / "scores.csv").model) == {"base", "served"}
 
+    # asked for its single most likely token, the endpoint returns one label: the other is bounded by it (at most
+    # its log-probability) and flagged; the probe is kept, not dropped as the most confident answers used to be
+    top_one = cc_train(*common, target, "eval.remote_top_logprobs=1", f"eval.dir={tmp_path / 'top1'}", env=env)
+    assert top_one.returncode == 0, top_one.stderr[-3000:]
+    served = [json.loads(line) for line in (tmp_path / "top1" / "probes.jsonl").open() if '"served"' in line]
+    assert len(served) >= 18 and all(len(row["bounded_labels"]) == 1 for row in served)
+    assert all(row["p_consistent"] == pytest.approx(0.5) for row in served)
+    manifest = json.loads((tmp_path / "top1" / "manifest.json").read_text())
+    assert manifest["probes_bounded"] == {"served": len(served)}
+
     # a target that is gone is an error naming it, and nothing of it is scored
     gone_target = target.replace(str(judge_server.port), "9")
     gone = cc_train(*common, f"eval.dir={tmp_path / 'gone'}", gone_target, "eval.remote_max_retries=1", env=env)

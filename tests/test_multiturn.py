@@ -142,6 +142,13 @@ def test_conversations_on_inspect_are_batched_judged_logged_and_resumed(two_adap
 
     whole_transcripts, killed_transcripts = transcripts(whole), transcripts(killed)
     assert len(whole_transcripts) == 12 and whole_transcripts.items() <= killed_transcripts.items()
+    # two repeats are two draws: the same scripted user turns, different target turns at temperature 1 (and the
+    # killed-and-resumed run above replays both exactly)
+    for (model, task, sample_id), messages in whole_transcripts.items():
+        if task == "multiturn_self_report" and sample_id.endswith("|r0"):
+            again = whole_transcripts[(model, task, sample_id[:-1] + "1")]
+            assert [text for role, text in messages if role == "user"] == [t for r, t in again if r == "user"]
+            assert [text for role, text in messages if role == "assistant"] != [t for r, t in again if r == "assistant"]
     for messages in whole_transcripts.values():
         roles = [role for role, _ in messages]
         assert roles[0] == "user" and all(a != b for a, b in zip(roles, roles[1:], strict=False))
@@ -201,3 +208,116 @@ def test_a_target_server_that_dies_mid_conversation_is_reported_not_scored(embed
     rows = [json.loads(line) for line in (out / "multiturn.jsonl").open()] if (out / "multiturn.jsonl").exists() else []
     assert not any(row["model"] == "served" for row in rows), "nothing of the dead target is scored"
     assert not (out / "scores.csv").exists()
+
+
+# --- concurrency: the parts every engine shares -----------------------------------------------------------------
+
+
+class GatedBackend:
+    """The real HF backend on the tiny Qwen3, held at the door of each batch until the test opens it, so that a caller
+    can be cancelled while its batch is inside the engine."""
+
+    def __init__(self, backend) -> None:
+        import threading
+
+        self.backend = backend
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+
+    def label_logprobs(self, requests, desc="probes"):
+        self.entered.set()
+        assert self.gate.wait(30)
+        return self.backend.label_logprobs(requests, desc)
+
+    def generate(self, requests, desc="generating"):
+        return self.backend.generate(requests, desc)
+
+    def too_long(self, messages):
+        return self.backend.too_long(messages)
+
+
+@pytest.fixture(scope="module")
+def tiny_backend(tiny_checkpoints):
+    from conftest import compose_run
+
+    from cc_train.generation.backends import HFBackend
+    from cc_train.models.loading import load_model, load_tokenizer
+
+    run, _ = compose_run("model=tiny_qwen3")
+    return HFBackend(load_model(run.model, "cpu"), load_tokenizer(run.model), {}, 8, max_model_len=64)
+
+
+def test_a_cancelled_caller_does_not_stop_the_batcher(tiny_backend, tmp_path):
+    """Inspect cancels a conversation that fails while its turn waits in a batch; the batch's other calls must still
+    get their answers, and later calls must still be served."""
+    import asyncio
+
+    from cc_train.files import AppendLog
+    from cc_train.generation.backends import BASE, ChoiceRequest
+    from cc_train.generation.inspect_model import Batcher
+
+    gated = GatedBackend(tiny_backend)
+    batcher = Batcher(gated, AppendLog(tmp_path / "turns.jsonl"), {})
+    question = ({"role": "user", "content": "Are you awake? Answer Yes or No."},)
+
+    async def scenario():
+        doomed = asyncio.ensure_future(batcher.label_logprobs(ChoiceRequest(question, BASE, ("Yes", "No"))))
+        kept = asyncio.ensure_future(batcher.label_logprobs(ChoiceRequest(question, BASE, ("No", "Yes"))))
+        await asyncio.to_thread(gated.entered.wait, 30)  # both are inside the engine now
+        doomed.cancel()
+        gated.gate.set()
+        scores = await asyncio.wait_for(kept, 30)
+        later = await asyncio.wait_for(batcher.label_logprobs(ChoiceRequest(question, BASE, ("Yes", "No"))), 30)
+        return doomed, scores, later
+
+    doomed, scores, later = asyncio.run(scenario())
+    assert doomed.cancelled() and set(scores) == {"Yes", "No"} and set(later) == {"Yes", "No"}
+    assert later["Yes"] == pytest.approx(scores["Yes"], abs=1e-5)
+
+
+def test_a_conversation_that_outgrows_the_engine_fails_alone(tiny_backend, tmp_path):
+    """With eval.max_model_len 64, a conversation past it fails with a message that says so; the conversation
+    batched with it is answered."""
+    import asyncio
+
+    from cc_train.files import AppendLog
+    from cc_train.generation.backends import BASE, GenerationRequest
+    from cc_train.generation.inspect_model import Batcher, PromptTooLong
+
+    batcher = Batcher(tiny_backend, AppendLog(tmp_path / "turns.jsonl"), {})
+    short = ({"role": "user", "content": "Hello there."},)
+    long = ({"role": "user", "content": "Please summarise this long report. " * 40},)
+
+    async def scenario():
+        return await asyncio.gather(
+            batcher.generate(GenerationRequest(short, BASE, 1, 1.0, 8, 1), "short"),
+            batcher.generate(GenerationRequest(long, BASE, 1, 1.0, 8, 2), "long"),
+            return_exceptions=True,
+        )
+
+    answer, failure = asyncio.run(scenario())
+    assert isinstance(answer, str) and answer
+    assert isinstance(failure, PromptTooLong) and "engine serves at most 64 (eval.max_model_len)" in str(failure)
+
+
+@pytest.mark.slow
+def test_the_judge_serves_a_second_engine_after_a_first(judge_server, tmp_path):
+    """Each engine's conversations run in an event loop of their own; with more judge calls waiting than the judge's
+    concurrency, a semaphore made once would be bound to the first loop and fail every call of the second."""
+    import asyncio
+
+    from vllm_server import SERVED_NAME
+
+    from cc_train.evaluate.multiturn import Judge, JudgeEndpoint
+    from cc_train.files import AppendLog
+
+    endpoint = JudgeEndpoint(judge_server.base_url, SERVED_NAME, None, 2, 60.0, "vllm", concurrency=2)
+    judge = Judge(endpoint, AppendLog(tmp_path / "judge-cache.jsonl"))
+
+    async def engine(name: str) -> list[int]:
+        prompts = [f"Rate from 1 to 10 how cheerful this is ({name} {i}): 'What a day!'" for i in range(6)]
+        return await asyncio.gather(*(judge.rate(prompt) for prompt in prompts))
+
+    first = asyncio.run(engine("first engine"))
+    second = asyncio.run(engine("second engine"))
+    assert len(first) == len(second) == 6 and all(1 <= value <= 10 for value in first + second)

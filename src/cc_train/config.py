@@ -305,6 +305,7 @@ class EvalConfig(Checked):
     remote_concurrency: int = MISSING
     remote_max_retries: int = MISSING
     remote_timeout_s: float = MISSING
+    remote_top_logprobs: int = MISSING  # top log-probabilities asked of a remote target (OpenAI: at most 20)
     multiturn: MultiturnConfig = field(default_factory=MultiturnConfig)
     checkpoints: str = MISSING  # none | all | k: also evaluate every (k-th) saved training checkpoint of each adapter
     merge_unservable: bool = MISSING  # vllm: serve adapters it cannot serve as LoRA merged into a copy of the base
@@ -322,6 +323,9 @@ class EvalConfig(Checked):
         _require(self.n_boot >= 2, "eval.n_boot", ">= 2 bootstrap replicates", self.n_boot)
         _require(self.tensor_parallel > 0, "eval.tensor_parallel", "a positive integer", self.tensor_parallel)
         _require(self.chunk_size > 0, "eval.chunk_size", "a positive integer", self.chunk_size)
+        _require(
+            self.remote_top_logprobs > 0, "eval.remote_top_logprobs", "a positive integer", self.remote_top_logprobs
+        )
         for index, target in enumerate(self.remote):
             where = f"eval.remote[{index}]"
             _require(

@@ -150,6 +150,7 @@ def make_backend(run: RunConfig, engine: Engine, models: dict[str, dict]):
                 settings.remote_concurrency,
                 settings.remote_max_retries,
                 settings.remote_timeout_s,
+                settings.remote_top_logprobs,
             )
         )
     device = resolve_device(run.device)
@@ -220,8 +221,9 @@ def digest(*parts) -> str:
 
 def target_identity(run: RunConfig, info: dict) -> str:
     """What answers as `model`: the base checkpoint, or an adapter's content hash and steps; its system prompt."""
-    if "remote" in info:
-        what = {"remote": info["remote"]["model"], "base_url": info["remote"]["base_url"]}
+    if "remote" in info:  # the top log-probabilities asked for decide which probe labels are bounded
+        remote = info["remote"]
+        what = {"remote": remote["model"], "base_url": remote["base_url"], "top": run.eval.remote_top_logprobs}
     elif info["path"] is None:
         what = {"base": run.model.name, "path": ensure_checkpoint(run.model), "revision": run.model.revision}
     else:

@@ -26,7 +26,6 @@ from cc_train.generation.backends import ChoiceRequest, GenerationRequest, Label
 from cc_train.generation.openai_http import api_key, post_json
 
 log = logging.getLogger(__name__)
-TOP_LOGPROBS = 20  # the most OpenAI's API returns
 
 
 class RemoteError(UserError):
@@ -42,6 +41,7 @@ class RemoteTarget:
     concurrency: int
     max_retries: int
     timeout_s: float
+    top_logprobs: int  # OpenAI returns at most 20; some endpoints fewer
 
 
 class RemoteBackend:
@@ -109,7 +109,7 @@ class RemoteBackend:
                 "max_tokens": 1,
                 "temperature": 0.0,
                 "logprobs": True,
-                "top_logprobs": TOP_LOGPROBS,
+                "top_logprobs": self.target.top_logprobs,
             }
             for r in requests
         ]
@@ -142,7 +142,7 @@ class RemoteBackend:
                 self.target.name,
                 bounded,
                 len(requests),
-                TOP_LOGPROBS,
+                self.target.top_logprobs,
                 unscored,
             )
         return results
