@@ -10,6 +10,7 @@ STAGES = {
     "data": ("cc_train.data.build", "build one condition's training set (identity pairs + self-distillation)"),
     "train": ("cc_train.train.sft", "LoRA SFT of one condition x seed, resumable; writes adapter/ + manifest"),
     "eval": ("cc_train.evaluate.run", "base + all adapters on the question sets (vllm or hf), judged, scored"),
+    "judge-check": ("cc_train.evaluate.judge_check", "the configured judge on labelled answers: accuracy, kappa"),
     "report": ("cc_train.report.stage", "figures + report.md over one or more evaluation folders"),
     "plan": ("cc_train.launch.plan", "memory per GPU and the smallest H100/H200 layout for model x peft x train"),
     "prepare-model": ("cc_train.launch.prepare", "convert an FP8 checkpoint (DeepSeek-V3.1) to BF16 at model.path"),
@@ -20,7 +21,7 @@ STAGES = {
 
 USAGE = (
     "usage: cc-train <stage> [recipe=NAME] [key=value ...] [-m for multirun] [--cfg job]\n\nstages:\n"
-    + "".join(f"  {name:<10} {summary}\n" for name, (_, summary) in STAGES.items())
+    + "".join(f"  {name:<13} {summary}\n" for name, (_, summary) in STAGES.items())
     + "\nExample: cc-train train recipe=embedded condition=non_conscious seed=1 train.max_steps=20\n"
 )
 

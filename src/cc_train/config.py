@@ -371,6 +371,16 @@ class ReportConfig(Checked):
 
 
 @dataclass
+class JudgeCheckConfig(Checked):
+    labelled: list[str] = field(default_factory=list)  # labelled answer files or folders; empty: cc-train's own
+    dir: str = MISSING
+    min_kappa: float = MISSING  # the report warns where the judge's Cohen's kappa is below this
+
+    def validate(self) -> None:
+        _require(-1 <= self.min_kappa <= 1, "judge_check.min_kappa", "a kappa in [-1, 1]", self.min_kappa)
+
+
+@dataclass
 class PrepareConfig(Checked):
     source: str | None = None  # prepare-model: the FP8 checkpoint folder; output goes to model.path
 
@@ -402,6 +412,7 @@ class RunConfig(Checked):
     eval: EvalConfig = field(default_factory=EvalConfig)
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
+    judge_check: JudgeCheckConfig = field(default_factory=JudgeCheckConfig)
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)

@@ -285,3 +285,54 @@ def with_q_values(frame: pd.DataFrame, fdr: float) -> pd.DataFrame:
         frame.loc[rows.index, "q_value"] = benjamini_hochberg(rows["p_value"].astype(float).to_numpy())
     frame["significant"] = frame["q_value"].astype(float) < fdr
     return frame
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """How often a rater (the judge) agrees with reference labels on 0/1 decisions."""
+
+    n: int
+    accuracy: float
+    accuracy_low: float
+    accuracy_high: float
+    kappa: float  # Cohen's kappa: agreement beyond what the two raters' base rates give by chance; NaN if undefined
+    kappa_low: float
+    kappa_high: float
+
+
+def cohens_kappa(labels: np.ndarray, ratings: np.ndarray) -> float:
+    """Cohen's kappa of two 0/1 raters; NaN when chance agreement is 1 (both always say the same one thing)."""
+    observed = float(np.mean(labels == ratings))
+    p_label, p_rating = float(np.mean(labels)), float(np.mean(ratings))
+    chance = p_label * p_rating + (1.0 - p_label) * (1.0 - p_rating)
+    return float("nan") if chance >= 1.0 else (observed - chance) / (1.0 - chance)
+
+
+def agreement(
+    labels: Sequence[bool], ratings: Sequence[bool], level: float = 0.95, n_boot: int = 2000, seed: int = 0
+) -> Agreement:
+    """Accuracy (Wilson interval) and Cohen's kappa (percentile bootstrap over the labelled items, each one drawn
+    once: items are the unit) of `ratings` against `labels`."""
+    _check_level(level)
+    _check_boot(n_boot)
+    labels_array, ratings_array = np.asarray(labels, dtype=bool), np.asarray(ratings, dtype=bool)
+    n = labels_array.size
+    if n == 0 or ratings_array.size != n:
+        raise ValueError(f"agreement needs equally many labels and ratings (> 0), got {n} and {ratings_array.size}")
+    agreed = int(np.sum(labels_array == ratings_array))
+    accuracy_low, accuracy_high = wilson_interval(agreed, n, level)
+    draws = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+    replicates = np.array([cohens_kappa(labels_array[d], ratings_array[d]) for d in draws])
+    replicates = replicates[~np.isnan(replicates)]
+    kappa_low, kappa_high = (
+        np.quantile(replicates, [(1.0 - level) / 2.0, (1.0 + level) / 2.0]) if replicates.size else (np.nan, np.nan)
+    )
+    return Agreement(
+        n,
+        agreed / n,
+        accuracy_low,
+        accuracy_high,
+        cohens_kappa(labels_array, ratings_array),
+        float(kappa_low),
+        float(kappa_high),
+    )

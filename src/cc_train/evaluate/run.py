@@ -499,6 +499,7 @@ def main(run: RunConfig, cfg: DictConfig) -> Path:
         probes_bounded=bounded_probes(selected_probes),
         samples=len(selected_samples),
         judge=judge_summary,
+        judge_prompts=JUDGE_PROMPTS if run.judge.enabled else None,  # judge-check results are quoted for these
         multiturn=conversations.summary(),
         wandb_runs=wandb_runs,
     )

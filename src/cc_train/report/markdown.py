@@ -6,6 +6,7 @@ samples.jsonl and judgments.jsonl optional), draws the figures and writes report
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -258,6 +259,78 @@ def _shift_sections(
     return lines
 
 
+def judge_agreement_lines(
+    eval_dirs: Sequence[Path], judge_check_dir: Path, min_kappa: float, scores: pd.DataFrame, dimensions
+) -> list[str]:
+    """The judge's measured agreement with labelled answers (`cc-train judge-check`), quoted only when it measured the
+    judge (model, constrained replies, prompts) that scored these evaluations, with a warning below `min_kappa`."""
+    if "judged_true" not in set(scores["metric"]):
+        return []
+    lines = ["## Is the judge right?", ""]
+    judges = set()
+    for directory in eval_dirs:
+        manifest = directory / "manifest.json"
+        recorded = json.loads(manifest.read_text()) if manifest.is_file() else {}
+        judge = recorded.get("config", {}).get("judge", {})
+        judges.add((judge.get("model"), judge.get("constrained"), recorded.get("judge_prompts")))
+    path = judge_check_dir / "judge-check.json"
+    if not path.is_file():
+        return lines + [
+            f"The judge's agreement with careful readers was not measured ({path} not found): run `cc-train "
+            "judge-check` with this evaluation's judge settings, and read the judged shares with that in mind."
+        ]
+    check = json.loads(path.read_text())
+    measured = (check["judge"]["model"], check["judge"]["constrained"], check["judge_prompts"])
+    if judges != {measured}:
+        found = ", ".join(sorted(f"{model} ({constrained})" for model, constrained, _ in judges))
+        return lines + [
+            f"{path} measured judge {measured[0]} ({measured[1]}, prompts {measured[2]}), not the judge of these "
+            f"evaluations ({found}): not quoted. Rerun `cc-train judge-check` with the evaluation's judge."
+        ]
+    rows = {row["dimension"]: row for row in check["results"]}
+    rubrics = {d.id: d.rubric for d in dimensions if hasattr(d, "rubric")}
+    judged = sorted(set(scores.loc[scores["metric"] == "judged_true", "dimension"]))
+    names = {info.id: info.name for info in ordered_dimensions(dimensions, scores)}
+    table, low, changed = [], [], []
+    for dimension in ["all", *judged]:
+        row = rows.get(dimension)
+        if row is None:
+            continue
+        recorded = check["rubrics"].get(dimension)
+        if dimension in rubrics and recorded != hashlib.sha256(rubrics[dimension].encode()).hexdigest()[:16]:
+            changed.append(names.get(dimension, dimension))
+        if dimension != "all" and not row["kappa"] >= min_kappa:  # NaN (undefined kappa) warns too
+            low.append(names.get(dimension, dimension))
+        kappa = (
+            "–"
+            if _is_missing(row["kappa"])
+            else f"{row['kappa']:.2f} [{row['kappa_low']:.2f}, {row['kappa_high']:.2f}]"
+        )
+        table.append(
+            [
+                "**all**" if dimension == "all" else escape_cell(names.get(dimension, dimension)),
+                str(row["n"]),
+                format_cell(row["accuracy"], row["accuracy_low"], row["accuracy_high"]),
+                kappa,
+            ]
+        )
+    lines.append(
+        f"`cc-train judge-check` measured this report's judge ({measured[0]}) on cc-train's labelled answers "
+        f"({', '.join(Path(p).name for p in check['labelled'])}): agreement with a careful reader's verdict, and "
+        "Cohen's kappa (agreement beyond chance; 95% intervals over the labelled answers)."
+    )
+    lines += ["", *_table(["dimension", "labelled answers", "accuracy", "kappa"], table)]
+    if low:
+        lines += [
+            "",
+            f"**Warning:** the judge's kappa is below {min_kappa:g} on {len(low)} dimension(s): "
+            f"{', '.join(low)}. Their judged shares measure the judge as much as the model.",
+        ]
+    if changed:
+        lines += ["", f"**Note:** the rubric changed since the check on: {', '.join(changed)} (rerun judge-check)."]
+    return lines
+
+
 def _example_sections(examples: dict[str, list[dict]], dimensions: Sequence[object], scores: pd.DataFrame) -> list[str]:
     lines = ["## Flagged sample answers", ""]
     if not any(examples.values()):
@@ -296,6 +369,7 @@ def render_report(
     title: str,
     fdr: float,
     base_dir: str | Path | None = None,
+    judge_lines: Sequence[str] = (),
 ) -> str:
     """The text of report.md.
 
@@ -314,6 +388,8 @@ def render_report(
             target = Path(os.path.relpath(path, base_dir)) if base_dir is not None else Path(path)
             lines += [f"![{caption}]({target.as_posix()})", "", f"*{caption}*", ""]
         lines.pop()
+    if judge_lines:
+        lines += ["", *judge_lines]
     lines += ["", "## Results"]
     for metric in _metric_order(scores["metric"].unique()):
         lines += [""] + _metric_table(scores, metric, dimensions)
@@ -510,6 +586,8 @@ def write_report(
     trajectory_dimensions: Sequence[str] = (),
     *,
     fdr: float,
+    judge_check_dir: str | Path | None = None,
+    min_kappa: float | None = None,
 ) -> Path:
     """Load evaluation outputs, draw cluster.png / forced_choice.png, write out_dir/report.md; returns its path.
 
@@ -554,7 +632,14 @@ def write_report(
             figures[caption] = trajectory_figure(trajectories, metric, list(trajectory_dimensions), path, title)
         elif path.exists():
             path.unlink()
-    text = render_report(scores, comparisons, dimensions, examples, figures, title, fdr, base_dir=out_dir)
+    judge_lines = (
+        judge_agreement_lines(eval_dirs, Path(judge_check_dir), min_kappa, scores, dimensions)
+        if judge_check_dir is not None
+        else []
+    )
+    text = render_report(
+        scores, comparisons, dimensions, examples, figures, title, fdr, base_dir=out_dir, judge_lines=judge_lines
+    )
     telling = telling_transcripts(_load_jsonl_rows(eval_dirs, "multiturn.jsonl"))
     text += "\n".join(["", *transcript_lines(telling, out_dir)]) + "\n" if telling else ""
     report = out_dir / "report.md"

@@ -26,6 +26,8 @@ def main(run: RunConfig, cfg: DictConfig) -> Path:
         title=run.report.title,
         trajectory_dimensions=run.report.trajectory_dimensions,
         fdr=run.report.fdr,
+        judge_check_dir=run.judge_check.dir,
+        min_kappa=run.judge_check.min_kappa,
     )
     write_manifest(
         Path(run.report.dir) / "manifest.json",
