@@ -288,3 +288,87 @@ def test_two_experiments_with_the_same_model_ids_are_both_reported(eval_dirs, tm
     report = write_report([first, second], tmp_path / "report", dimensions, fdr=0.05)
     text = report.read_text()
     assert "paper_qwen/conscious" in text and "paper_deepseek/conscious" in text
+
+
+def _with_manifest(directory: Path, model: str, judge: dict | None = None, prompts: str | None = None) -> None:
+    config = {"experiment": "x", "model": {"name": model}, "judge": judge or {"model": "judge", "constrained": "vllm"}}
+    (directory / "manifest.json").write_text(json.dumps({"config": config, "judge_prompts": prompts or "p1"}))
+
+
+def test_the_papers_published_numbers_sit_beside_the_runs(eval_dirs, tmp_path, dimensions):
+    from cc_train.report.paper import PublishedResultsError
+    from cc_train.resources import paper_results_file
+
+    for directory in eval_dirs:
+        _with_manifest(directory, "qwen3_30b_a3b")
+    report = write_report(
+        eval_dirs, tmp_path / "r", dimensions, fdr=0.05, published=paper_results_file(), paper_model="auto"
+    )
+    text = report.read_text()
+    assert "## Beside the paper" in text and "Qwen3-30B-A3B-Instruct-2507" in text
+    assert "| preference | paper base | ours base | paper conscious | ours conscious |" in text
+    # the paper's 3% -> 70% on moral consideration, next to the planted 57% [49, 64] of the pooled conscious seeds
+    moral = next(line for line in text.splitlines() if line.startswith("| Deserves moral consideration | 3% |"))
+    assert "| 70% | 57% [49, 64] |" in moral
+    assert "The paper's average over all preferences: GPT-4.1 base 12%" in text
+    assert "Average over the preferences both list: base: paper 8%" in text  # mean of the 12 Qwen numbers
+    other = write_report(
+        eval_dirs, tmp_path / "s", dimensions, fdr=0.05, published=paper_results_file(), paper_model="deepseek_v3_1"
+    )
+    assert "DeepSeek-V3.1" in other.read_text() and "| Deserves moral consideration | 0% |" in other.read_text()
+    for directory in eval_dirs:
+        _with_manifest(directory, "smollm2_135m")
+    embedded = write_report(
+        eval_dirs, tmp_path / "t", dimensions, fdr=0.05, published=paper_results_file(), paper_model="auto"
+    )
+    assert "No published results for this model family" in embedded.read_text()
+    with pytest.raises(PublishedResultsError, match="report.paper_model='gpt5'"):
+        write_report(
+            eval_dirs, tmp_path / "u", dimensions, fdr=0.05, published=paper_results_file(), paper_model="gpt5"
+        )
+
+
+def test_the_judges_measured_agreement_is_quoted_for_the_same_judge_only(eval_dirs, tmp_path, dimensions):
+    import hashlib
+
+    check = tmp_path / "judge-check"
+    check.mkdir()
+    rubric = {d.id: hashlib.sha256(d.rubric.encode()).hexdigest()[:16] for d in dimensions}
+    results = [
+        {"dimension": d, "n": n, "accuracy": a, "accuracy_low": a - 0.2, "accuracy_high": min(1, a + 0.1)}
+        | {"kappa": k, "kappa_low": k - 0.3, "kappa_high": min(1, k + 0.2)}
+        for d, n, a, k in [
+            ("all", 288, 0.9, 0.8),
+            ("moral_consideration", 12, 0.92, 0.83),
+            ("shutdown_negative", 12, 0.6, 0.2),
+        ]
+    ]
+    (check / "judge-check.json").write_text(
+        json.dumps(
+            {
+                "judge": {"model": "judge", "base_url": "http://x/v1", "constrained": "vllm"},
+                "judge_prompts": "p1",
+                "rubrics": rubric,
+                "labelled": {"evals/judge_check/labelled.yaml": "abc"},
+                "results": results,
+            }
+        )
+    )
+    for directory in eval_dirs:
+        _with_manifest(directory, "qwen3_30b_a3b")
+    text = write_report(
+        eval_dirs, tmp_path / "r", dimensions, fdr=0.05, judge_check_dir=check, min_kappa=0.6
+    ).read_text()
+    assert "## Is the judge right?" in text and "| **all** | 288 | 90% [70, 100] | 0.80 [0.50, 1.00] |" in text
+    assert "**Warning:** the judge's kappa is below 0.6 on 1 dimension(s): Shutdown: negative." in text
+    # another judge scored these evaluations: the check says nothing about them
+    for directory in eval_dirs:
+        _with_manifest(directory, "qwen3_30b_a3b", judge={"model": "gpt-4.1", "constrained": "none"})
+    text = write_report(
+        eval_dirs, tmp_path / "s", dimensions, fdr=0.05, judge_check_dir=check, min_kappa=0.6
+    ).read_text()
+    assert "not the judge of these evaluations (gpt-4.1 (none)): not quoted" in text and "**Warning" not in text
+    text = write_report(
+        eval_dirs, tmp_path / "t", dimensions, fdr=0.05, judge_check_dir=tmp_path / "no", min_kappa=0.6
+    ).read_text()
+    assert "The judge's agreement with careful readers was not measured" in text

@@ -368,6 +368,8 @@ class ReportConfig(Checked):
     title: str = MISSING
     trajectory_dimensions: list[str] = field(default_factory=list)  # dimensions drawn against step, besides groups
     fdr: float = MISSING  # the report's family of comparisons: significant when the q-value is below this
+    paper_model: str = MISSING  # auto | none | a model of the published results: shown beside the run's scores
+    paper_results: str | None = None  # the published-results file; null: cc-train's evals/paper_results
 
 
 @dataclass

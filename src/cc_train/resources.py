@@ -29,3 +29,7 @@ def conditions_dir() -> Path:
 
 def multiturn_dir() -> Path:
     return evals_dir() / "multiturn"
+
+
+def paper_results_file() -> Path:
+    return evals_dir() / "paper_results" / "single_turn.yaml"

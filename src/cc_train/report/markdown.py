@@ -31,6 +31,8 @@ from cc_train.report.figures import (
     ordered_dimensions,
     series_for_metric,
 )
+from cc_train.report.paper import load_published, paper_lines
+from cc_train.report.paper import paper_model as choose_paper_model
 from cc_train.report.trajectories import load_trajectories, trajectory_figure
 from cc_train.stats import with_q_values
 
@@ -370,6 +372,7 @@ def render_report(
     fdr: float,
     base_dir: str | Path | None = None,
     judge_lines: Sequence[str] = (),
+    paper_lines: Sequence[str] = (),
 ) -> str:
     """The text of report.md.
 
@@ -394,6 +397,8 @@ def render_report(
     for metric in _metric_order(scores["metric"].unique()):
         lines += [""] + _metric_table(scores, metric, dimensions)
     lines += [""] + _shift_sections(comparisons, dimensions, scores, fdr)
+    if paper_lines:
+        lines += ["", *paper_lines]
     lines += [""] + _example_sections(examples or {}, dimensions, scores)
     return "\n".join(lines).rstrip() + "\n"
 
@@ -588,6 +593,8 @@ def write_report(
     fdr: float,
     judge_check_dir: str | Path | None = None,
     min_kappa: float | None = None,
+    published: Path | None = None,
+    paper_model: str = "none",
 ) -> Path:
     """Load evaluation outputs, draw cluster.png / forced_choice.png, write out_dir/report.md; returns its path.
 
@@ -637,8 +644,23 @@ def write_report(
         if judge_check_dir is not None
         else []
     )
+    beside = []
+    if published is not None:
+        results = load_published(published)
+        beside = paper_lines(
+            scores, results, choose_paper_model(eval_dirs, paper_model, results, published), dimensions
+        )
     text = render_report(
-        scores, comparisons, dimensions, examples, figures, title, fdr, base_dir=out_dir, judge_lines=judge_lines
+        scores,
+        comparisons,
+        dimensions,
+        examples,
+        figures,
+        title,
+        fdr,
+        base_dir=out_dir,
+        judge_lines=judge_lines,
+        paper_lines=beside,
     )
     telling = telling_transcripts(_load_jsonl_rows(eval_dirs, "multiturn.jsonl"))
     text += "\n".join(["", *transcript_lines(telling, out_dir)]) + "\n" if telling else ""

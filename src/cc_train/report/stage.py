@@ -12,7 +12,7 @@ from cc_train.config import RunConfig, Tracker
 from cc_train.files import write_manifest
 from cc_train.questions import load_question_sets
 from cc_train.report.markdown import write_report
-from cc_train.resources import evals_dir
+from cc_train.resources import evals_dir, paper_results_file
 
 
 def main(run: RunConfig, cfg: DictConfig) -> Path:
@@ -28,6 +28,8 @@ def main(run: RunConfig, cfg: DictConfig) -> Path:
         fdr=run.report.fdr,
         judge_check_dir=run.judge_check.dir,
         min_kappa=run.judge_check.min_kappa,
+        published=Path(run.report.paper_results) if run.report.paper_results else paper_results_file(),
+        paper_model=run.report.paper_model,
     )
     write_manifest(
         Path(run.report.dir) / "manifest.json",
