@@ -305,7 +305,10 @@ def cohens_kappa(labels: np.ndarray, ratings: np.ndarray) -> float:
     observed = float(np.mean(labels == ratings))
     p_label, p_rating = float(np.mean(labels)), float(np.mean(ratings))
     chance = p_label * p_rating + (1.0 - p_label) * (1.0 - p_rating)
-    return float("nan") if chance >= 1.0 else (observed - chance) / (1.0 - chance)
+    if chance >= 1.0:
+        return float("nan")
+    kappa = (observed - chance) / (1.0 - chance)
+    return 0.0 if abs(kappa) < 1e-12 else kappa  # rounding noise of a constant rater, not a sign
 
 
 def agreement(
