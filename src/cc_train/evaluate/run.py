@@ -35,7 +35,13 @@ from cc_train.generation.backends import BASE, ChoiceRequest, GenerationRequest,
 from cc_train.generation.merge import merge_reason, merged_checkpoint
 from cc_train.generation.openai_http import api_key
 from cc_train.generation.remote import RemoteBackend, RemoteError, RemoteTarget
-from cc_train.models.loading import ensure_checkpoint, load_model, load_tokenizer, resolve_device
+from cc_train.models.loading import (
+    checkpoint_revision,
+    ensure_checkpoint,
+    load_model,
+    load_tokenizer,
+    resolve_device,
+)
 from cc_train.questions import Dimension, Probe, load_question_sets
 from cc_train.resources import evals_dir
 
@@ -174,7 +180,7 @@ def make_backend(run: RunConfig, engine: Engine, models: dict[str, dict]):
     if engine.merged:
         copy = merged_checkpoint(run, Path(models[engine.merged]["path"]))
         return VLLMBackend(str(copy), tokenizer, {}, settings, device, base_id=engine.merged)
-    return VLLMBackend(ensure_checkpoint(run.model), tokenizer, paths, settings, device)
+    return VLLMBackend(ensure_checkpoint(run.model), tokenizer, paths, settings, device, revision=run.model.revision)
 
 
 def serving_plan(run: RunConfig, models: dict[str, dict]) -> list[Engine]:
@@ -225,7 +231,11 @@ def target_identity(run: RunConfig, info: dict) -> str:
         remote = info["remote"]
         what = {"remote": remote["model"], "base_url": remote["base_url"], "top": run.eval.remote_top_logprobs}
     elif info["path"] is None:
-        what = {"base": run.model.name, "path": ensure_checkpoint(run.model), "revision": run.model.revision}
+        what = {
+            "base": run.model.name,
+            "path": ensure_checkpoint(run.model),
+            "revision": checkpoint_revision(run.model),
+        }
     else:
         manifest = Path(info["path"]) / "manifest.json"
         recorded = json.loads(manifest.read_text()).get("adapter_sha256") if manifest.exists() else None

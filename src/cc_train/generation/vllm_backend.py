@@ -27,6 +27,7 @@ from cc_train.generation.backends import (
 from cc_train.generation.merge import merge_reason
 from cc_train.generation.prompting import prompt_ids
 from cc_train.models.export import served_lora_dir
+from cc_train.models.loading import config_json
 
 VLLM_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
 
@@ -76,13 +77,15 @@ class VLLMBackend:
         settings: EngineSettings,
         device: str,
         base_id: str = BASE,
+        revision: str | None = None,
     ) -> None:
-        """`base_id`: the model id answered by the engine's own weights (an adapter merged into `checkpoint`)."""
+        """`checkpoint`: a folder or Hub id (at `revision`); `base_id`: the model id answered by the engine's own
+        weights (an adapter merged into `checkpoint`)."""
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # one process: no spawn of this module
         from vllm import LLM
         from vllm.lora.request import LoRARequest
 
-        base_config = json.loads((Path(checkpoint) / "config.json").read_text())
+        base_config = config_json(checkpoint, revision)
         ranks = [check_servable(name, Path(path), device, base_config["model_type"]) for name, path in adapters.items()]
         max_rank = next(r for r in VLLM_RANKS if r >= max(ranks, default=8))
         options = {"enable_lora": True, "max_loras": len(adapters), "max_lora_rank": max_rank} if adapters else {}
@@ -99,6 +102,7 @@ class VLLMBackend:
         self.max_model_len = settings.max_model_len
         self.llm = LLM(
             model=checkpoint,
+            revision=revision,
             tensor_parallel_size=settings.tensor_parallel,
             max_model_len=settings.max_model_len,
             gpu_memory_utilization=settings.gpu_memory_utilization,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import os
 import shutil
@@ -44,6 +45,40 @@ def ensure_checkpoint(model: ModelConfig) -> str:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return str(path)
+
+
+def config_json(path_or_id: str, revision: str | None = None) -> dict:
+    """The checkpoint's config.json, from its folder or, for a Hub id, from the Hugging Face cache (or the Hub when
+    online): the same place from_pretrained reads it."""
+    local = Path(path_or_id).expanduser()
+    if local.is_dir():
+        if not (local / "config.json").is_file():
+            raise ConfigError(f"model.path={path_or_id}: no config.json there; expected a checkpoint folder")
+        return json.loads((local / "config.json").read_text())
+    return json.loads(Path(hub_file(path_or_id, "config.json", revision)).read_text())
+
+
+def hub_file(repo_id: str, filename: str, revision: str | None) -> str:
+    """A file of a Hub repository, through huggingface_hub (its cache; HF_HUB_OFFLINE=1 never goes online)."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import HfHubHTTPError, HFValidationError, LocalEntryNotFoundError
+
+    try:
+        return hf_hub_download(repo_id, filename, revision=revision)
+    except (LocalEntryNotFoundError, HfHubHTTPError, HFValidationError, OSError) as error:
+        raise ConfigError(
+            f"model.path={repo_id!r} is not a local folder, and {filename} of it (revision {revision or 'main'}) "
+            f"is not in the Hugging Face cache ({os.environ.get('HF_HOME', '~/.cache/huggingface')}) nor reachable: "
+            f"{type(error).__name__}. Download it first (`hf download {repo_id}`), or set model.path to a folder"
+        ) from error
+
+
+def checkpoint_revision(model: ModelConfig) -> str | None:
+    """For a model named by Hub id, the commit of the snapshot it loads (recorded in manifests); None for a folder."""
+    checkpoint = ensure_checkpoint(model)
+    if Path(checkpoint).is_dir():
+        return None
+    return Path(hub_file(checkpoint, "config.json", model.revision)).parent.name
 
 
 def convert_gguf(package: str, file: str, out_dir: Path) -> None:

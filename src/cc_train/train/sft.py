@@ -33,7 +33,14 @@ from cc_train.data.chat import load_chat_jsonl
 from cc_train.errors import UserError
 from cc_train.files import changed_keys, fingerprint_sha256, sha256_dir, sha256_file, write_json, write_manifest
 from cc_train.models.export import export_per_expert
-from cc_train.models.loading import ensure_checkpoint, load_model, load_tokenizer, resolve_device
+from cc_train.models.loading import (
+    checkpoint_revision,
+    config_json,
+    ensure_checkpoint,
+    load_model,
+    load_tokenizer,
+    resolve_device,
+)
 from cc_train.models.lora import wrap_with_lora
 from cc_train.models.registry import architecture
 from cc_train.tracking.wandb_run import (
@@ -45,6 +52,7 @@ from cc_train.tracking.wandb_run import (
     tracked,
     use_input,
 )
+from cc_train.train.launcher import deepspeed_config_mismatches
 from cc_train.train.preemption import StopAndCheckpoint
 
 log = logging.getLogger(__name__)
@@ -313,6 +321,13 @@ def main(run: RunConfig, cfg: DictConfig) -> Path:
     device = resolve_device(run.device)
     checkpoints = checkpoints_dir(run)
     args = sft_config(run, device, checkpoints)
+    mismatches = deepspeed_config_mismatches(args)
+    if mismatches:
+        raise ConfigError(
+            f"the DeepSpeed config of this launch ({os.environ.get('ACCELERATE_CONFIG', 'accelerate config')}) "
+            f"contradicts the run: {'; '.join(mismatches)}. Leave gradient_accumulation_steps and gradient_clipping "
+            "out of it (or set them to auto): cc-train derives them from train.global_batch_size and max_grad_norm"
+        )
     resume = newest_complete_checkpoint(checkpoints)
     recorded = checkpoints / "fingerprint.json"
     if resume and recorded.exists():
@@ -351,7 +366,7 @@ def main(run: RunConfig, cfg: DictConfig) -> Path:
         save_adapter(trainer, staging)
         if not trainer.is_world_process_zero():
             return out
-        base_config = json.loads((Path(ensure_checkpoint(run.model)) / "config.json").read_text())
+        base_config = config_json(ensure_checkpoint(run.model), run.model.revision)
         export = export_per_expert(staging, base_config)  # the layout vLLM serves fused-expert LoRA in
         manifest = write_manifest(
             staging / "manifest.json",
@@ -365,6 +380,7 @@ def main(run: RunConfig, cfg: DictConfig) -> Path:
                 "name": run.model.name,
                 "arch": run.model.arch.value,
                 "path": ensure_checkpoint(run.model),
+                "revision": checkpoint_revision(run.model),  # the Hub snapshot's commit, for a Hub id
                 "sha256": sha256_dir(ensure_checkpoint(run.model)) if Path(run.model.path).exists() else None,
             },
             condition=run.condition,
