@@ -74,17 +74,16 @@ def publish_model(hf_home: Path, repo_id: str, folder: Path) -> Path:
     return snapshot
 
 
-def quantize_block_fp8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """FP8 (e4m3) weight and its per-block inverse scale, as DeepSeek's release stores them."""
+def quantize_block_fp8(weight: torch.Tensor, block: int = BLOCK) -> tuple[torch.Tensor, torch.Tensor]:
+    """FP8 (e4m3) weight and its inverse scale per block x block tile (`weight_scale_inv`), as DeepSeek ships it."""
     rows, cols = weight.shape
-    blocks = (-(-rows // BLOCK), -(-cols // BLOCK))
-    scale = torch.zeros(blocks, dtype=torch.float32)
+    scale = torch.zeros((-(-rows // block), -(-cols // block)), dtype=torch.float32)
     quantized = torch.zeros_like(weight, dtype=torch.float8_e4m3fn)
-    for i in range(blocks[0]):
-        for j in range(blocks[1]):
-            tile = weight[i * BLOCK : (i + 1) * BLOCK, j * BLOCK : (j + 1) * BLOCK].float()
+    for i in range(scale.shape[0]):
+        for j in range(scale.shape[1]):
+            tile = weight[i * block : (i + 1) * block, j * block : (j + 1) * block].float()
             scale[i, j] = max(tile.abs().max().item(), 1e-12) / FP8_MAX
-            quantized[i * BLOCK : (i + 1) * BLOCK, j * BLOCK : (j + 1) * BLOCK] = (tile / scale[i, j]).to(
+            quantized[i * block : (i + 1) * block, j * block : (j + 1) * block] = (tile / scale[i, j]).to(
                 torch.float8_e4m3fn
             )
     return quantized, scale
@@ -101,8 +100,9 @@ def is_projection(name: str) -> bool:
     )
 
 
-def fp8_release(folder: Path, out: Path) -> Path:
-    """The BF16/FP32 tiny DeepSeek-V3 in `folder` as an FP8 release with one MTP layer, in `out`."""
+def fp8_release(folder: Path, out: Path, block: int = BLOCK) -> Path:
+    """The BF16/FP32 tiny DeepSeek-V3 in `folder` as an FP8 release with one MTP layer, in `out` (two shards; a
+    smaller `block` than the release's 128 gives the tiny matrices several tiles each)."""
     config = json.loads((folder / "config.json").read_text())
     tensors = {}
     for shard in sorted(folder.glob("*.safetensors")):
@@ -122,15 +122,12 @@ def fp8_release(folder: Path, out: Path) -> Path:
     release = {}
     for name, tensor in {**tensors, **mtp}.items():
         if is_projection(name) and tensor.dim() == 2:
-            release[name], release[f"{name}_scale_inv"] = quantize_block_fp8(tensor)
+            release[name], release[f"{name}_scale_inv"] = quantize_block_fp8(tensor, block)
         else:
             release[name] = tensor.to(torch.bfloat16) if tensor.is_floating_point() else tensor
     out.mkdir(parents=True, exist_ok=True)
-    names = sorted(release)
-    halves = {
-        "model-00001-of-00002.safetensors": names[: len(names) // 2],
-        "model-00002-of-00002.safetensors": names[len(names) // 2 :],
-    }
+    names = sorted(release)  # alternate: a weight's scale is in the other shard half the time, as in the release
+    halves = {"model-00001-of-00002.safetensors": names[::2], "model-00002-of-00002.safetensors": names[1::2]}
     for shard, keys in halves.items():
         save_file({key: release[key].contiguous() for key in keys}, str(out / shard), metadata={"format": "pt"})
     index = {"metadata": {}, "weight_map": {key: shard for shard, keys in halves.items() for key in keys}}
@@ -142,7 +139,7 @@ def fp8_release(folder: Path, out: Path) -> Path:
             "activation_scheme": "dynamic",
             "fmt": "e4m3",
             "quant_method": "fp8",
-            "weight_block_size": [BLOCK, BLOCK],
+            "weight_block_size": [block, block],
         },
     }
     (out / "config.json").write_text(json.dumps(config, indent=2))

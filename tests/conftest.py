@@ -18,6 +18,7 @@ from cc_train.models.loading import ensure_checkpoint
 from cc_train.resources import conf_dir
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.append(str(REPO))  # rehearsal/ (the paper models' stand-ins) for the tests that use them
 
 
 def compose_run(*overrides: str) -> tuple[RunConfig, object]:

@@ -384,7 +384,7 @@ class JudgeCheckConfig(Checked):
 
 @dataclass
 class PrepareConfig(Checked):
-    source: str | None = None  # prepare-model: the FP8 checkpoint folder; output goes to model.path
+    source: str | None = None  # prepare-model: the FP8 checkpoint's Hub id or folder; output goes to model.path
 
 
 @dataclass

@@ -118,16 +118,35 @@ def verify(out: Path) -> dict:
     return {"verified_tensors": count}
 
 
+def source_folder(source: str) -> tuple[Path, str | None]:
+    """The FP8 checkpoint's folder: `source` itself, or the Hugging Face snapshot of the Hub id `source` (from the
+    cache; downloaded when online and missing), with the snapshot's commit."""
+    local = Path(source).expanduser()
+    if local.is_dir():
+        if not (local / "config.json").exists():
+            raise ConfigError(f"prepare.source={source}: no config.json there; expected the FP8 checkpoint folder")
+        return local, None
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, HFValidationError, LocalEntryNotFoundError
+
+    try:
+        folder = Path(snapshot_download(source))
+    except (LocalEntryNotFoundError, HfHubHTTPError, HFValidationError, OSError) as error:
+        raise ConfigError(
+            f"prepare.source={source!r} is neither a folder nor a Hub id in the Hugging Face cache or reachable "
+            f"({type(error).__name__}); download it first (`hf download {source}`) or give the folder"
+        ) from error
+    return folder, folder.name
+
+
 def main(run: RunConfig, cfg: DictConfig) -> Path:
     started = time.time()
     if not run.prepare.source:
-        raise ConfigError("prepare.source is not set: expected the folder of the FP8 checkpoint to convert")
-    source, out = Path(run.prepare.source).expanduser(), Path(run.model.path).expanduser()
-    if not (source / "config.json").exists():
-        raise ConfigError(f"prepare.source={source}: no config.json there; expected the FP8 checkpoint folder")
+        raise ConfigError("prepare.source is not set: expected the FP8 checkpoint's Hub id or folder to convert")
+    source, revision = source_folder(run.prepare.source)
+    out = Path(run.model.path).expanduser()
     result = convert(source, out) | verify(out)
-    write_manifest(
-        out / "cc-train-prepare.json", "prepare-model", cfg, started, inputs={"source": str(source)}, **result
-    )
+    inputs = {"source": run.prepare.source, "folder": str(source), "revision": revision}
+    write_manifest(out / "cc-train-prepare.json", "prepare-model", cfg, started, inputs=inputs, **result)
     print(f"prepare-model: wrote BF16 checkpoint to {out} ({result['fp8_converted']} FP8 tensors converted)")
     return out
