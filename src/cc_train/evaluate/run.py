@@ -97,11 +97,18 @@ def find_checkpoints(run: RunConfig, adapters: dict[str, dict]) -> dict[str, dic
     every = 1 if run.eval.checkpoints == "all" else int(run.eval.checkpoints)
     found = {}
     for name, info in adapters.items():
-        saved = sorted(
+        complete = sorted(
             (int(path.name.split("-")[1]), path)
             for path in (Path(info["path"]).parent / "checkpoints").glob("checkpoint-*")
-            if (path / "trainer_state.json").exists() and (path / "adapter_config.json").exists()
+            if (path / "trainer_state.json").exists()
         )
+        saved = [(step, path) for step, path in complete if (path / "adapter_config.json").exists()]
+        without = [path.name for step, path in complete if (step, path) not in saved]
+        if without:
+            print(
+                f"eval: {name}: {len(without)} checkpoint(s) hold no adapter and are not evaluated "
+                f"({', '.join(without)}): sharded FSDP checkpoints from before cc-train added adapters to them"
+            )
         for number, (step, path) in enumerate(saved, start=1):
             if number % every == 0 and step != info["step"]:
                 found[f"{name}@step{step}"] = {**info, "path": path, "step": step, "checkpoint": True}

@@ -68,13 +68,9 @@ class HFBackend:
         self.max_model_len = max_model_len or model.config.max_position_embeddings
         self.model = model
         if adapters:
-            from cc_train.models.lora import load_adapter
+            from cc_train.models.lora import load_adapters
 
-            names = iter(adapters.items())
-            first_name, first_path = next(names)
-            self.model = load_adapter(model, first_path, name=first_name)
-            for name, path in names:
-                self.model.load_adapter(str(path), adapter_name=name)
+            self.model = load_adapters(model, adapters)
         self.model.eval()
         self.adapters = set(adapters or ())
         # PEFT mixes adapters in one batch (adapter_names) except for LoRA on fused expert parameters; then

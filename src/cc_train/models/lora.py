@@ -73,6 +73,18 @@ def load_adapter(
         return PeftModel.from_pretrained(model, str(adapter_dir), adapter_name=name, is_trainable=trainable)
 
 
+def load_adapters(model: PreTrainedModel, adapters: dict[str, str | Path]) -> PeftModel:
+    """Several adapters on one base, each adapting exactly what it names (PEFT's rewrite would turn a second
+    adapter's dense gate/up/down targets into fused-expert parameters, and refuse or mis-adapt it)."""
+    names = iter(adapters.items())
+    first_name, first_path = next(names)
+    peft_model = load_adapter(model, first_path, name=first_name)
+    with exact_targets():
+        for name, path in names:
+            peft_model.load_adapter(str(path), adapter_name=name)
+    return peft_model
+
+
 def _category(name: str, arch: Arch) -> str:
     spec = architecture(arch)
     leaf = name.rsplit(".", 1)[-1]

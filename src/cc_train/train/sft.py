@@ -23,7 +23,7 @@ import torch
 from datasets import Dataset
 from omegaconf import DictConfig
 from peft.tuners.tuners_utils import BaseTunerLayer
-from transformers import Trainer, set_seed
+from transformers import Trainer, TrainerCallback, set_seed
 from transformers.trainer_pt_utils import LengthGroupedSampler
 from trl import SFTConfig, SFTTrainer
 
@@ -260,10 +260,16 @@ def register_zero3_leaves(model, run: RunConfig) -> None:
 
 
 def save_adapter(trainer: SFTTrainer, directory: Path) -> None:
-    """Write the LoRA adapter (PEFT format) to `directory` from rank 0. Every rank must call this: the weights
-    are gathered first. Under FSDP only the LoRA tensors are gathered, never the frozen base."""
+    """Write the LoRA adapter (PEFT format) to `directory`, replacing what a killed save left there. Every rank must
+    call this: the weights are gathered first."""
     if trainer.is_world_process_zero() and directory.exists():
         shutil.rmtree(directory)  # left by a run killed while saving
+    write_adapter(trainer, directory)
+
+
+def write_adapter(trainer: SFTTrainer, directory: Path) -> None:
+    """The LoRA weights as a PEFT adapter in `directory`, written by rank 0 after every rank took part in gathering
+    them. Under FSDP only the LoRA tensors are gathered, never the frozen base."""
     model = trainer.accelerator.unwrap_model(trainer.model)
     if trainer.is_deepspeed_enabled:
         trainer.save_model(str(directory))  # under ZeRO-3 this gathers the trainable (LoRA) weights only
@@ -278,6 +284,23 @@ def save_adapter(trainer: SFTTrainer, directory: Path) -> None:
         model.save_pretrained(str(directory))
     if trainer.is_world_process_zero():
         check_saved(model, directory)
+
+
+class AdapterInEveryCheckpoint(TrainerCallback):
+    """Under FSDP with a sharded state dict (slurm/accelerate/fsdp.yaml) the Trainer writes only its own shards into
+    `checkpoint-N/`, no adapter, so evaluating checkpoints (trajectories) would find none. After each save every
+    rank gathers the LoRA tensors and rank 0 adds them to the checkpoint as a PEFT adapter."""
+
+    def __init__(self) -> None:
+        self.trainer: SFTTrainer | None = None
+
+    def on_save(self, args, state, control, **kwargs):
+        trainer = self.trainer
+        if trainer is not None and trainer.is_fsdp_enabled:
+            sharded = "FULL_STATE_DICT" not in str(trainer.accelerator.state.fsdp_plugin.state_dict_type)
+            if sharded:  # the same decision on every rank: the gather is collective
+                write_adapter(trainer, Path(args.output_dir) / f"checkpoint-{state.global_step}")
+        return control
 
 
 def check_saved(model, directory: Path) -> None:
@@ -307,10 +330,22 @@ def loss_summary(log_history: list[dict]) -> dict:
     }
 
 
+def dataset_of_this_rank(run: RunConfig, cfg: DictConfig) -> Path:
+    """Rank 0 builds the dataset (or rebuilds it, when its inputs changed); the other ranks of a launch wait until
+    it matches the config, instead of all generating the same self-distilled answers at once."""
+    if int(os.environ.get("RANK", "0")) == 0:
+        return data_build.ensure_dataset(run, cfg)
+    if data_build.stale_keys(run) != []:
+        print(f"train: rank {os.environ['RANK']} waits for rank 0 to build {data_build.dataset_path(run)}")
+        while data_build.stale_keys(run) != []:
+            time.sleep(2)
+    return data_build.dataset_path(run)
+
+
 def main(run: RunConfig, cfg: DictConfig) -> Path:
     started = time.time()
     out = adapter_dir(run)
-    data_file = data_build.ensure_dataset(run, cfg)
+    data_file = dataset_of_this_rank(run, cfg)
     current = fingerprint(run, data_file)
     if is_complete(run):
         refuse_if_stale(json.loads((out / "manifest.json").read_text()).get("fingerprint", {}), current, out, run)
@@ -351,10 +386,11 @@ def main(run: RunConfig, cfg: DictConfig) -> Path:
 
     # train
     with tracked(run, cfg, "train", f"train-{run.condition}-seed{run.seed}", Path(run.train.dir)) as wandb_run:
-        stop = StopAndCheckpoint()
+        stop, adapters = StopAndCheckpoint(), AdapterInEveryCheckpoint()
         trainer = LoraSFTTrainer(
-            model=model, args=args, train_dataset=dataset, processing_class=tokenizer, callbacks=[stop]
+            model=model, args=args, train_dataset=dataset, processing_class=tokenizer, callbacks=[stop, adapters]
         )
+        adapters.trainer = trainer
         if resume:
             print(f"train: resuming from {resume}")
         with stop:
