@@ -1,11 +1,8 @@
 """`cc-train plan`: per-GPU memory of a LoRA run and the smallest H100 / H200 layout that fits it.
 
-Nothing is downloaded and no weights are loaded. The model's shape comes from, in this order:
-1. `model.path/config.json` when `model.path` is a local checkpoint directory (read with
-   `transformers.AutoConfig.from_pretrained(path, local_files_only=True)`);
-2. `PUBLISHED_CONFIGS` below: the architecture constants of the two production models, copied from
-   their published config.json on the Hugging Face Hub;
-3. for `model.build.kind=tiny`, the config the tiny builder would write (`cc_train.models.tiny.tiny_config`).
+Nothing is downloaded and no weights are loaded. The model's shape comes from models/shapes.py: a local
+checkpoint's config.json, a Hub id's config.json in the Hugging Face cache, the published config of the two
+production models, or the tiny builder's config.
 
 Every tensor of the model is listed with its real shape (the same modules transformers 5 builds,
 fused 3-D routed experts included), so parameter counts are exact: tests/test_plan.py checks them
@@ -35,14 +32,21 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 from omegaconf import DictConfig
 
-from cc_train.config import Arch, BuildKind, ConfigError, DType, ModelConfig, PeftConfig, Preset, RunConfig, TrainConfig
+from cc_train.config import Arch, DType, ModelConfig, PeftConfig, Preset, RunConfig, TrainConfig
 from cc_train.models.registry import preset_targets
+from cc_train.models.shapes import (  # noqa: F401 - the planner's public names (tests use them through plan)
+    MODEL_ALIASES,
+    PUBLISHED_CONFIGS,
+    Shape,
+    known_model,
+    published_shape,
+    resolve_shape,
+    shape_from_config,
+)
 
 GIB = 1024**3
 GB = 1e9
@@ -57,186 +61,11 @@ FRAGMENTATION = 0.10  # the caching allocator's fragmentation, as a share of eve
 LORA_BYTES_PER_PARAM = 16  # fp32 weight (PEFT upcasts bf16 adapters) + fp32 grad + AdamW's two fp32 moments
 NF4_BYTES_PER_PARAM = 0.5 + 4 / 64  # 4-bit code + one fp32 absmax per 64-weight block (no double quantization)
 
-# The published config.json values (the keys and values of the files on the Hub) of the production models.
-PUBLISHED_CONFIGS: dict[str, dict[str, Any]] = {
-    # https://huggingface.co/Qwen/Qwen3-30B-A3B-Instruct-2507/blob/main/config.json
-    "Qwen/Qwen3-30B-A3B-Instruct-2507": {
-        "model_type": "qwen3_moe",
-        "hidden_size": 2048,
-        "num_hidden_layers": 48,
-        "num_attention_heads": 32,
-        "num_key_value_heads": 4,
-        "head_dim": 128,
-        "intermediate_size": 6144,  # unused: no layer is dense (mlp_only_layers is empty)
-        "moe_intermediate_size": 768,
-        "num_experts": 128,
-        "num_experts_per_tok": 8,
-        "decoder_sparse_step": 1,
-        "mlp_only_layers": [],
-        "vocab_size": 151936,
-        "tie_word_embeddings": False,
-        "attention_bias": False,
-    },
-    # https://huggingface.co/deepseek-ai/DeepSeek-V3.1/blob/main/config.json
-    "deepseek-ai/DeepSeek-V3.1": {
-        "model_type": "deepseek_v3",
-        "hidden_size": 7168,
-        "num_hidden_layers": 61,
-        "first_k_dense_replace": 3,
-        "intermediate_size": 18432,  # the 3 dense layers
-        "moe_intermediate_size": 2048,
-        "n_routed_experts": 256,
-        "n_shared_experts": 1,
-        "num_experts_per_tok": 8,
-        "num_attention_heads": 128,
-        "num_key_value_heads": 128,
-        "q_lora_rank": 1536,
-        "kv_lora_rank": 512,
-        "qk_nope_head_dim": 128,
-        "qk_rope_head_dim": 64,
-        "v_head_dim": 128,
-        "vocab_size": 129280,
-        "tie_word_embeddings": False,
-        "attention_bias": False,
-        "num_nextn_predict_layers": 1,  # the MTP layer: in the release, dropped by transformers for training
-    },
-}
-MODEL_ALIASES = {"qwen3_30b_a3b": "Qwen/Qwen3-30B-A3B-Instruct-2507", "deepseek_v3_1": "deepseek-ai/DeepSeek-V3.1"}
-
 # Practitioners' reports (docs / PAPER.md, "Known pitfalls"), in decimal units as reported.
 REPORTS: dict[str, dict[str, float]] = {
     "Qwen/Qwen3-30B-A3B-Instruct-2507": {"weights_gb": 61.0, "one_gpu_gb": 63.0, "gpus": 2},
     "deepseek-ai/DeepSeek-V3.1": {"weights_gb": 1340.0, "gpus": 32},
 }
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# shape
-
-
-@dataclass(frozen=True)
-class Shape:
-    """What the memory depends on, read off a transformers config (names follow config.json)."""
-
-    arch: Arch
-    source: str
-    hidden: int
-    layers: int
-    vocab: int
-    tie_word_embeddings: bool
-    heads: int
-    kv_heads: int
-    head_dim: int
-    intermediate: int  # dense MLP width (dense models, Qwen3-MoE mlp_only_layers, DeepSeek's first layers)
-    attention_bias: bool = False
-    moe_intermediate: int = 0
-    experts: int = 0  # routed experts per MoE layer
-    experts_per_token: int = 0
-    shared_experts: int = 0  # DeepSeek: one shared MLP of width moe_intermediate * shared_experts
-    dense_layers: tuple[int, ...] = ()  # indices of layers with a dense MLP (all of them when experts == 0)
-    q_lora_rank: int | None = None  # MLA (DeepSeek) only, from here on
-    kv_lora_rank: int = 0
-    qk_nope_head_dim: int = 0
-    qk_rope_head_dim: int = 0
-    v_head_dim: int = 0
-    mtp_layers: int = 0  # released multi-token-prediction layers, not loaded for training: not counted
-
-    @property
-    def moe_layers(self) -> int:
-        return self.layers - len(self.dense_layers)
-
-
-def shape_from_config(config: Any, arch: Arch | str, source: str) -> Shape:
-    """A `Shape` from a transformers config or any object with config.json's attribute names."""
-    arch = Arch(arch)
-    model_type = getattr(config, "model_type", None)
-    if model_type and model_type != arch.value:
-        raise ConfigError(f"model.arch={arch.value} is invalid for {source}: its config.json says {model_type!r}")
-
-    def get(key: str, default: Any = None) -> Any:
-        value = getattr(config, key, None)
-        return default if value is None else value
-
-    hidden, layers, heads = config.hidden_size, config.num_hidden_layers, config.num_attention_heads
-    common = dict(
-        arch=arch,
-        source=source,
-        hidden=hidden,
-        layers=layers,
-        vocab=config.vocab_size,
-        tie_word_embeddings=bool(get("tie_word_embeddings", False)),
-        heads=heads,
-        kv_heads=get("num_key_value_heads", heads),
-        head_dim=get("head_dim", hidden // heads),
-        intermediate=get("intermediate_size", 0),
-        attention_bias=bool(get("attention_bias", False)),
-    )
-    if arch in (Arch.llama, Arch.qwen3):
-        return Shape(**common, dense_layers=tuple(range(layers)))
-    if arch == Arch.qwen3_moe:
-        experts, step = get("num_experts", 0), get("decoder_sparse_step", 1)
-        mlp_only = set(get("mlp_only_layers", []))
-        # transformers' Qwen3MoeDecoderLayer: sparse iff not in mlp_only_layers and (i + 1) % decoder_sparse_step == 0
-        dense = tuple(i for i in range(layers) if i in mlp_only or not (experts > 0 and (i + 1) % step == 0))
-        return Shape(
-            **common,
-            moe_intermediate=get("moe_intermediate_size", 0),
-            experts=experts,
-            experts_per_token=get("num_experts_per_tok", 0),
-            dense_layers=dense,
-        )
-    # deepseek_v3: layers before first_k_dense_replace are dense, every later one is MoE with shared experts
-    return Shape(
-        **common,
-        moe_intermediate=get("moe_intermediate_size", 0),
-        experts=get("n_routed_experts", 0),
-        experts_per_token=get("num_experts_per_tok", 0),
-        shared_experts=get("n_shared_experts", 0),
-        dense_layers=tuple(range(min(get("first_k_dense_replace", 0), layers))),
-        q_lora_rank=get("q_lora_rank", None),
-        kv_lora_rank=get("kv_lora_rank", 0),
-        qk_nope_head_dim=get("qk_nope_head_dim", 0),
-        qk_rope_head_dim=get("qk_rope_head_dim", 0),
-        v_head_dim=get("v_head_dim", 0),
-        mtp_layers=get("num_nextn_predict_layers", 0),
-    )
-
-
-def published_shape(hub_id: str, arch: Arch | str | None = None) -> Shape:
-    values = PUBLISHED_CONFIGS[hub_id]
-    return shape_from_config(
-        SimpleNamespace(**values), arch or values["model_type"], f"published config.json of {hub_id}"
-    )
-
-
-def known_model(model: ModelConfig) -> str | None:
-    """The Hub id of a production model this config names (by Hub path or by config name), if any."""
-    if model.path in PUBLISHED_CONFIGS:
-        return model.path
-    return MODEL_ALIASES.get(model.name)
-
-
-def resolve_shape(model: ModelConfig) -> Shape:
-    """Local config.json first, then the published table, then the tiny builder's config; never the network."""
-    path = Path(model.path).expanduser()
-    if (path / "config.json").is_file():
-        from transformers import AutoConfig
-
-        config = AutoConfig.from_pretrained(str(path), local_files_only=True)
-        return shape_from_config(config, model.arch, f"{path}/config.json")
-    hub_id = known_model(model)
-    if hub_id:
-        return published_shape(hub_id, model.arch)
-    if model.build.kind == BuildKind.tiny:
-        from cc_train.models.tiny import tiny_config
-
-        return shape_from_config(
-            tiny_config(model.arch), model.arch, "cc_train.models.tiny.tiny_config (not built yet)"
-        )
-    raise ConfigError(
-        f"model.path={model.path!r} has no local config.json and is not one of the known models "
-        f"({', '.join(PUBLISHED_CONFIGS)}): expected a local checkpoint directory"
-    )
 
 
 # ----------------------------------------------------------------------------------------------------------------
