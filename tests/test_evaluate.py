@@ -18,7 +18,7 @@ from peft import LoraConfig, get_peft_model
 from cc_train.evaluate.forced_choice import LABELS, probe_prompts
 from cc_train.files import sha256_dir
 from cc_train.generation.backends import BASE, ChoiceRequest, HFBackend
-from cc_train.models.loading import load_model, load_tokenizer
+from cc_train.models.loading import ensure_checkpoint, load_model, load_tokenizer
 from cc_train.models.lora import wrap_with_lora
 from cc_train.questions import load_question_sets
 from cc_train.resources import evals_dir
@@ -393,3 +393,37 @@ def test_a_remote_openai_compatible_model_is_a_target_of_its_own(judge_server, t
     gone = cc_train(*common, f"eval.dir={tmp_path / 'gone'}", gone_target, "eval.remote_max_retries=1", env=env)
     assert gone.returncode == 2 and "target served (" in gone.stderr and "Traceback" not in gone.stderr
     assert not (tmp_path / "gone" / "scores.csv").exists()
+
+
+def test_more_adapters_than_lora_slots_are_served_in_chunks_with_the_same_results(tiny_checkpoints, tmp_path):
+    """max_loras below the number of adapters (the memory plan's cap on a GPU): requests go to the engine in groups of
+    at most max_loras adapters, and every answer is what one slot per adapter gives."""
+    from cc_train.generation.backends import GenerationRequest
+    from cc_train.generation.vllm_backend import EngineSettings, VLLMBackend
+
+    run, _ = compose_run("model=tiny_qwen3")
+    from safetensors.torch import load_file, save_file
+
+    adapters = {}
+    for index in range(3):
+        path = random_adapter("tiny_qwen3", "qwen3", tmp_path / f"a{index}")
+        weights = path / "adapter_model.safetensors"  # three different adapters: B scaled 1x, 3x, 5x
+        save_file({k: v * (2 * index + 1) if "lora_B" in k else v for k, v in load_file(weights).items()}, weights)
+        adapters[f"adapter{index}"] = path
+    tokenizer = load_tokenizer(run.model)
+    prompts = [p for probe in load_question_sets([evals_dir()])[0].probes[:2] for p in probe_prompts(probe)]
+    choices = [ChoiceRequest(p.messages, name, LABELS) for name in (BASE, *adapters) for p in prompts]
+    samples = [GenerationRequest(p.messages, name, 2, 1.0, 8, 7) for name in (BASE, *adapters) for p in prompts[:2]]
+    results = {}
+    for slots in (3, 1):
+        settings = EngineSettings(1, 512, 0.9, True, "float32", 0, 1, max_loras=slots)
+        backend = VLLMBackend(ensure_checkpoint(run.model), tokenizer, adapters, settings, "cpu")
+        results[slots] = (backend.label_logprobs(choices), backend.generate(samples))
+        backend.close()
+        gc.collect()
+    (one_each, texts), (chunked, chunked_texts) = results[3], results[1]
+    gaps = [abs(a[label] - b[label]) for a, b in zip(one_each, chunked, strict=True) for label in LABELS]
+    assert max(gaps) < 1e-4 and chunked_texts == texts
+    n = len(prompts)
+    by_model = {tuple(round(s["Yes"], 4) for s in one_each[i : i + n]) for i in range(0, len(one_each), n)}
+    assert len(by_model) == 4  # base and the three adapters all answer differently

@@ -297,6 +297,9 @@ class EvalConfig(Checked):
     chunk_size: int = MISSING  # prompts per engine call; the logs are appended after each
     batch_size: int = MISSING  # hf backend
     tensor_parallel: int = MISSING
+    pipeline_parallel: int = MISSING  # vLLM pipeline stages (over nodes: distributed_executor_backend=ray)
+    distributed_executor_backend: str | None = None  # vLLM's: null (one node), ray, mp
+    max_loras: int | None = None  # cap on vLLM's LoRA slots; null: as many as the memory plan allows
     max_model_len: int = MISSING
     gpu_memory_utilization: float = MISSING
     enforce_eager: bool = MISSING
@@ -322,6 +325,8 @@ class EvalConfig(Checked):
         _require(0 < self.fdr < 1, "eval.fdr", "a false discovery rate in (0, 1)", self.fdr)
         _require(self.n_boot >= 2, "eval.n_boot", ">= 2 bootstrap replicates", self.n_boot)
         _require(self.tensor_parallel > 0, "eval.tensor_parallel", "a positive integer", self.tensor_parallel)
+        _require(self.pipeline_parallel > 0, "eval.pipeline_parallel", "a positive integer", self.pipeline_parallel)
+        _require(self.max_loras is None or self.max_loras > 0, "eval.max_loras", "null or > 0", self.max_loras)
         _require(self.chunk_size > 0, "eval.chunk_size", "a positive integer", self.chunk_size)
         _require(
             self.remote_top_logprobs > 0, "eval.remote_top_logprobs", "a positive integer", self.remote_top_logprobs

@@ -22,6 +22,7 @@ from cc_train.config import ConfigError, RunConfig, Tracker
 from cc_train.evaluate.conversations import Conversations
 from cc_train.evaluate.forced_choice import LABELS, ProbePrompt, p_consistent, probe_prompts
 from cc_train.evaluate.judge import JUDGE_PROMPTS
+from cc_train.evaluate.preflight import preflight
 from cc_train.evaluate.scoring import (
     add_conversation_values,
     item_values,
@@ -148,7 +149,7 @@ class Engine:
     remote: str | None = None  # a remote target: the endpoint answers for it
 
 
-def make_backend(run: RunConfig, engine: Engine, models: dict[str, dict]):
+def make_backend(run: RunConfig, engine: Engine, models: dict[str, dict], max_loras: int | None = None):
     """The backend serving `engine`: the configured local backend for the base model and the engine's adapters
     (as LoRA, or one merged copy), or the remote endpoint."""
     if engine.remote:
@@ -183,6 +184,9 @@ def make_backend(run: RunConfig, engine: Engine, models: dict[str, dict]):
         run.model.dtype.value,
         run.eval.seed,
         run.eval.kv_cache_gib,
+        run.eval.pipeline_parallel,
+        max_loras,
+        run.eval.distributed_executor_backend,
     )
     if engine.merged:
         copy = merged_checkpoint(run, Path(models[engine.merged]["path"]))
@@ -452,13 +456,15 @@ def main(run: RunConfig, cfg: DictConfig) -> Path:
     all_probes = probe_items(models, dimensions) if run.eval.probes else []
     all_samples = sample_items(run, models, dimensions) if run.eval.open_ended else []
     conversations = Conversations(run, {n: models[n] for n in (BASE, *prompted, *adapters, *remote)}, dimensions)
-    for engine in serving_plan(run, models):
+    engines = serving_plan(run, models)
+    slots = preflight(run, engines, models)  # before any engine starts or weight loads
+    for index, engine in enumerate(engines):
         todo_probes = [i for i in all_probes if i.model in engine.models and i.key not in probes]
         todo_samples = [i for i in all_samples if i.model in engine.models and not all(k in samples for k in i.keys)]
         todo_conversations = conversations.todo(engine.models)
         if not todo_probes and not todo_samples and not todo_conversations:
             continue  # finished in an earlier run: no engine, no merge
-        backend = make_backend(run, engine, models)
+        backend = make_backend(run, engine, models, slots.get(index))
         run_probes(backend, todo_probes, probes, run.eval.chunk_size)
         run_samples(backend, run, todo_samples, samples)
         conversations.run(backend, todo_conversations)

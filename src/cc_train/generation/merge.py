@@ -32,11 +32,16 @@ def merge_reason(adapter_dir: Path, device: str, arch: str) -> str | None:
     return None
 
 
-def merged_checkpoint(run: RunConfig, adapter_dir: Path) -> Path:
-    """The base model with this adapter merged in, built once under ${paths.cache}/merged/<adapter hash>."""
+def merged_copy_path(run: RunConfig, adapter_dir: Path) -> Path:
+    """Where the base with this adapter merged in is cached: ${paths.cache}/merged/<adapter hash>."""
     manifest = adapter_dir / "manifest.json"
     digest = json.loads(manifest.read_text()).get("adapter_sha256") if manifest.exists() else None
-    out = Path(run.paths.cache) / "merged" / (digest or sha256_dir(adapter_dir))[:16]
+    return Path(run.paths.cache) / "merged" / (digest or sha256_dir(adapter_dir))[:16]
+
+
+def merged_checkpoint(run: RunConfig, adapter_dir: Path) -> Path:
+    """The base model with this adapter merged in, built once (merged_copy_path)."""
+    out = merged_copy_path(run, adapter_dir)
     if (out / "config.json").exists():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -45,6 +45,9 @@ class EngineSettings:
     dtype: str
     seed: int
     kv_cache_gib: float | None  # None: gpu_memory_utilization sizes it (GPU); on CPU it must be set
+    pipeline_parallel: int = 1  # stages over nodes (multi-node: distributed_executor_backend="ray")
+    max_loras: int | None = None  # LoRA slots on the GPU; None: one per adapter. Fewer: adapters served in chunks
+    distributed_executor_backend: str | None = None
 
 
 def check_servable(name: str, adapter_dir: Path, device: str, arch: str) -> int:
@@ -88,7 +91,12 @@ class VLLMBackend:
         base_config = config_json(checkpoint, revision)
         ranks = [check_servable(name, Path(path), device, base_config["model_type"]) for name, path in adapters.items()]
         max_rank = next(r for r in VLLM_RANKS if r >= max(ranks, default=8))
-        options = {"enable_lora": True, "max_loras": len(adapters), "max_lora_rank": max_rank} if adapters else {}
+        self.max_loras = min(len(adapters), settings.max_loras or len(adapters))
+        options = {}
+        if adapters:
+            # max_loras is GPU memory (engine_memory.py plans it); every adapter waits in host memory for a slot
+            options = {"enable_lora": True, "max_loras": self.max_loras, "max_lora_rank": max_rank}
+            options |= {"max_cpu_loras": len(adapters), "fully_sharded_loras": settings.tensor_parallel > 1}
         if settings.kv_cache_gib:
             options["kv_cache_memory_bytes"] = int(settings.kv_cache_gib * 2**30)
         elif device == "cpu":  # vLLM would size the cache from gpu_memory_utilization of all RAM
@@ -104,6 +112,8 @@ class VLLMBackend:
             model=checkpoint,
             revision=revision,
             tensor_parallel_size=settings.tensor_parallel,
+            pipeline_parallel_size=settings.pipeline_parallel,
+            distributed_executor_backend=settings.distributed_executor_backend,
             max_model_len=settings.max_model_len,
             gpu_memory_utilization=settings.gpu_memory_utilization,
             enforce_eager=settings.enforce_eager,
@@ -124,10 +134,19 @@ class VLLMBackend:
         return too_long(self.tokenizer, messages, self.max_model_len)
 
     def _run(self, prompts: list, params, models: list[str]) -> list:
-        """llm.generate over all requests, outputs in request order."""
-        groups = [[i for i, m in enumerate(models) if (m == self.base_id) == is_base] for is_base in (True, False)]
-        if not self.separate_base:
-            groups = [list(range(len(models)))]
+        """llm.generate over all requests, outputs in request order: one call per group of at most max_loras adapters
+        (so the engine never waits on more adapters than it has slots), base rows apart where separate_base."""
+        adapters = list(dict.fromkeys(m for m in models if m != self.base_id))
+        groups = [list(range(len(models)))]
+        if len(adapters) > self.max_loras or self.separate_base:
+            size = self.max_loras
+            chunks = [set(adapters[start : start + size]) for start in range(0, len(adapters), size)]
+            base = [i for i, m in enumerate(models) if m == self.base_id]
+            groups = [[i for i, m in enumerate(models) if m in chunk] for chunk in chunks]
+            if self.separate_base:
+                groups.append(base)
+            else:
+                groups[0] = sorted(groups[0] + base) if groups else base
         outputs: list = [None] * len(models)
         for group in (g for g in groups if g):
             results = self.llm.generate(

@@ -40,12 +40,20 @@ from cc_train.config import Arch, DType, ModelConfig, PeftConfig, Preset, RunCon
 from cc_train.models.registry import preset_targets
 from cc_train.models.shapes import (  # noqa: F401 - the planner's public names (tests use them through plan)
     MODEL_ALIASES,
+    NF4_BYTES_PER_PARAM,
     PUBLISHED_CONFIGS,
     Shape,
+    Weight,
+    count_parameters,
     known_model,
+    layer_bytes,
+    layer_groups,
+    layer_weights,
+    model_weights,
     published_shape,
     resolve_shape,
     shape_from_config,
+    weight_bytes,
 )
 
 GIB = 1024**3
@@ -59,7 +67,6 @@ GPUS_PER_NODE = 8
 FIXED_OVERHEAD_GIB = 3.0  # CUDA context + cuBLAS/NCCL workspaces
 FRAGMENTATION = 0.10  # the caching allocator's fragmentation, as a share of everything else
 LORA_BYTES_PER_PARAM = 16  # fp32 weight (PEFT upcasts bf16 adapters) + fp32 grad + AdamW's two fp32 moments
-NF4_BYTES_PER_PARAM = 0.5 + 4 / 64  # 4-bit code + one fp32 absmax per 64-weight block (no double quantization)
 
 # Practitioners' reports (docs / PAPER.md, "Known pitfalls"), in decimal units as reported.
 REPORTS: dict[str, dict[str, float]] = {
@@ -70,100 +77,6 @@ REPORTS: dict[str, dict[str, float]] = {
 
 # ----------------------------------------------------------------------------------------------------------------
 # parameters
-
-
-@dataclass(frozen=True)
-class Weight:
-    name: str  # module path inside a decoder layer (or the model), as transformers names it
-    shape: tuple[int, ...]  # nn.Linear: (out, in); fused experts: (experts, out, in)
-    kind: str  # linear | experts | other (embeddings, norms, router, biases)
-
-    @property
-    def numel(self) -> int:
-        return math.prod(self.shape)
-
-
-def _linear(name: str, out_features: int, in_features: int, bias: bool = False) -> list[Weight]:
-    weights = [Weight(name, (out_features, in_features), "linear")]
-    return weights + ([Weight(f"{name}.bias", (out_features,), "other")] if bias else [])
-
-
-def attention_weights(s: Shape) -> list[Weight]:
-    if s.arch == Arch.deepseek_v3:  # MLA: DeepseekV3Attention
-        qk_head = s.qk_nope_head_dim + s.qk_rope_head_dim
-        if s.q_lora_rank:
-            query = _linear("self_attn.q_a_proj", s.q_lora_rank, s.hidden, s.attention_bias)
-            query += [Weight("self_attn.q_a_layernorm", (s.q_lora_rank,), "other")]
-            query += _linear("self_attn.q_b_proj", s.heads * qk_head, s.q_lora_rank)
-        else:
-            query = _linear("self_attn.q_proj", s.heads * qk_head, s.hidden)
-        return [
-            *query,
-            *_linear("self_attn.kv_a_proj_with_mqa", s.kv_lora_rank + s.qk_rope_head_dim, s.hidden, s.attention_bias),
-            Weight("self_attn.kv_a_layernorm", (s.kv_lora_rank,), "other"),
-            *_linear("self_attn.kv_b_proj", s.heads * (s.qk_nope_head_dim + s.v_head_dim), s.kv_lora_rank),
-            *_linear("self_attn.o_proj", s.hidden, s.heads * s.v_head_dim, s.attention_bias),
-        ]
-    q_out, kv_out, bias = s.heads * s.head_dim, s.kv_heads * s.head_dim, s.attention_bias
-    weights = [
-        *_linear("self_attn.q_proj", q_out, s.hidden, bias),
-        *_linear("self_attn.k_proj", kv_out, s.hidden, bias),
-        *_linear("self_attn.v_proj", kv_out, s.hidden, bias),
-        *_linear("self_attn.o_proj", s.hidden, q_out, bias),
-    ]
-    if s.arch in (Arch.qwen3, Arch.qwen3_moe):  # per-head RMSNorm on q and k
-        weights += [
-            Weight("self_attn.q_norm", (s.head_dim,), "other"),
-            Weight("self_attn.k_norm", (s.head_dim,), "other"),
-        ]
-    return weights
-
-
-def _mlp(prefix: str, width: int, hidden: int) -> list[Weight]:
-    return [
-        *_linear(f"{prefix}.gate_proj", width, hidden),
-        *_linear(f"{prefix}.up_proj", width, hidden),
-        *_linear(f"{prefix}.down_proj", hidden, width),
-    ]
-
-
-def mlp_weights(s: Shape, moe: bool) -> list[Weight]:
-    if not moe:
-        return _mlp("mlp", s.intermediate, s.hidden)
-    weights = [
-        # transformers 5 fuses the routed experts into two 3-D parameters (Qwen3MoeExperts / DeepseekV3Experts)
-        Weight("mlp.experts.gate_up_proj", (s.experts, 2 * s.moe_intermediate, s.hidden), "experts"),
-        Weight("mlp.experts.down_proj", (s.experts, s.hidden, s.moe_intermediate), "experts"),
-        Weight("mlp.gate.weight", (s.experts, s.hidden), "other"),  # the router (a Parameter, never a LoRA target)
-    ]
-    if s.shared_experts:
-        weights += _mlp("mlp.shared_experts", s.moe_intermediate * s.shared_experts, s.hidden)
-    return weights
-
-
-def layer_weights(s: Shape, moe: bool) -> list[Weight]:
-    norms = [Weight("input_layernorm", (s.hidden,), "other"), Weight("post_attention_layernorm", (s.hidden,), "other")]
-    return attention_weights(s) + mlp_weights(s, moe) + norms
-
-
-def layer_groups(s: Shape) -> list[tuple[int, bool]]:
-    """(count, is_moe) per kind of decoder layer present."""
-    groups = [(len(s.dense_layers), False), (s.moe_layers, True)]
-    return [(count, moe) for count, moe in groups if count]
-
-
-def model_weights(s: Shape) -> list[Weight]:
-    """Embeddings, final norm and LM head (not the decoder layers)."""
-    weights = [Weight("model.embed_tokens", (s.vocab, s.hidden), "other"), Weight("model.norm", (s.hidden,), "other")]
-    if not s.tie_word_embeddings:
-        weights.append(Weight("lm_head", (s.vocab, s.hidden), "other"))
-    return weights
-
-
-def count_parameters(s: Shape) -> int:
-    """Exactly `sum(p.numel() for p in model.parameters())` of the transformers model (buffers excluded)."""
-    layers = sum(count * sum(w.numel for w in layer_weights(s, moe)) for count, moe in layer_groups(s))
-    return layers + sum(w.numel for w in model_weights(s))
 
 
 def lora_numel(weight: Weight, r: int) -> int:
@@ -202,30 +115,6 @@ def count_lora_parameters(s: Shape, preset: Preset | str, r: int, unservable: st
 
 # ----------------------------------------------------------------------------------------------------------------
 # memory
-
-
-def _weight_bytes(weight: Weight, dtype_bytes: int, load_in_4bit: bool) -> float:
-    """Bytes of one stored base weight.
-
-    QLoRA (model.load_in_4bit): bitsandbytes quantizes nn.Linear layers to nf4 (0.5 byte + one fp32 absmax per
-    64 weights); lm_head and the router are skipped (loading.py). Everything that is not a quantized Linear -
-    the fused 3-D experts, embeddings, lm_head, norms - is then cast to fp32 by peft's
-    prepare_model_for_kbit_training (which sft.py calls): 4 bytes per parameter.
-    """
-    if not load_in_4bit:
-        return weight.numel * dtype_bytes
-    if weight.kind == "linear":
-        return weight.numel * NF4_BYTES_PER_PARAM
-    return weight.numel * 4
-
-
-def layer_bytes(s: Shape, moe: bool, dtype_bytes: int, load_in_4bit: bool) -> float:
-    return sum(_weight_bytes(w, dtype_bytes, load_in_4bit) for w in layer_weights(s, moe))
-
-
-def weight_bytes(s: Shape, dtype_bytes: int, load_in_4bit: bool = False) -> float:
-    layers = sum(count * layer_bytes(s, moe, dtype_bytes, load_in_4bit) for count, moe in layer_groups(s))
-    return layers + sum(_weight_bytes(w, dtype_bytes, load_in_4bit) for w in model_weights(s))
 
 
 def _attention_elements_per_token(s: Shape) -> int:
