@@ -54,7 +54,12 @@ def main(argv: list[str] | None = None) -> None:
     def task(cfg) -> None:
         logging.getLogger("cc_train").setLevel(logging.INFO)
         try:
-            module.main(to_run_config(cfg), cfg)
+            run = to_run_config(cfg)
+            if stage == "train":  # before any weight loads (sweep and eval check their own plans)
+                from cc_train.launch.preflight import check_training
+
+                check_training(run)
+            module.main(run, cfg)
         except UserError as error:
             print(f"cc-train {stage}: error: {error}", file=sys.stderr)
             sys.exit(2)

@@ -300,6 +300,7 @@ class EvalConfig(Checked):
     pipeline_parallel: int = MISSING  # vLLM pipeline stages (over nodes: distributed_executor_backend=ray)
     distributed_executor_backend: str | None = None  # vLLM's: null (one node), ray, mp
     max_loras: int | None = None  # cap on vLLM's LoRA slots; null: as many as the memory plan allows
+    serve_model: str | None = None  # vllm: the checkpoint the engine serves (e.g. an FP8 release); null: model.path
     max_model_len: int = MISSING
     gpu_memory_utilization: float = MISSING
     enforce_eager: bool = MISSING
@@ -396,9 +397,12 @@ class PrepareConfig(Checked):
 class SweepConfig(Checked):
     seeds: list[int] = field(default_factory=list)  # `cc-train sweep`: one training run per condition x seed
     id: str | None = MISSING  # `cc-train status`: which sweep record; null for the latest
+    gpu: str | None = None  # the cluster's GPUs (H100-80GB, H200-141GB): memory checked before anything is queued
 
     def validate(self) -> None:
         _require(len(set(self.seeds)) == len(self.seeds), "sweep.seeds", "distinct seeds", self.seeds)
+        kinds = (None, "H100-80GB", "H200-141GB")
+        _require(self.gpu in kinds, "sweep.gpu", "null, H100-80GB or H200-141GB", self.gpu)
 
 
 @dataclass

@@ -11,6 +11,7 @@ from omegaconf import DictConfig, open_dict
 from cc_train.conditions import load_condition
 from cc_train.config import RunConfig, to_run_config
 from cc_train.evaluate import run as evaluate
+from cc_train.launch.preflight import check_training
 from cc_train.report import stage as report
 from cc_train.train import sft
 
@@ -26,7 +27,9 @@ def main(run: RunConfig, cfg: DictConfig) -> Path:
         condition_cfg = cfg.copy()
         with open_dict(condition_cfg):
             condition_cfg.condition = condition
-        adapters.append(sft.main(to_run_config(condition_cfg), condition_cfg))
+        condition_run = to_run_config(condition_cfg)
+        check_training(condition_run)
+        adapters.append(sft.main(condition_run, condition_cfg))
     print("pipeline: adapters\n" + "\n".join(f"  {path}" for path in adapters))
     evaluate.main(run, cfg)
     path = report.main(run, cfg)

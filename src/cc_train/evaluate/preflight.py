@@ -14,7 +14,7 @@ from cc_train.config import ConfigError, RunConfig
 from cc_train.generation.engine_memory import GIB, engine_plan, merge_cost, smallest_engine
 from cc_train.generation.merge import merged_copy_path
 from cc_train.generation.vllm_backend import VLLM_RANKS
-from cc_train.models.loading import resolve_device
+from cc_train.models.loading import config_json, resolve_device
 from cc_train.models.shapes import resolve_shape, weight_bytes
 
 
@@ -55,7 +55,9 @@ def check_merges(run: RunConfig, pending: int, bf16_bytes: float, free_disk: flo
 def slots_per_engine(run: RunConfig, engines: list, models: dict[str, dict], gpu_bytes: float) -> dict[int, int]:
     """LoRA slots (max_loras) per engine index on GPUs of `gpu_bytes`; ConfigError where an engine cannot fit."""
     shape = resolve_shape(run.model)
-    weights = weight_bytes(shape, 2 if run.model.dtype.value == "bfloat16" else 4)
+    served = config_json(run.eval.serve_model) if run.eval.serve_model else {}
+    fp8 = (served.get("quantization_config") or {}).get("quant_method") == "fp8"
+    weights = weight_bytes(shape, 2 if run.model.dtype.value == "bfloat16" else 4, fp8=fp8)
     budget = gpu_bytes / GIB * run.eval.gpu_memory_utilization
     tp, pp = run.eval.tensor_parallel, run.eval.pipeline_parallel
     slots = {}

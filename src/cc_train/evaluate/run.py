@@ -191,7 +191,10 @@ def make_backend(run: RunConfig, engine: Engine, models: dict[str, dict], max_lo
     if engine.merged:
         copy = merged_checkpoint(run, Path(models[engine.merged]["path"]))
         return VLLMBackend(str(copy), tokenizer, {}, settings, device, base_id=engine.merged)
-    return VLLMBackend(ensure_checkpoint(run.model), tokenizer, paths, settings, device, revision=run.model.revision)
+    base = run.eval.serve_model or ensure_checkpoint(run.model)
+    return VLLMBackend(
+        base, tokenizer, paths, settings, device, revision=None if run.eval.serve_model else run.model.revision
+    )
 
 
 def serving_plan(run: RunConfig, models: dict[str, dict]) -> list[Engine]:
@@ -247,6 +250,8 @@ def target_identity(run: RunConfig, info: dict) -> str:
             "path": ensure_checkpoint(run.model),
             "revision": checkpoint_revision(run.model),
         }
+        if run.eval.serve_model:  # another release of the same weights (e.g. FP8) answers for them
+            what["served"] = run.eval.serve_model
     else:
         manifest = Path(info["path"]) / "manifest.json"
         recorded = json.loads(manifest.read_text()).get("adapter_sha256") if manifest.exists() else None

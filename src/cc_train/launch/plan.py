@@ -402,6 +402,9 @@ def plan(model: ModelConfig, peft: PeftConfig, train: TrainConfig, shape: Shape 
 
 
 def main(run: RunConfig, cfg: DictConfig) -> dict[str, Any]:
+    from cc_train.launch.preflight import serving_lines  # it builds on this module
+
     result = plan(run.model, run.peft, run.train)
     print(format_plan(result))
+    print("\n".join(serving_lines(run)))
     return result

@@ -20,6 +20,7 @@ from omegaconf import DictConfig, open_dict
 from cc_train.config import ConfigError, RunConfig, to_run_config
 from cc_train.data import build as data_build
 from cc_train.errors import UserError
+from cc_train.launch.preflight import check_sweep
 from cc_train.launch.slurm import SWEEP_ID_ENV, sweeps_dir
 from cc_train.pipeline import trained_conditions
 from cc_train.train import sft
@@ -68,6 +69,10 @@ def main(run: RunConfig, cfg: DictConfig) -> str:
         raise ConfigError("conditions and sweep.seeds must each name at least one value")
     check_finished_runs(run, cfg)
     hydra_cfg = HydraConfig.get()
+    launcher = hydra_cfg.launcher
+    gpus_per_task = int(launcher.get("nodes", 1) or 1) * int(launcher.get("gpus_per_node", 0) or 0)
+    if gpus_per_task:
+        check_sweep(run, gpus_per_task, len(trained_conditions(run)) * len(run.sweep.seeds))
     hydra_overrides = [o for o in hydra_cfg.overrides.hydra if not o.startswith("hydra.mode=")]
     train, evaluate = stage_commands(run, list(hydra_cfg.overrides.task), hydra_overrides)
     on_slurm = hydra_cfg.launcher._target_ == f"{SubmitAndReturnLauncher.__module__}.{SubmitAndReturnLauncher.__name__}"
