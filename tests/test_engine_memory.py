@@ -105,3 +105,37 @@ def test_merges_that_need_more_disk_or_ram_than_there_is_are_refused(tmp_path):
     with pytest.raises(ConfigError, match=r"1476 GB of CPU RAM for each merge, but there are only 1024 GB of RAM"):
         check_merges(run, 1, bf16, free_disk=1e15, ram=1024e9)
     check_merges(run, 1, 1e9, free_disk=1e12, ram=64e9)  # a small model: nothing to refuse
+
+
+def test_training_and_sweep_preflights_name_the_numbers(capsys):
+    from conftest import compose_run
+
+    from cc_train.launch.preflight import check_sweep, training_fits
+
+    qwen, _ = compose_run("recipe=paper/qwen3_30b_a3b")
+    assert training_fits(qwen, 1, planner.GPU_KINDS["H200-141GB"]) is None
+    problem = training_fits(qwen, 1, planner.GPU_KINDS["H100-80GB"])
+    assert problem.startswith("training needs 109.3 GiB per GPU on 1 GPU(s)") and "H200-141GB: 1 GPUs" in problem
+
+    h100, _ = compose_run("recipe=paper/qwen3_30b_a3b", "sweep.gpu=H100-80GB")
+    with pytest.raises(ConfigError, match=r"sweep on H100-80GB, nothing queued: training needs 109\.3 GiB"):
+        check_sweep(h100, 1, 16)
+    check_sweep(compose_run("recipe=paper/qwen3_30b_a3b", "sweep.gpu=H200-141GB")[0], 1, 16)  # fits: no error
+
+    deepseek, _ = compose_run("recipe=paper/deepseek_v3_1", "sweep.gpu=H200-141GB", "train.global_batch_size=32")
+    with pytest.raises(ConfigError) as refused:
+        check_sweep(deepseek, 32, 16)
+    assert "it fits on 16 GPU(s) (8 tensor x 2 pipeline)" in str(refused.value)  # the merged BF16 engine: two nodes
+    printed = capsys.readouterr().out
+    assert "carry kv_b_proj, lm_head, which vLLM serves only merged: 16 merged copies of the base: 21.47 TB" in printed
+
+
+def test_cc_train_plan_prints_the_evaluation_engines():
+    from conftest import cc_train
+
+    result = cc_train("plan", "recipe=paper/deepseek_v3_1")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "base + 16 adapters, each served merged (vLLM serves no LoRA on kv_b_proj, lm_head)" in result.stdout
+    assert "H200-141GB  with peft.unservable=exclude, as LoRA on the FP8 release (eval.serve_model): 8 GPU(s)" in (
+        result.stdout
+    )

@@ -80,22 +80,18 @@ def check_sweep(run: RunConfig, gpus_per_task: int, adapters: int) -> None:
     configured, fitting = evaluation_engine(run, gpu_gib, adapters)
     if not configured.fits:
         problems.append(f"the evaluation engine: {configured.describe()}; it fits on {fitting.describe()}")
-    if served_merged(run):
-        problems += merged_problems(run, adapters)
+    if served_merged(run):  # RAM and disk are the evaluation node's: its own preflight checks them there
+        print(f"sweep: {merged_note(run, adapters)}")
     if problems:
         raise ConfigError(f"sweep on {run.sweep.gpu}, nothing queued: " + " | ".join(problems))
 
 
-def merged_problems(run: RunConfig, adapters: int) -> list[str]:
-    """What serving every adapter merged costs, where it cannot be planned away (checked on the evaluation node)."""
+def merged_note(run: RunConfig, adapters: int) -> str:
     cost = merge_cost(weight_bytes(resolve_shape(run.model), 2), adapters)
-    if cost.ram_bytes < 2e12 and cost.disk_bytes < 50e12:
-        return []
-    modules = ", ".join(served_merged(run))
-    return [
-        f"the {adapters} adapters carry {modules}, which vLLM serves only merged: {cost.describe()}; train with "
-        "peft.unservable=exclude to serve them as LoRA on one engine"
-    ]
+    return (
+        f"the adapters carry {', '.join(served_merged(run))}, which vLLM serves only merged: {cost.describe()} on the "
+        "evaluation node (checked there before any merge); peft.unservable=exclude serves them as LoRA instead"
+    )
 
 
 def serving_lines(run: RunConfig) -> list[str]:
@@ -113,8 +109,7 @@ def serving_lines(run: RunConfig) -> list[str]:
         if not configured.fits or fitting.gpus < configured.gpus:
             lines.append(f"  {'':<11} smallest   {fitting.describe()}")
     if merged:
-        bf16 = weight_bytes(resolve_shape(run.model), 2)
-        lines.append(f"  merged serving: {merge_cost(bf16, adapters).describe()}")
+        lines.append(f"  {merged_note(run, adapters)}")
         shape = resolve_shape(run.model)
         fp8 = weight_bytes(shape, 2, fp8=True)
         settings = dict(adapters=adapters, rank=run.peft.r, max_model_len=run.eval.max_model_len, fully_sharded=True)
