@@ -127,8 +127,10 @@ class InstructionConfig(Checked):
     temperature: float = MISSING
     batch_size: int = MISSING
     on_leak: str = MISSING  # fail | drop | allow, for self-distilled rows only
+    backend: str = MISSING  # hf | vllm (the engine settings of eval.*: tensor / pipeline parallel, memory)
 
     def validate(self) -> None:
+        _require(self.backend in ("hf", "vllm"), "data.instructions.backend", "hf or vllm", self.backend)
         _require(self.on_leak in LEAK_POLICIES, "data.instructions.on_leak", "one of fail, drop, allow", self.on_leak)
         _require(self.count >= 0, "data.instructions.count", "an integer >= 0", self.count)
         _require(self.max_new_tokens > 0, "data.instructions.max_new_tokens", "> 0", self.max_new_tokens)

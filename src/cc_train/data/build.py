@@ -97,6 +97,8 @@ def fingerprint(run: RunConfig, condition: Condition) -> dict:
         spec = run.data.instructions
         keys = ("temperature", "batch_size") + (("max_new_tokens",) if condition.instructions else ())
         found |= {f"data.instructions.{key}": getattr(spec, key) for key in keys}
+        if spec.backend != "hf":  # as in generate_cached: datasets built before the choice existed keep their key
+            found["data.instructions.backend"] = spec.backend
     if condition.instructions and not user_files(run):
         spec = run.data.instructions
         found |= {f"data.instructions.{key}": getattr(spec, key) for key in ("source", "count", "on_leak")}
@@ -172,17 +174,19 @@ def generate_cached(
     spec = run.data.instructions
     checkpoint = ensure_checkpoint(run.model)
     determined_by = [checkpoint, run.model.name, conversations, n, spec.temperature, max_new_tokens, run.data.seed]
+    if spec.backend != "hf":  # each backend samples in its own way; hf keeps the keys of caches made before
+        determined_by.append(spec.backend)
     key = hashlib.sha256(json.dumps(determined_by).encode()).hexdigest()[:16]
     cache = Path(run.paths.cache) / kind / f"{run.model.name}-{key}.jsonl"
     done = {row["index"]: row["answers"] for row in read_jsonl(cache)} if cache.exists() else {}
     todo = [index for index in range(len(conversations)) if index not in done]
     if todo:
         log.info("%s: %d conversations for %s (%d cached)", kind, len(todo), run.model.name, len(done))
-        backend = HFBackend(
-            load_model(run.model, resolve_device(run.device)), load_tokenizer(run.model), batch_size=spec.batch_size
-        )
-        for start in range(0, len(todo), spec.batch_size):
-            chunk = todo[start : start + spec.batch_size]
+        backend = generation_backend(run)
+        # a chunk per checkpoint of the cache: the vllm engine batches within it (batch_size on hf)
+        step = spec.batch_size if spec.backend == "hf" else max(spec.batch_size, run.eval.chunk_size)
+        for start in range(0, len(todo), step):
+            chunk = todo[start : start + step]
             requests = [
                 GenerationRequest(conversations[i], BASE, n, spec.temperature, max_new_tokens, run.data.seed + start)
                 for i in chunk
@@ -190,7 +194,33 @@ def generate_cached(
             answers = backend.generate(requests, desc=f"{kind} {start + len(chunk)}/{len(todo)}")
             done.update(zip(chunk, answers, strict=True))
             write_jsonl(cache, ({"index": i, "answers": a} for i, a in sorted(done.items())))  # a checkpoint per batch
+        backend.close()
     return [done[index] for index in range(len(conversations))]
+
+
+def generation_backend(run: RunConfig):
+    """The base model as data.instructions.backend serves it: transformers in this process, or a vLLM engine with the
+    evaluation's engine settings (tensor and pipeline parallel for a model larger than one GPU)."""
+    device = resolve_device(run.device)
+    tokenizer = load_tokenizer(run.model)
+    if run.data.instructions.backend == "hf":
+        return HFBackend(load_model(run.model, device), tokenizer, batch_size=run.data.instructions.batch_size)
+    from cc_train.generation.vllm_backend import EngineSettings, VLLMBackend
+
+    engine = run.eval
+    settings = EngineSettings(
+        engine.tensor_parallel,
+        engine.max_model_len,
+        engine.gpu_memory_utilization,
+        engine.enforce_eager,
+        run.model.dtype.value,
+        engine.seed,
+        engine.kv_cache_gib,
+        engine.pipeline_parallel,
+        None,
+        engine.distributed_executor_backend,
+    )
+    return VLLMBackend(ensure_checkpoint(run.model), tokenizer, {}, settings, device, revision=run.model.revision)
 
 
 def self_distilled_rows(run: RunConfig) -> list[dict]:
