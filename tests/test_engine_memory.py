@@ -122,7 +122,9 @@ def test_training_and_sweep_preflights_name_the_numbers(capsys):
         check_sweep(h100, 1, 16)
     check_sweep(compose_run("recipe=paper/qwen3_30b_a3b", "sweep.gpu=H200-141GB")[0], 1, 16)  # fits: no error
 
-    deepseek, _ = compose_run("recipe=paper/deepseek_v3_1", "sweep.gpu=H200-141GB", "train.global_batch_size=32")
+    deepseek, _ = compose_run(
+        "recipe=paper/deepseek_v3_1", "sweep.gpu=H200-141GB", "train.global_batch_size=32", "eval.pipeline_parallel=1"
+    )
     with pytest.raises(ConfigError) as refused:
         check_sweep(deepseek, 32, 16)
     assert "it fits on 16 GPU(s) (8 tensor x 2 pipeline)" in str(refused.value)  # the merged BF16 engine: two nodes
