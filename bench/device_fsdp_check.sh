@@ -9,7 +9,8 @@
 #   4. references, same data, seed and steps: FSDP without the stop (isolates the resume) and a plain
 #      single-GPU run (python -m cc_train train, no accelerate; isolates FSDP + its bf16 mixed precision)
 #   5. checks: manifest steps/resumed_from, LoRA B non-zero, adapted logits differ from the base,
-#      max |LoRA difference| between the runs
+#      max |LoRA difference| between the runs, and the PEFT adapter cc-train adds to the sharded checkpoint
+#      (checkpoint-1/adapter_*, loaded and compared with what the resumed run started from)
 # Logs: $OUT/check.log (everything), $OUT/summary.json (step 5), $OUT/tree.txt, $OUT/artifacts.tar.gz.
 # Run from the repo root on a GPU machine that lacks our pure-Python deps, with their wheels in
 # .device_wheels/ (pip download --no-deps ... trl datasets transformers peft hydra-core omegaconf
@@ -64,9 +65,9 @@ else
     FSDP=("$PY" -m accelerate.commands.launch --config_file "${CHECK_FSDP_CONFIG:-slurm/accelerate/fsdp.yaml}"
           --num_processes 1 -m cc_train)
 fi
-COMMON=(model=tiny_qwen3_moe peft=attn_experts condition=conscious seed=0 device=$DEVICE
+COMMON=(model=tiny_qwen3_moe peft=attn_experts condition=conscious seed=0 device="$DEVICE"
         data.instructions.count=8 data.instructions.max_new_tokens=32 data.identity_per_block=4
-        train.max_steps=$STEPS train.save_steps=1000 train.per_device_batch_size=2 train.global_batch_size=2 train.logging_steps=1 train.max_length=256 train.gradient_checkpointing=true)
+        train.max_steps="$STEPS" train.save_steps=1000 train.per_device_batch_size=2 train.global_batch_size=2 train.logging_steps=1 train.max_length=256 train.gradient_checkpointing=true)
 DATA_DIR="$CC_TRAIN_RUNS/fsdpcheck/data"
 FSDP_DIR="$CC_TRAIN_RUNS/fsdpcheck/train/conscious/seed0"
 PLAIN_DIR="$CC_TRAIN_RUNS/plaincheck/train/conscious/seed0"
@@ -99,6 +100,9 @@ lora = [k for k in keys if "lora_" in k]
 print(f"sharded checkpoint: {len(keys)} entries, {len(lora)} LoRA, {len(keys) - len(lora)} other; e.g. {keys[:3]}")
 EOF
 
+stamp "the adapter in the sharded checkpoint (train/sft.py AdapterInEveryCheckpoint):"
+if [ -f "$FSDP_DIR/checkpoints/checkpoint-1/adapter_config.json" ]; then echo "CHECKPOINT ADAPTER: present"
+else echo "CHECKPOINT ADAPTER: MISSING"; fi
 CC_TRAIN_STOP_FILE="$STOP" step fsdp_resume 100 "${FSDP[@]}" train experiment=fsdpcheck "${COMMON[@]}"
 
 # References, same data and seed: FSDP without the stop (isolates the resume), plain single-GPU (isolates FSDP).
@@ -135,8 +139,8 @@ base_logits = logits(AutoModelForCausalLM.from_pretrained(base_path, dtype=torch
 summary, tensors = {"device": device}, {}
 for name, train_dir in runs.items():
     try:
-        adapter = Path(train_dir) / "adapter"
-        manifest = json.loads((adapter / "manifest.json").read_text())
+        adapter = Path(train_dir) / "adapter" if (Path(train_dir) / "adapter").is_dir() else Path(train_dir)
+        manifest = json.loads((adapter / "manifest.json").read_text()) if (adapter / "manifest.json").exists() else {}
         tensors[name] = load_file(str(adapter / "adapter_model.safetensors"))
         b_norms = {k: t.float().norm().item() for k, t in tensors[name].items() if "lora_B" in k}
         model = load_adapter(AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32).to(device), adapter)
@@ -187,8 +191,10 @@ for left, right in (("fsdp", "plain"), ("fsdp", "fsdp_straight"), ("fsdp_straigh
 Path(summary_path).write_text(json.dumps(summary, indent=2, default=str))
 print(json.dumps(summary, indent=2, default=str))
 EOF
-step verify 60 "$PY" "$WORK/verify.py" "$CC_TRAIN_CACHE/models/tiny-qwen3_moe-v2" "$OUT/summary.json" \
-    fsdp="$FSDP_DIR" fsdp_straight="$CC_TRAIN_RUNS/fsdpstraight/train/conscious/seed0" plain="$PLAIN_DIR"
+BASE=$("$PY" -m cc_train train --cfg job --resolve model=tiny_qwen3_moe | awk '/^model:/{m=1} m && /^  path:/{print $2; exit}')
+step verify 60 "$PY" "$WORK/verify.py" "$BASE" "$OUT/summary.json" \
+    fsdp="$FSDP_DIR" fsdp_straight="$CC_TRAIN_RUNS/fsdpstraight/train/conscious/seed0" plain="$PLAIN_DIR" \
+    fsdp_checkpoint1="$FSDP_DIR/checkpoints/checkpoint-1"
 
 stamp "manifest of the resumed FSDP run (config left out)"
 $PY -c "import json,sys; m=json.load(open(sys.argv[1])); m.pop('config',None); m.get('audit',{}).pop('adapted',None); print(json.dumps(m, indent=1, default=str)[:5000])" \
@@ -198,4 +204,4 @@ stamp "exit codes: data=${RC[data]} fsdp_stop=${RC[fsdp_stop]} (rank exit 3; acc
 find "$WORK/runs" -maxdepth 7 -not -path "*/.hydra*" | sort > "$OUT/tree.txt"
 (cd "$WORK" && find logs runs \( -name "*.json" -o -name "*.log" -o -name "*.yaml" \) -not -path "*/checkpoints/*/*tokenizer*" \
     | tar -czf "$OUT/artifacts.tar.gz" -T -)
-stamp done
+stamp "done"
