@@ -7,7 +7,7 @@ PIP := $(PY) -m pip --disable-pip-version-check
 TORCH_VERSION ?= 2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo test rehearse lint clean
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
@@ -30,6 +30,12 @@ lint: setup
 
 test: lint
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+# The paper recipes as the README runs them (tiny stand-ins under the real Hub ids, the one-node SLURM of
+# slurm/local-cluster.sh, two CPU ranks under the shipped accelerate configs); part of `make test` too.
+rehearse: setup
+	$(VENV)/bin/pytest $(PYTEST_ARGS) tests/test_rehearsal.py tests/test_distributed.py tests/test_launchers.py \
+		tests/test_packaging.py tests/test_engine_memory.py
 
 clean:
 	rm -rf $(VENV) runs

@@ -129,7 +129,8 @@ def test_the_qwen3_30b_a3b_recipe_as_the_readme_runs_it(offline):
     assert sorted(set(pd.read_csv(runs / "eval" / "trajectories.csv").step)) == [0, 50, 100]
     report = (runs / "report" / "report.md").read_text()
     assert "## Beside the paper" in report and "Qwen3-30B-A3B-Instruct-2507" in report
-    assert list((offline["root"] / "wandb").glob("wandb/offline-run-*")), "tracking=wandb wrote no offline run"
+    tracked = {path.parts[-3] for path in runs.glob("**/wandb/offline-run-*")}  # the stage folder of each W&B run
+    assert {"seed0", "eval"} <= tracked, f"tracking=wandb wrote offline runs for {tracked}"
 
 
 def test_the_deepseek_v3_1_recipe_as_the_readme_runs_it(offline):
