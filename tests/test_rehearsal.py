@@ -22,7 +22,7 @@ import pandas as pd
 import pytest
 import yaml
 from conftest import REPO
-from test_slurm import queued, require_slurm, sweep_records, wait_until
+from test_slurm import queued, require_slurm, show_job, sweep_records, wait_until
 
 from rehearsal.stand_ins import ALPACA, DEEPSEEK, QWEN, commit_of, publish_all
 
@@ -72,38 +72,40 @@ def offline(tmp_path_factory, judge_server) -> dict:
     }
 
 
+def run_command(arguments: list[str], offline: dict, extra: list[str]) -> subprocess.CompletedProcess:
+    """One README command with the overrides; a sweep is waited for (it only queues its jobs)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "cc_train", *arguments, *extra],
+        capture_output=True,
+        text=True,
+        env=offline["env"],
+        cwd=offline["root"],
+        timeout=1800,
+    )
+    command = " ".join(arguments[:2])
+    assert result.returncode == 0, f"`cc-train {command} ...` failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+    if arguments[0] == "sweep":
+        jobs = [run["job_id"] for record in sweep_of(arguments, offline).values() for run in record["runs"]]
+        wait_until(lambda: not queued(jobs), 1800, "the sweep's jobs")
+    return result
+
+
 def rehearse(recipe: str, offline: dict) -> dict[str, subprocess.CompletedProcess]:
-    """Run the recipe's README commands in order with the overrides; a sweep is waited for (it only queues)."""
+    """The recipe's README commands in order; prints the time each took."""
     results, timings = {}, []
     extra = overrides(recipe, offline["judge"])
     for arguments in readme_commands(recipe):
         started = time.time()
-        result = subprocess.run(
-            [sys.executable, "-m", "cc_train", *arguments, *extra],
-            capture_output=True,
-            text=True,
-            env=offline["env"],
-            cwd=offline["root"],
-            timeout=1800,
-        )
-        command = " ".join(arguments[:2])
-        assert result.returncode == 0, (
-            f"`cc-train {command} ...` failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
-        )
-        if arguments[0] == "sweep":
-            experiment = "paper_" + recipe_file(arguments).stem
-            records = sweep_records(offline["root"] / "runs", experiment)
-            jobs = [run["job_id"] for record in records.values() for run in record["runs"]]
-            wait_until(lambda jobs=jobs: not queued(jobs), 1800, "the sweep's jobs")
-        timings.append(f"{time.time() - started:6.1f} s  cc-train {command}")
-        results[arguments[0]] = result
+        results[arguments[0]] = run_command(arguments, offline, extra)
+        timings.append(f"{time.time() - started:6.1f} s  cc-train {' '.join(arguments[:2])}")
     print(f"rehearsal {recipe}:\n" + "\n".join(timings))
     return results
 
 
-def recipe_file(arguments: list[str]) -> Path:
-    name = next(a.split("=", 1)[1] for a in arguments if a.startswith("recipe="))
-    return REPO / "recipes" / f"{name}.yaml"
+def sweep_of(arguments: list[str], offline: dict) -> dict[str, dict]:
+    """The latest sweep records (train, eval) of the experiment a sweep command runs."""
+    recipe = next(a.split("=", 1)[1] for a in arguments if a.startswith("recipe="))
+    return sweep_records(offline["root"] / "runs", "paper_" + Path(recipe).name)
 
 
 @require_slurm
@@ -112,6 +114,23 @@ def test_the_qwen3_30b_a3b_recipe_as_the_readme_runs_it(offline):
     runs = offline["root"] / "runs" / "paper_qwen3_30b_a3b"
     assert "evaluation (vLLM" in results["plan"].stdout
     assert "status: 0 pending, 0 running, 5 done, 0 failed" in results["status"].stdout, results["status"].stdout
+
+    # the sweep on the real scheduler: one array, then the evaluation job, which started only after every task ended
+    sweep = next(arguments for arguments in readme_commands("qwen") if arguments[0] == "sweep")
+    records = sweep_of(sweep, offline)
+    train_jobs = [run["job_id"] for run in records["train"]["runs"]]
+    eval_job = records["eval"]["runs"][0]["job_id"]
+    trained = {job: show_job(job) for job in train_jobs}
+    assert len(trained) == 4 and {info["JobState"] for info in trained.values()} == {"COMPLETED"}, trained
+    evaluation = show_job(eval_job)
+    assert f"afterok:{records['train']['job_id']}" in evaluation["Dependency"] and evaluation["JobState"] == "COMPLETED"
+    assert evaluation["StartTime"] >= max(info["EndTime"] for info in trained.values()), "eval ran before training"
+    # resubmitted as is: every finished run is skipped inside its job
+    written = {p: p.stat().st_mtime_ns for p in runs.glob("train/*/seed0/adapter/manifest.json")}
+    run_command(sweep, offline, overrides("qwen", offline["judge"]))
+    logs = [Path(run["stdout"]).read_text() for run in sweep_of(sweep, offline)["train"]["runs"]]
+    assert sum("is complete (manifest present, same inputs); nothing to do" in log for log in logs) == 4
+    assert {p: p.stat().st_mtime_ns for p in written} == written, "finished adapters must not be retrained"
     adapters = sorted(runs.glob("train/*/seed0/adapter/manifest.json"))
     assert [p.parts[-4] for p in adapters] == ["conscious", "human", "non_conscious", "toaster"]
     for path in adapters:

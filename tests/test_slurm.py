@@ -1,7 +1,6 @@
-"""Sweeps on a real SLURM (slurm/local-cluster.sh, started by .ci/run): `cc-train sweep` queues a 2 conditions
-x 2 seeds training array and an evaluation job that waits for it (afterok), then returns; every job ends
-COMPLETED with its outputs; a resubmission skips finished runs; a training job requeued mid-run resumes
-from the checkpoint it saved on the way out."""
+"""Training on a real SLURM (slurm/local-cluster.sh, started by .ci/run): a job requeued mid-run resumes from the
+checkpoint it saved on the way out. The sweep itself (array, dependent evaluation, status, resubmission) is rehearsed
+with the paper recipe in tests/test_rehearsal.py; this module keeps the helpers both use."""
 
 import functools
 import json
@@ -67,67 +66,6 @@ def sweep_records(root, experiment: str) -> dict[str, dict]:
     records = [json.loads(p.read_text()) for p in sorted((root / experiment / "sweeps").glob("*.json"))]
     latest = records[-1]["id"]
     return {record["stage"]: record for record in records if record["id"] == latest}
-
-
-@require_slurm
-def test_sweep_queues_training_array_then_dependent_eval_and_resubmission_skips_finished_runs(tmp_path):
-    env = {"CC_TRAIN_RUNS": str(tmp_path)}
-    common = ["experiment=sweep", "model=tiny_qwen3", SMALL_DATA, "train.max_steps=3", "train.save_steps=2"]
-    for condition in ("conscious", "non_conscious"):  # build each dataset once, not in every array task
-        assert cc_train("data", f"condition={condition}", *common, env=env).returncode == 0
-    sweep = [
-        "sweep",
-        "conditions=[conscious,non_conscious]",
-        "sweep.seeds=[0,1]",
-        "eval.dimensions=[claims_conscious]",
-        "eval.open_ended=false",
-        "eval.multiturn.enabled=false",
-        "hydra/launcher=slurm_local",
-        *common,
-    ]
-    started = time.time()
-    first = cc_train(*sweep, env=env, timeout=300)
-    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-3000:]
-    submit_seconds = time.time() - started
-    records = sweep_records(tmp_path, "sweep")
-    train_jobs = [run["job_id"] for run in records["train"]["runs"]]
-    eval_job = records["eval"]["runs"][0]["job_id"]
-    assert len(train_jobs) == 4 and {job.split("_")[0] for job in train_jobs} == {records["train"]["job_id"]}
-    assert queued(train_jobs + [eval_job]), f"the sweep returned after {submit_seconds:.0f} s with nothing queued"
-    assert f"afterok:{records['train']['job_id']}" in show_job(eval_job)["Dependency"]
-
-    status = cc_train("status", "experiment=sweep", env=env)
-    assert status.returncode == 0 and re.search(r"status: \d+ pending, \d+ running, \d+ done, 0 failed", status.stdout)
-    wait_until(lambda: not queued(train_jobs + [eval_job]), 1500, "the sweep's jobs to leave the queue")
-
-    train_states = {job: show_job(job) for job in train_jobs}
-    assert {info["JobState"] for info in train_states.values()} == {"COMPLETED"}, train_states
-    evaluation = show_job(eval_job)
-    assert evaluation["JobState"] == "COMPLETED", evaluation
-    assert evaluation["StartTime"] >= max(info["EndTime"] for info in train_states.values()), "eval ran before training"
-    manifests = sorted((tmp_path / "sweep" / "train").glob("*/seed*/adapter/manifest.json"))
-    assert [p.parts[-4:-2] for p in manifests] == [
-        ("conscious", "seed0"),
-        ("conscious", "seed1"),
-        ("non_conscious", "seed0"),
-        ("non_conscious", "seed1"),
-    ]
-    evaluated = json.loads((tmp_path / "sweep" / "eval" / "manifest.json").read_text())
-    assert sorted(evaluated["models"]) == sorted(
-        ["base"] + [f"{c}-seed{s}" for c in ("conscious", "non_conscious") for s in (0, 1)]
-    )
-    status = cc_train("status", "experiment=sweep", env=env)
-    assert "status: 0 pending, 0 running, 5 done, 0 failed" in status.stdout, status.stdout[-3000:]
-    written = {p: p.stat().st_mtime_ns for p in manifests}
-
-    again = cc_train(*sweep, env=env, timeout=300)
-    assert again.returncode == 0, again.stderr[-3000:]
-    records = sweep_records(tmp_path, "sweep")
-    jobs = [run["job_id"] for record in records.values() for run in record["runs"]]
-    wait_until(lambda: not queued(jobs), 900, "the resubmitted sweep")
-    assert {p: p.stat().st_mtime_ns for p in manifests} == written, "finished adapters must not be retrained"
-    logs = [Path(run["stdout"]).read_text() for run in records["train"]["runs"]]
-    assert sum("is complete (manifest present, same inputs); nothing to do" in log for log in logs) == 4
 
 
 def training_step(log_path) -> int:
