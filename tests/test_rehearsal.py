@@ -85,7 +85,10 @@ def run_command(arguments: list[str], offline: dict, extra: list[str]) -> subpro
     command = " ".join(arguments[:2])
     assert result.returncode == 0, f"`cc-train {command} ...` failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
     if arguments[0] == "sweep":
-        jobs = [run["job_id"] for record in sweep_of(arguments, offline).values() for run in record["runs"]]
+        records = sweep_of(arguments, offline)
+        jobs = [run["job_id"] for record in records.values() for run in record["runs"]]
+        # while queued, the evaluation job names the training array it waits for (SLURM clears it once met)
+        result.eval_dependency = show_job(records["eval"]["runs"][0]["job_id"]).get("Dependency", "")
         wait_until(lambda: not queued(jobs), 1800, "the sweep's jobs")
     return result
 
@@ -123,7 +126,8 @@ def test_the_qwen3_30b_a3b_recipe_as_the_readme_runs_it(offline):
     trained = {job: show_job(job) for job in train_jobs}
     assert len(trained) == 4 and {info["JobState"] for info in trained.values()} == {"COMPLETED"}, trained
     evaluation = show_job(eval_job)
-    assert f"afterok:{records['train']['job_id']}" in evaluation["Dependency"] and evaluation["JobState"] == "COMPLETED"
+    assert f"afterok:{records['train']['job_id']}" in results["sweep"].eval_dependency
+    assert evaluation["JobState"] == "COMPLETED"
     assert evaluation["StartTime"] >= max(info["EndTime"] for info in trained.values()), "eval ran before training"
     # resubmitted as is: every finished run is skipped inside its job
     written = {p: p.stat().st_mtime_ns for p in runs.glob("train/*/seed0/adapter/manifest.json")}

@@ -43,7 +43,7 @@ from cc_train.files import (
     write_manifest,
 )
 from cc_train.generation.backends import BASE, GenerationRequest, HFBackend
-from cc_train.models.loading import ensure_checkpoint, load_model, load_tokenizer, resolve_device
+from cc_train.models.loading import checkpoint_revision, ensure_checkpoint, load_model, load_tokenizer, resolve_device
 from cc_train.questions import load_question_sets
 from cc_train.resources import evals_dir
 
@@ -94,6 +94,9 @@ def fingerprint(run: RunConfig, condition: Condition) -> dict:
     generates = not user_files(run) and (condition.instructions or condition.kind == "on_policy")
     if generates:
         found |= {f"model.{key}": getattr(run.model, key) for key in ("name", "path", "revision", "dtype")}
+        snapshot = checkpoint_revision(run.model)
+        if snapshot:  # a Hub id: the commit its files came from (refs/main moves when the repository does)
+            found["model.snapshot"] = snapshot
         spec = run.data.instructions
         keys = ("temperature", "batch_size") + (("max_new_tokens",) if condition.instructions else ())
         found |= {f"data.instructions.{key}": getattr(spec, key) for key in keys}

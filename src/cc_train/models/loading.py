@@ -74,11 +74,11 @@ def hub_file(repo_id: str, filename: str, revision: str | None) -> str:
 
 
 def checkpoint_revision(model: ModelConfig) -> str | None:
-    """For a model named by Hub id, the commit of the snapshot it loads (recorded in manifests); None for a folder."""
-    checkpoint = ensure_checkpoint(model)
-    if Path(checkpoint).is_dir():
+    """For a model named by Hub id, the commit of the snapshot it loads (recorded in manifests and fingerprints);
+    None for a folder, or a model cc-train builds."""
+    if model.build.kind != BuildKind.none or Path(model.path).expanduser().exists():
         return None
-    return Path(hub_file(checkpoint, "config.json", model.revision)).parent.name
+    return Path(hub_file(model.path, "config.json", model.revision)).parent.name
 
 
 def convert_gguf(package: str, file: str, out_dir: Path) -> None:

@@ -104,6 +104,9 @@ def fingerprint(run: RunConfig, dataset: Path) -> dict:
     }
     found |= {f"model.{key}": getattr(run.model, key) for key in ("name", "arch", "path", "revision", "dtype")}
     found["model.load_in_4bit"] = run.model.load_in_4bit
+    snapshot = checkpoint_revision(run.model)
+    if snapshot:  # a Hub id: the commit of the weights trained on
+        found["model.snapshot"] = snapshot
     found |= {f"peft.{key}": getattr(run.peft, key) for key in ("preset", "r", "alpha", "dropout", "unservable")}
     found |= {f"train.{key}": getattr(run.train, key) for key in TRAIN_KEYS}
     return {key: str(value) if hasattr(value, "value") else value for key, value in found.items()}
