@@ -24,7 +24,7 @@ demo: setup
 	$(VENV)/bin/cc-train pipeline
 
 lint: setup
-	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff check src tests bench rehearsal
 	$(VENV)/bin/hadolint Dockerfile
 	$(VENV)/bin/shellcheck slurm/*.sh slurm/*.sbatch .ci/run
 
