@@ -13,7 +13,8 @@ The estimate per GPU, for a layout of n GPUs (all formulas in bytes; GiB = 2**30
   LoRA states        16 * P_lora / n                   fp32 params + fp32 grads + AdamW exp_avg + exp_avg_sq
   unsharded layers   2 * layer_bytes        (n > 1)    the layer in use, all-gathered, + the next one prefetched
   saved activations  (L + 1) * T * hidden * 2          gradient checkpointing keeps each decoder layer's input
-  logits (loss)      T * V * 12                    *   bf16 logits + fp32 log-softmax + its fp32 grad + bf16 grad
+  logits (loss)      min(T, C) * V * 12            *   one loss chunk of C tokens (train.loss_chunk_tokens): bf16
+                                                       logits + fp32 log-softmax + its fp32 grad + bf16 grad
   one layer + fold   1.5 * A_layer * T + 4*E*I*h*2 *   a recomputed layer's saved tensors + its backward buffers;
                                                        attn_experts: PEFT's folded W + B@A expert stacks + their grad
   overhead           3 GiB + 10 % of the rest          CUDA context, NCCL buffers, allocator fragmentation
@@ -229,9 +230,10 @@ def estimate(model: ModelConfig, peft: PeftConfig, train: TrainConfig, shape: Sh
     # the layer in backward: its (recomputed) saved tensors + about half again in gradient buffers
     working = (1.5 if checkpointing else 0.5) * per_layer
     fold = _expert_fold_bytes(s, bool(targets.parameters), expert_bytes, checkpointing)
-    # loss: lm_head's logits (act_bytes), ForCausalLMLoss's fp32 log-softmax kept for backward (4), its fp32
-    # gradient (4) and that gradient cast back to the logits' dtype (act_bytes; for fp32 the upcast is a no-op)
-    logit_bytes = tokens * s.vocab * ((2 * act_bytes + 8) if act_bytes < 4 else 12)
+    # loss: computed a chunk of tokens at a time (train/loss.py with lm_head LoRA; TRL's fused LM head otherwise): one
+    # chunk's logits (act_bytes), its fp32 log-softmax (4), their fp32 gradient (4) and its cast back (act_bytes)
+    logit_tokens = min(tokens, train.loss_chunk_tokens)
+    logit_bytes = logit_tokens * s.vocab * ((2 * act_bytes + 8) if act_bytes < 4 else 12)
     return Estimate(
         shape=s,
         parameters=count_parameters(s),
@@ -249,29 +251,24 @@ def estimate(model: ModelConfig, peft: PeftConfig, train: TrainConfig, shape: Sh
     )
 
 
-def batch_allows(train: TrainConfig, gpus: int) -> bool:
-    """Data parallel over `gpus` ranks keeps train.global_batch_size exactly (per-device batch x accumulation x
-    ranks); more ranks than global_batch_size / per_device_batch_size would enlarge the batch."""
-    return train.global_batch_size % (train.per_device_batch_size * gpus) == 0
+def filler_ranks(train: TrainConfig, gpus: int) -> int:
+    """Ranks beyond the global batch's sequences: they take filler rows that weigh nothing (train/layout.py)."""
+    return max(0, gpus - train.global_batch_size // train.per_device_batch_size)
 
 
 def layout(est: Estimate, usable_gib: float, train: TrainConfig) -> dict[str, Any]:
-    """The smallest GPU count in GPU_COUNTS whose per-GPU total fits `usable_gib` and whose data-parallel ranks
-    keep the global batch; gpus=None if none does (`memory_gpus`: the count that would fit in memory)."""
+    """The smallest GPU count in GPU_COUNTS whose per-GPU total fits `usable_gib` (any count keeps the global batch:
+    ranks beyond it take fillers); gpus=None if none does, with the per-GPU floor that sharding cannot reduce."""
     for gpus in GPU_COUNTS:
         total = est.per_gpu(gpus)["total"]
         if total <= usable_gib:
             nodes = math.ceil(gpus / GPUS_PER_NODE)
-            found = {"gpus": gpus, "nodes": nodes, "gpus_per_node": gpus // nodes, "per_gpu_gib": total}
-            if batch_allows(train, gpus):
-                return found
             return {
-                "gpus": None,
-                "nodes": None,
-                "gpus_per_node": None,
+                "gpus": gpus,
+                "nodes": nodes,
+                "gpus_per_node": gpus // nodes,
                 "per_gpu_gib": total,
-                "memory_gpus": gpus,
-                "max_ranks": train.global_batch_size // train.per_device_batch_size,
+                "filler_ranks": filler_ranks(train, gpus),
             }
     # what never shrinks with more GPUs: everything but the sharded weights and LoRA states, at the largest layout
     floor = est.per_gpu(GPU_COUNTS[-1])
@@ -287,7 +284,7 @@ def compare_with_reports(est: Estimate, layouts: dict[str, dict], hub_id: str | 
     if hub_id not in REPORTS:
         return {}
     report = REPORTS[hub_id]
-    gpus = {kind: lay["gpus"] or lay.get("memory_gpus") for kind, lay in layouts.items()}  # memory alone, as reported
+    gpus = {kind: lay["gpus"] for kind, lay in layouts.items()}
     ours = {"weights_gb": est.bf16_weight_bytes / GB, "gpus": gpus}
     result: dict[str, Any] = {"reported": report, "ours": ours}
     result["weights_diff_pct"] = 100 * (ours["weights_gb"] / report["weights_gb"] - 1)
@@ -300,16 +297,12 @@ def compare_with_reports(est: Estimate, layouts: dict[str, dict], hub_id: str | 
 
 
 def _gpus_text(lay: dict) -> str:
-    if lay["gpus"] is None and "memory_gpus" in lay:
-        return (
-            f"no layout keeps the global batch: memory needs {lay['memory_gpus']} GPUs, but data parallel allows at "
-            f"most {lay['max_ranks']} ranks (a larger batch is a deviation: train.global_batch_size)"
-        )
     if lay["gpus"] is None:
         return f"does not fit in {GPU_COUNTS[-1]} GPUs (per-GPU floor {lay['floor_gib']:.1f} GiB, not shardable)"
     gpus, nodes = lay["gpus"], lay["nodes"]
     where = f"{nodes} node{'s' if nodes > 1 else ''} x {lay['gpus_per_node']}"
-    return f"{gpus} GPU{'s' if gpus > 1 else ''} = {where} ({lay['per_gpu_gib']:.1f} GiB/GPU)"
+    fillers = f"; {lay['filler_ranks']} ranks take filler rows" if lay["filler_ranks"] else ""
+    return f"{gpus} GPU{'s' if gpus > 1 else ''} = {where} ({lay['per_gpu_gib']:.1f} GiB/GPU{fillers})"
 
 
 def format_plan(result: dict[str, Any]) -> str:
