@@ -15,8 +15,8 @@ The estimate per GPU, for a layout of n GPUs (all formulas in bytes; GiB = 2**30
   saved activations  (L + 1) * T * hidden * 2          gradient checkpointing keeps each decoder layer's input
   logits (loss)      min(T, C) * V * 12            *   one loss chunk of C tokens (train.loss_chunk_tokens): bf16
                                                        logits + fp32 log-softmax + its fp32 grad + bf16 grad
-  one layer + fold   1.5 * A_layer * T + 4*E*I*h*2 *   a recomputed layer's saved tensors + its backward buffers;
-                                                       attn_experts: PEFT's folded W + B@A expert stacks + their grad
+  one layer          1.5 * A_layer * T             *   a recomputed layer's saved tensors + its backward buffers
+                                                       (expert LoRA is grouped x@A@B per expert: no folded stacks)
   overhead           3 GiB + 10 % of the rest          CUDA context, NCCL buffers, allocator fragmentation
   * not live at the same time (the loss is done before the first layer's backward): the total counts the larger.
 where T = train.per_device_batch_size * train.max_length tokens per GPU (the worst case: every row at max_length).
@@ -163,7 +163,9 @@ def layer_activation_bytes_per_token(s: Shape, moe: bool, act_bytes: int) -> flo
 
 
 def _expert_fold_bytes(s: Shape, adapts_experts: bool, expert_bytes: int, checkpointing: bool) -> float:
-    """Transient memory of LoRA on fused experts (presets attn_experts and paper).
+    """Transient memory of PEFT's fold of LoRA on fused experts (presets attn_experts and paper), which cc-train no
+    longer uses (models/expert_lora.py applies x @ A then @ B per expert, grouped); kept for the calibration runs,
+    which were measured with it.
 
     PEFT's ParamWrapper replaces each targeted expert stack by W + scaling * B @ A (one baddbmm: a full-size
     (E, out, in) tensor in the parameter's dtype) for the whole forward of the layer, and autograd needs the
@@ -190,7 +192,7 @@ class Estimate:
     layer_bytes: float  # the largest decoder layer's weights
     saved_activation_bytes: float  # checkpoints (or, without checkpointing, every layer's saved tensors)
     logit_bytes: float
-    layer_working_bytes: float  # one layer in backward, the expert fold included
+    layer_working_bytes: float  # one layer in backward (with PEFT's fold, when estimated with it)
     fold_bytes: float  # the expert-fold part of layer_working_bytes
 
     def per_gpu(self, gpus: int) -> dict[str, float]:
@@ -201,17 +203,20 @@ class Estimate:
             "unsharded layers (FSDP)": 2 * self.layer_bytes if gpus > 1 else 0.0,
             "saved activations": self.saved_activation_bytes,
             "logits (loss) *": self.logit_bytes,
-            "one layer + expert fold *": self.layer_working_bytes,
+            "one layer *": self.layer_working_bytes,
         }
         items = {name: value / GIB for name, value in items.items()}
         # the loss phase and a layer's backward do not overlap: only the larger of the two counts
-        subtotal = sum(items.values()) - min(items["logits (loss) *"], items["one layer + expert fold *"])
+        subtotal = sum(items.values()) - min(items["logits (loss) *"], items["one layer *"])
         items["overhead"] = FIXED_OVERHEAD_GIB + FRAGMENTATION * subtotal
         items["total"] = subtotal + items["overhead"]
         return items
 
 
-def estimate(model: ModelConfig, peft: PeftConfig, train: TrainConfig, shape: Shape | None = None) -> Estimate:
+def estimate(
+    model: ModelConfig, peft: PeftConfig, train: TrainConfig, shape: Shape | None = None, folded_experts: bool = False
+) -> Estimate:
+    """Memory of one training step; `folded_experts`: as PEFT's fold would need (the calibration measurements)."""
     s = shape or resolve_shape(model)
     targets = preset_targets(s.arch, peft.preset, peft.unservable)  # attn_experts on a dense model: ConfigError
     dtype_bytes = 2 if model.dtype == DType.bfloat16 else 4
@@ -229,7 +234,7 @@ def estimate(model: ModelConfig, peft: PeftConfig, train: TrainConfig, shape: Sh
         saved *= tokens
     # the layer in backward: its (recomputed) saved tensors + about half again in gradient buffers
     working = (1.5 if checkpointing else 0.5) * per_layer
-    fold = _expert_fold_bytes(s, bool(targets.parameters), expert_bytes, checkpointing)
+    fold = _expert_fold_bytes(s, bool(targets.parameters), expert_bytes, checkpointing) if folded_experts else 0.0
     # loss: computed a chunk of tokens at a time (train/loss.py with lm_head LoRA; TRL's fused LM head otherwise): one
     # chunk's logits (act_bytes), its fp32 log-softmax (4), their fp32 gradient (4) and its cast back (act_bytes)
     logit_tokens = min(tokens, train.loss_chunk_tokens)
@@ -269,6 +274,8 @@ def layout(est: Estimate, usable_gib: float, train: TrainConfig) -> dict[str, An
                 "gpus_per_node": gpus // nodes,
                 "per_gpu_gib": total,
                 "filler_ranks": filler_ranks(train, gpus),
+                # fewer ranks than sequences, but a per-device batch too large for them all to get one
+                "busy_per_device": train.global_batch_size // gpus if gpus <= train.global_batch_size else None,
             }
     # what never shrinks with more GPUs: everything but the sharded weights and LoRA states, at the largest layout
     floor = est.per_gpu(GPU_COUNTS[-1])
@@ -301,7 +308,11 @@ def _gpus_text(lay: dict) -> str:
         return f"does not fit in {GPU_COUNTS[-1]} GPUs (per-GPU floor {lay['floor_gib']:.1f} GiB, not shardable)"
     gpus, nodes = lay["gpus"], lay["nodes"]
     where = f"{nodes} node{'s' if nodes > 1 else ''} x {lay['gpus_per_node']}"
-    fillers = f"; {lay['filler_ranks']} ranks take filler rows" if lay["filler_ranks"] else ""
+    fillers = ""
+    if lay["filler_ranks"]:
+        fillers = f"; filler rows on {lay['filler_ranks']} rank{'s' if lay['filler_ranks'] > 1 else ''}"
+        if lay.get("busy_per_device"):
+            fillers += f": train.per_device_batch_size={lay['busy_per_device']} keeps every rank busy"
     return f"{gpus} GPU{'s' if gpus > 1 else ''} = {where} ({lay['per_gpu_gib']:.1f} GiB/GPU{fillers})"
 
 

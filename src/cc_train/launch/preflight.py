@@ -25,7 +25,7 @@ def training_fits(run: RunConfig, gpus: int, gpu_gib: float) -> str | None:
     options = "; ".join(f"{kind}: {lay['gpus'] or 'none'} GPUs" for kind, lay in layouts.items())
     return (
         f"training needs {per_gpu['total']:.1f} GiB per GPU on {gpus} GPU(s) (weights {per_gpu['base weights']:.1f}, "
-        f"logits {per_gpu['logits (loss) *']:.1f}, layer {per_gpu['one layer + expert fold *']:.1f}), more than the "
+        f"logits {per_gpu['logits (loss) *']:.1f}, layer {per_gpu['one layer *']:.1f}), more than the "
         f"{gpu_gib:.0f} GiB usable on the card; `cc-train plan` layouts: {options}"
     )
 
