@@ -201,9 +201,11 @@ class LoraSFTTrainer(SFTTrainer):
 
 def filler_row(example: dict) -> dict:
     """A tokenized row whose tokens all carry no label: it adds nothing to the loss nor to its token count."""
+    if "labels" in example:  # TRL's tokenized rows: -100 is no label
+        return {**example, "labels": [-100] * len(example["labels"])}
     masks = [key for key in ("assistant_masks", "completion_mask") if key in example]
     if not masks:
-        raise RuntimeError(f"no loss mask in the tokenized rows ({sorted(example)}): cannot build a filler row")
+        raise RuntimeError(f"no labels or loss mask in the tokenized rows ({sorted(example)}): cannot build a filler")
     return {**example, **{key: [0] * len(example[key]) for key in masks}}
 
 
