@@ -91,7 +91,8 @@ def experts_setup(device: str, tokens: int, variant: str):
     layer = Layer().to(device=device, dtype=torch.bfloat16)
     for param in layer.parameters():
         torch.nn.init.normal_(param, std=0.02)
-    lora = LoraConfig(r=RANK, target_modules=[], target_parameters=["mlp.experts.gate_up_proj", "mlp.experts.down_proj"])
+    experts = ["mlp.experts.gate_up_proj", "mlp.experts.down_proj"]
+    lora = LoraConfig(r=RANK, target_modules=[], target_parameters=experts)
     model = get_peft_model(layer, lora)
     if variant == "grouped":
         use_grouped_expert_lora(model)

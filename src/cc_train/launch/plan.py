@@ -26,7 +26,10 @@ AdamW, torch.cuda.max_memory_allocated): Qwen3-30B-A3B shapes cut to 4 layers, 4
 34.0 GiB measured, 34.1 estimated (the logits phase); DeepSeek-V3.1 shapes cut to 3 layers (1 dense), 1 x 4000
 tokens: 80.8 GiB measured, 83.5 estimated (the layer phase: the expert fold). Peak *reserved* memory was 25 %
 above allocated in those short runs, more than the 10 % allowed here: totals within ~15 % of the card are tight
-(PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True reduces fragmentation).
+(PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True reduces fragmentation). Those runs had PEFT's fold and the whole
+logits; the two parts that replaced them are modelled from bench/memory_parts.py (CPU, fp32, real widths): the loss of
+4,000 tokens whole 9.26 GiB vs chunks of 1,024 1.98 GiB (4.7x; min(T, C) / T says 3.9x), one Qwen3-30B-A3B MoE layer
+folded 2.18 GiB vs grouped 1.19 GiB. bench/device_memory_check.sh measures them on a GPU.
 """
 
 from __future__ import annotations
