@@ -28,15 +28,9 @@ import torch
 if importlib.util.find_spec("cc_train") is None:  # a checkout without `pip install -e .` (e.g. the GPU machine)
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from train_throughput import table  # noqa: E402 - bench/ is this script's directory
+
 HIDDEN, VOCAB, EXPERTS, MOE_INTERMEDIATE, TOP_K, RANK = 2048, 151936, 128, 768, 8, 16
-
-
-def table(headers: list[str], rows: list[list]) -> None:
-    widths = [max(len(str(x)) for x in column) for column in zip(headers, *rows, strict=False)]
-    print("| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)) + " |")
-    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    for row in rows:
-        print("| " + " | ".join(str(x).ljust(w) for x, w in zip(row, widths, strict=True)) + " |")
 
 
 def resident_gib() -> float:
