@@ -28,8 +28,8 @@ tokens: 80.8 GiB measured, 83.5 estimated (the layer phase: the expert fold). Pe
 above allocated in those short runs, more than the 10 % allowed here: totals within ~15 % of the card are tight
 (PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True reduces fragmentation). Those runs had PEFT's fold and the whole
 logits; the two parts that replaced them are modelled from bench/memory_parts.py (CPU, fp32, real widths): the loss of
-4,000 tokens whole 9.26 GiB vs chunks of 1,024 1.98 GiB (4.7x; min(T, C) / T says 3.9x), one Qwen3-30B-A3B MoE layer
-folded 2.18 GiB vs grouped 1.19 GiB. bench/device_memory_check.sh measures them on a GPU.
+4,000 tokens whole 9.34 GiB vs chunks of 1,024 1.98 GiB (4.7x; min(T, C) / T says 3.9x), one Qwen3-30B-A3B MoE layer
+folded 2.17 GiB vs grouped 1.21 GiB. bench/device_memory_check.sh measures them on a GPU.
 """
 
 from __future__ import annotations
