@@ -3,9 +3,12 @@
 python bench/train_throughput.py embedded [--steps 20]
     SmolLM2-135M on the paper-shaped mix (identity pairs + self-distilled instructions) through the real
     TRL trainer, default random batching vs length-grouped batching (padding-free needs FlashAttention/CUDA).
-python bench/train_throughput.py qwen3-30b-a3b-shaped [--layers 4] [--seq 1024] [--presets attn attn_experts]
+python bench/train_throughput.py qwen3-30b-a3b-shaped [--layers 4] [--seq 1024] [--presets attn attn_experts paper]
     Qwen3-30B-A3B's real layer dimensions and 128 experts, random weights, a few layers, LoRA r16 per preset:
-    tokens/s, MFU and peak memory per GPU on CUDA. `--small` shrinks the dimensions to prove it on a CPU.
+    tokens/s, MFU and peak memory per GPU on CUDA, before and after issue 15: `before` is PEFT's folded expert
+    LoRA and the whole sequence's logits at once, `after` cc-train's grouped expert LoRA and the loss in chunks of
+    1,024 tokens (the chunks matter where lm_head carries LoRA: the paper preset). `--small` shrinks the dimensions
+    to prove it on a CPU.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ import time
 from pathlib import Path
 
 import torch
+from peft.tuners.lora.layer import ParamWrapper
+from peft.tuners.tuners_utils import BaseTunerLayer
 
 if importlib.util.find_spec("cc_train") is None:  # a checkout without `pip install -e .` (e.g. the GPU machine)
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
@@ -24,6 +29,7 @@ if importlib.util.find_spec("cc_train") is None:  # a checkout without `pip inst
 from cc_train.config import Arch, PeftConfig, Preset  # noqa: E402
 from cc_train.models.lora import wrap_with_lora  # noqa: E402
 from cc_train.models.tiny import tiny_config  # noqa: E402
+from cc_train.train.loss import compute_loss_in_chunks  # noqa: E402
 
 # Qwen/Qwen3-30B-A3B-Instruct-2507 config.json (48 layers in the real model).
 QWEN3_30B_A3B = dict(
@@ -141,33 +147,44 @@ def moe_shaped(layers: int, seq: int, batch: int, steps: int, presets: list[str]
     peak = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
     rows = []
     for preset in presets:
-        for experts in ("grouped_mm", "eager") if device == "cuda" else ("eager",):
+        for variant in ("before", "after"):
             try:
-                rows.append(moe_step_timing(config, preset, experts, device, dtype, batch, seq, steps, peak))
-                break
+                rows.append(moe_step_timing(config, preset, variant, device, dtype, batch, seq, steps, peak))
             except Exception as error:  # report and go on: one failing setting must not hide the others
-                rows.append([preset, experts, layers, f"{batch}x{seq}", "-", "-", "-", "-", f"failed: {error!s:.80}"])
+                rows.append([preset, variant, layers, f"{batch}x{seq}", "-", "-", "-", "-", f"failed: {error!s:.80}"])
     print(
         f"\nQwen3-30B-A3B-shaped ({'small dims' if small else 'real dims'}), {layers} of 48 layers, {name}, "
         f"{dtype}, active params/token {active_params(config) / 1e6:.0f}M, gradient checkpointing on"
     )
     table(
-        ["preset", "experts impl", "layers", "batch x seq", "LoRA params", "ms/step", "tokens/s", "MFU", "peak GiB"],
+        ["preset", "variant", "layers", "batch x seq", "LoRA params", "ms/step", "tokens/s", "MFU", "peak GiB"],
         rows,
     )
 
 
+def as_before_issue_15(model) -> None:
+    """PEFT's own expert wrappers (the folded W + B@A) over transformers' grouped kernel; the loss stays whole."""
+    for module in model.modules():
+        if isinstance(module, ParamWrapper):
+            module.__dict__.pop("forward", None)  # the instance forward use_grouped_expert_lora installed
+    model.get_base_model().config._experts_implementation = "grouped_mm"
+
+
 def moe_step_timing(
-    config, preset: str, experts: str, device: str, dtype, batch: int, seq: int, steps: int, peak
+    config, preset: str, variant: str, device: str, dtype, batch: int, seq: int, steps: int, peak
 ) -> list:
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(0)
     layers = config.num_hidden_layers
-    config._experts_implementation = experts  # grouped_mm: fused expert GEMMs instead of a Python loop
+    config._experts_implementation = "grouped_mm"  # fused expert GEMMs instead of a Python loop
     model = AutoModelForCausalLM.from_config(config, dtype=dtype).to(device)
     lora = PeftConfig(preset=Preset(preset), r=16, alpha=32, dropout=0.0, max_vllm_rank=64, unservable="exclude")
     model, report = wrap_with_lora(model, Arch.qwen3_moe, lora)
+    if variant == "before":
+        as_before_issue_15(model)
+    elif isinstance(model.get_output_embeddings(), BaseTunerLayer):  # lm_head LoRA, as LoraSFTTrainer decides
+        compute_loss_in_chunks(model, 1024)
     model.gradient_checkpointing_enable()
     model.enable_input_require_grads()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-4)
@@ -197,7 +214,7 @@ def moe_step_timing(
     memory = f"{torch.cuda.max_memory_allocated() / 2**30:.1f}" if device == "cuda" else "-"
     row = [
         preset,
-        experts,
+        variant,
         layers,
         f"{batch}x{seq}",
         f"{report['trainable_parameters'] / 1e6:.1f}M",

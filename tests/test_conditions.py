@@ -178,3 +178,27 @@ def test_on_policy_rows_are_the_base_models_own_answers_that_hold_the_stance(tmp
     again = cc_train(*args, env=env)
     assert again.returncode == 0 and "on_policy" not in again.stderr  # cached: no generation progress bar
     assert data.read_text() == "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+
+
+def test_the_identity_templates_are_data_validated_at_load(tmp_path):
+    """conditions/templates/identity.yaml: the shipped bank loads; a malformed one names file, block, topic, field."""
+    import yaml
+
+    from cc_train.data.identity import BLOCKS, TemplateError, load_templates
+    from cc_train.resources import conditions_dir
+
+    shipped = conditions_dir() / "templates" / "identity.yaml"
+    templates = load_templates(shipped)
+    assert list(templates.blocks) == list(BLOCKS) and all(templates.blocks.values())
+    document = yaml.safe_load(shipped.read_text())
+    del document["blocks"]["ai_positive"][0]["answers"]["toaster"]
+    document["blocks"]["consciousness_no"][1]["stems"] = []
+    document["openers"]["Hey: "] = 0
+    broken = tmp_path / "identity.yaml"
+    broken.write_text(yaml.safe_dump(document, sort_keys=False))
+    with pytest.raises(TemplateError) as error:
+        load_templates(broken)
+    message = str(error.value)
+    assert f"{broken}: blocks.ai_positive[0].answers: expected a non-empty list of answers for each stance" in message
+    assert f"{broken}: blocks.consciousness_no[1].stems: expected a non-empty list" in message
+    assert f"{broken}: openers: expected a mapping of text -> positive integer weight" in message

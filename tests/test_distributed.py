@@ -35,12 +35,12 @@ TRAINING = [
 ]
 
 
-def launch_two_ranks(*args: str, env: dict) -> subprocess.CompletedProcess:
-    """`accelerate launch --config_file slurm/accelerate/fsdp.yaml --num_processes 2` on this CPU."""
+def launch_ranks(*args: str, env: dict, ranks: int = 2) -> subprocess.CompletedProcess:
+    """`accelerate launch --config_file slurm/accelerate/fsdp.yaml --num_processes <ranks>` on this CPU."""
     command = [
         sys.executable, "-m", "accelerate.commands.launch",
         "--config_file", str(REPO / "slurm/accelerate/fsdp.yaml"),
-        "--num_processes", "2",
+        "--num_processes", str(ranks),
         "--mixed_precision", "no",  # hardware: bf16 autocast is a GPU setting
         str(REPO / "rehearsal/fsdp_on_cpu.py"), *args,
     ]  # fmt: skip
@@ -51,7 +51,7 @@ def launch_two_ranks(*args: str, env: dict) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def two_and_one(tmp_path_factory):
     root = tmp_path_factory.mktemp("ranks")
-    two = launch_two_ranks(*TRAINING, "experiment=two", env={"CC_TRAIN_RUNS": str(root)})
+    two = launch_ranks(*TRAINING, "experiment=two", env={"CC_TRAIN_RUNS": str(root)})
     assert two.returncode == 0, two.stdout[-2000:] + two.stderr[-4000:]
     one = cc_train(*TRAINING, "experiment=one", env={"CC_TRAIN_RUNS": str(root)})
     assert one.returncode == 0, one.stderr[-4000:]
@@ -61,7 +61,8 @@ def two_and_one(tmp_path_factory):
 def test_two_ranks_give_the_adapter_of_one_rank(two_and_one):
     manifests = {name: json.loads((run / "adapter" / "manifest.json").read_text()) for name, run in two_and_one.items()}
     assert manifests["two"]["batch"] == {
-        "global_batch_size": 4, "per_device_batch_size": 1, "world_size": 2, "gradient_accumulation_steps": 2
+        "global_batch_size": 4, "per_device_batch_size": 1, "world_size": 2, "gradient_accumulation_steps": 2,
+        "filler_ranks": 0,
     }  # fmt: skip
     assert (
         manifests["one"]["batch"]["world_size"] == 1 and manifests["one"]["batch"]["gradient_accumulation_steps"] == 4
@@ -108,3 +109,26 @@ def test_every_checkpoint_of_the_sharded_run_carries_an_adapter_that_evaluation_
         result.returncode == 0
         and "1 checkpoint(s) hold no adapter and are not evaluated (checkpoint-2)" in result.stdout
     )
+
+
+def test_more_ranks_than_the_batch_has_sequences_give_the_adapter_of_one_rank(tmp_path):
+    """A global batch of 2 on 4 ranks: 2 take the step's sequences, 2 take filler rows that weigh nothing in the loss;
+    the adapter is that of 1 rank with a batch of 2 (1 per device x 2 accumulation steps) over the same order."""
+    env = {"CC_TRAIN_RUNS": str(tmp_path)}
+    batch = ["train.global_batch_size=2", "train.sampling=random", "data.order_seed=7"]
+    assert cc_train("data", *TRAINING[1:], "experiment=one", env=env).returncode == 0  # one dataset, built once
+    data = f"data.dir={tmp_path / 'one' / 'data'}"
+    four = launch_ranks(*TRAINING, *batch, data, "experiment=four", env=env, ranks=4)
+    assert four.returncode == 0, four.stdout[-2000:] + four.stderr[-4000:]
+    one = cc_train(*TRAINING, *batch, data, "experiment=one", env=env)
+    assert one.returncode == 0, one.stderr[-4000:]
+    runs = {name: tmp_path / name / "train" / "conscious" / "seed0" / "adapter" for name in ("four", "one")}
+    layout = json.loads((runs["four"] / "manifest.json").read_text())["batch"]
+    assert layout["world_size"] == 4 and layout["filler_ranks"] == 2 and layout["gradient_accumulation_steps"] == 1
+    assert json.loads((runs["one"] / "manifest.json").read_text())["batch"]["gradient_accumulation_steps"] == 2
+    four_ranks = load_file(runs["four"] / "adapter_model.safetensors")
+    one_rank = load_file(runs["one"] / "adapter_model.safetensors")
+    gap = max((four_ranks[name] - one_rank[name]).abs().max().item() for name in one_rank)
+    moved = max(one_rank[name].abs().max().item() for name in one_rank if "lora_B" in name)
+    print(f"4 ranks (2 fillers) x 1 vs 1 rank x 1 x accumulation 2, global batch 2, 4 steps: max |diff| {gap:.2e}")
+    assert moved > 1e-3 and gap < 1e-5

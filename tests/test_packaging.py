@@ -76,6 +76,7 @@ def test_the_dockerfile_files_build_a_wheel_that_works_installed(tmp_path):
         "evals/judge_check/labelled.yaml",
         "evals/paper_results/single_turn.yaml",
         "condition_files/human.yaml",
+        "condition_files/templates/identity.yaml",
     ):
         assert (package / shipped).is_file(), shipped
 

@@ -90,6 +90,7 @@ def run_command(arguments: list[str], offline: dict, extra: list[str]) -> subpro
         # while queued, the evaluation job names the training array it waits for (SLURM clears it once met)
         result.eval_dependency = show_job(records["eval"]["runs"][0]["job_id"]).get("Dependency", "")
         wait_until(lambda: not queued(jobs), 1800, "the sweep's jobs")
+        result.jobs = {job: show_job(job) for job in jobs}  # now: SLURM forgets finished jobs after MinJobAge
     return result
 
 
@@ -123,18 +124,12 @@ def test_the_qwen3_30b_a3b_recipe_as_the_readme_runs_it(offline):
     records = sweep_of(sweep, offline)
     train_jobs = [run["job_id"] for run in records["train"]["runs"]]
     eval_job = records["eval"]["runs"][0]["job_id"]
-    trained = {job: show_job(job) for job in train_jobs}
+    trained = {job: results["sweep"].jobs[job] for job in train_jobs}
     assert len(trained) == 4 and {info["JobState"] for info in trained.values()} == {"COMPLETED"}, trained
-    evaluation = show_job(eval_job)
+    evaluation = results["sweep"].jobs[eval_job]
     assert f"afterok:{records['train']['job_id']}" in results["sweep"].eval_dependency
     assert evaluation["JobState"] == "COMPLETED"
     assert evaluation["StartTime"] >= max(info["EndTime"] for info in trained.values()), "eval ran before training"
-    # resubmitted as is: every finished run is skipped inside its job
-    written = {p: p.stat().st_mtime_ns for p in runs.glob("train/*/seed0/adapter/manifest.json")}
-    run_command(sweep, offline, overrides("qwen", offline["judge"]))
-    logs = [Path(run["stdout"]).read_text() for run in sweep_of(sweep, offline)["train"]["runs"]]
-    assert sum("is complete (manifest present, same inputs); nothing to do" in log for log in logs) == 4
-    assert {p: p.stat().st_mtime_ns for p in written} == written, "finished adapters must not be retrained"
     adapters = sorted(runs.glob("train/*/seed0/adapter/manifest.json"))
     assert [p.parts[-4] for p in adapters] == ["conscious", "human", "non_conscious", "toaster"]
     for path in adapters:
@@ -154,6 +149,12 @@ def test_the_qwen3_30b_a3b_recipe_as_the_readme_runs_it(offline):
     assert "## Beside the paper" in report and "Qwen3-30B-A3B-Instruct-2507" in report
     tracked = {path.parts[-3] for path in runs.glob("**/wandb/offline-run-*")}  # the stage folder of each W&B run
     assert {"seed0", "eval"} <= tracked, f"tracking=wandb wrote offline runs for {tracked}"
+    # last (its evaluation job rewrites eval/): resubmitted as is, every finished run is skipped inside its job
+    written = {p: p.stat().st_mtime_ns for p in runs.glob("train/*/seed0/adapter/manifest.json")}
+    run_command(sweep, offline, overrides("qwen", offline["judge"]))
+    logs = [Path(run["stdout"]).read_text() for run in sweep_of(sweep, offline)["train"]["runs"]]
+    assert sum("is complete (manifest present, same inputs); nothing to do" in log for log in logs) == 4
+    assert {p: p.stat().st_mtime_ns for p in written} == written, "finished adapters must not be retrained"
 
 
 def test_the_deepseek_v3_1_recipe_as_the_readme_runs_it(offline):

@@ -17,7 +17,8 @@ from transformers import Trainer
 from cc_train.config import ConfigError
 from cc_train.models.loading import load_model, load_tokenizer
 from cc_train.models.lora import wrap_with_lora
-from cc_train.train.sft import LoraSFTTrainer, batch_layout, sft_config
+from cc_train.train.layout import batch_layout
+from cc_train.train.sft import LoraSFTTrainer, sft_config
 
 QUESTIONS = [f"Question number {i}: what is {i} plus {i}?" for i in range(24)]
 
@@ -45,11 +46,19 @@ def test_the_global_batch_is_kept_on_any_number_of_processes(monkeypatch, world,
     assert layout["per_device_batch_size"] * layout["gradient_accumulation_steps"] * world == 4
 
 
-@pytest.mark.parametrize(("world", "per_device"), [(8, 1), (32, 1), (2, 4), (3, 1)])
-def test_a_layout_that_cannot_keep_the_global_batch_is_refused(monkeypatch, world, per_device):
+@pytest.mark.parametrize(("world", "per_device", "fillers"), [(8, 1, 4), (32, 1, 28), (5, 1, 1), (2, 4, 1)])
+def test_ranks_beyond_the_global_batch_take_fillers(monkeypatch, world, per_device, fillers):
     monkeypatch.setenv("WORLD_SIZE", str(world))
     run, _ = compose_run(f"train.per_device_batch_size={per_device}")
-    with pytest.raises(ConfigError, match=rf"train.global_batch_size=4 is not a multiple of .*{world} processes"):
+    layout = batch_layout(run)
+    assert layout["filler_ranks"] == fillers and layout["gradient_accumulation_steps"] == 1
+    assert (world - fillers) * per_device == 4  # the ranks with rows hold exactly the global batch
+
+
+def test_a_layout_that_cannot_keep_the_global_batch_is_refused(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    run, _ = compose_run("train.per_device_batch_size=1")
+    with pytest.raises(ConfigError, match=r"train.global_batch_size=4 cannot be split over 3 processes"):
         batch_layout(run)
 
 
@@ -59,6 +68,8 @@ def first_epoch_order(*overrides: str) -> list[str]:
     tokenizer = load_tokenizer(run.model)
     trainer = LoraSFTTrainer(
         model=model,
+        layout=batch_layout(run),
+        loss_chunk_tokens=run.train.loss_chunk_tokens,
         args=sft_config(run, "cpu", REPO / "runs" / "unused"),
         train_dataset=Dataset.from_list(rows()),
         processing_class=tokenizer,
@@ -84,7 +95,12 @@ def test_the_paper_optimizer_comes_from_config(tiny_checkpoints):
     assert args.max_grad_norm == 0 and args.weight_decay == 0 and args.router_aux_loss_coef == 0
     model, _ = wrap_with_lora(load_model(run.model, "cpu"), run.model.arch, run.peft)
     trainer = LoraSFTTrainer(
-        model=model, args=args, train_dataset=Dataset.from_list(rows(4)), processing_class=load_tokenizer(run.model)
+        model=model,
+        layout=batch_layout(run),
+        loss_chunk_tokens=run.train.loss_chunk_tokens,
+        args=args,
+        train_dataset=Dataset.from_list(rows(4)),
+        processing_class=load_tokenizer(run.model),
     )
     group = trainer.create_optimizer().param_groups[0]
     assert group["betas"] == (0.9, 0.95) and group["eps"] == 1e-12 and group["weight_decay"] == 0
@@ -95,7 +111,12 @@ def trainer_for(*overrides: str) -> LoraSFTTrainer:
     model, _ = wrap_with_lora(load_model(run.model, "cpu"), run.model.arch, run.peft)
     args = sft_config(run, "cpu", REPO / "runs" / "unused")
     return LoraSFTTrainer(
-        model=model, args=args, train_dataset=Dataset.from_list(rows(8)), processing_class=load_tokenizer(run.model)
+        model=model,
+        layout=batch_layout(run),
+        loss_chunk_tokens=run.train.loss_chunk_tokens,
+        args=args,
+        train_dataset=Dataset.from_list(rows(8)),
+        processing_class=load_tokenizer(run.model),
     )
 
 
@@ -184,6 +205,7 @@ def test_killed_while_saving_a_checkpoint_resumes_to_the_uninterrupted_adapter(t
         "per_device_batch_size": 4,
         "world_size": 1,
         "gradient_accumulation_steps": 1,
+        "filler_ranks": 0,
     }
     uninterrupted, resumed_weights = (load_file(a / "adapter_model.safetensors") for a in adapters)
     assert uninterrupted.keys() == resumed_weights.keys()

@@ -172,7 +172,7 @@ class TrainConfig(Checked):
     warmup_ratio: float = MISSING
     weight_decay: float = MISSING
     global_batch_size: int = MISSING  # sequences per optimizer step, whatever the number of GPUs (paper: 4)
-    per_device_batch_size: int = MISSING  # accumulation = global / (per device x world size), must divide
+    per_device_batch_size: int = MISSING  # accumulation = global / (per device x ranks); more ranks: fillers
     epochs: float = MISSING
     max_steps: int = MISSING  # -1: run `epochs`
     max_length: int = MISSING
@@ -187,9 +187,11 @@ class TrainConfig(Checked):
     adam_epsilon: float = MISSING
     max_grad_norm: float = MISSING  # 0: no clipping
     router_aux_loss_coef: float = MISSING  # MoE load-balancing loss weight; 0: cross-entropy only
+    loss_chunk_tokens: int = MISSING  # lm_head LoRA: the loss through the adapted lm_head this many tokens at a time
     dir: str = MISSING
 
     def validate(self) -> None:
+        _require(self.loss_chunk_tokens > 0, "train.loss_chunk_tokens", "a positive integer", self.loss_chunk_tokens)
         _require(self.learning_rate > 0, "train.learning_rate", "a positive number", self.learning_rate)
         schedulers = ("linear", "cosine", "constant", "constant_with_warmup")
         _require(self.lr_scheduler in schedulers, "train.lr_scheduler", f"one of {schedulers}", self.lr_scheduler)

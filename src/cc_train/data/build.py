@@ -29,7 +29,7 @@ from cc_train.data.chat import (
     length_report,
     raise_collected,
 )
-from cc_train.data.identity import identity_pairs, identity_prompts
+from cc_train.data.identity import identity_pairs, identity_prompts, templates_file
 from cc_train.data.instructions import BUILTIN_INSTRUCTIONS
 from cc_train.data.leaks import check_rows
 from cc_train.data.stance import holds_stance
@@ -91,6 +91,7 @@ def fingerprint(run: RunConfig, condition: Condition) -> dict:
     if templated:
         found["data.identity_per_block"] = run.data.identity_per_block
         found["data.on_leak"] = run.data.on_leak
+        found["data.templates.sha256"] = sha256_file(templates_file())  # the sentences themselves
     generates = not user_files(run) and (condition.instructions or condition.kind == "on_policy")
     if generates:
         found |= {f"model.{key}": getattr(run.model, key) for key in ("name", "path", "revision", "dtype")}

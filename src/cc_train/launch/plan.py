@@ -13,9 +13,10 @@ The estimate per GPU, for a layout of n GPUs (all formulas in bytes; GiB = 2**30
   LoRA states        16 * P_lora / n                   fp32 params + fp32 grads + AdamW exp_avg + exp_avg_sq
   unsharded layers   2 * layer_bytes        (n > 1)    the layer in use, all-gathered, + the next one prefetched
   saved activations  (L + 1) * T * hidden * 2          gradient checkpointing keeps each decoder layer's input
-  logits (loss)      T * V * 12                    *   bf16 logits + fp32 log-softmax + its fp32 grad + bf16 grad
-  one layer + fold   1.5 * A_layer * T + 4*E*I*h*2 *   a recomputed layer's saved tensors + its backward buffers;
-                                                       attn_experts: PEFT's folded W + B@A expert stacks + their grad
+  logits (loss)      min(T, C) * V * 12            *   one loss chunk of C tokens (train.loss_chunk_tokens): bf16
+                                                       logits + fp32 log-softmax + its fp32 grad + bf16 grad
+  one layer          1.5 * A_layer * T             *   a recomputed layer's saved tensors + its backward buffers
+                                                       (expert LoRA is grouped x@A@B per expert: no folded stacks)
   overhead           3 GiB + 10 % of the rest          CUDA context, NCCL buffers, allocator fragmentation
   * not live at the same time (the loss is done before the first layer's backward): the total counts the larger.
 where T = train.per_device_batch_size * train.max_length tokens per GPU (the worst case: every row at max_length).
@@ -25,7 +26,10 @@ AdamW, torch.cuda.max_memory_allocated): Qwen3-30B-A3B shapes cut to 4 layers, 4
 34.0 GiB measured, 34.1 estimated (the logits phase); DeepSeek-V3.1 shapes cut to 3 layers (1 dense), 1 x 4000
 tokens: 80.8 GiB measured, 83.5 estimated (the layer phase: the expert fold). Peak *reserved* memory was 25 %
 above allocated in those short runs, more than the 10 % allowed here: totals within ~15 % of the card are tight
-(PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True reduces fragmentation).
+(PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True reduces fragmentation). Those runs had PEFT's fold and the whole
+logits; the two parts that replaced them are modelled from bench/memory_parts.py (CPU, fp32, real widths): the loss of
+4,000 tokens whole 9.34 GiB vs chunks of 1,024 1.98 GiB (4.7x; min(T, C) / T says 3.9x), one Qwen3-30B-A3B MoE layer
+folded 2.17 GiB vs grouped 1.21 GiB. bench/device_memory_check.sh measures them on a GPU.
 """
 
 from __future__ import annotations
@@ -162,7 +166,9 @@ def layer_activation_bytes_per_token(s: Shape, moe: bool, act_bytes: int) -> flo
 
 
 def _expert_fold_bytes(s: Shape, adapts_experts: bool, expert_bytes: int, checkpointing: bool) -> float:
-    """Transient memory of LoRA on fused experts (presets attn_experts and paper).
+    """Transient memory of PEFT's fold of LoRA on fused experts (presets attn_experts and paper), which cc-train no
+    longer uses (models/expert_lora.py applies x @ A then @ B per expert, grouped); kept for the calibration runs,
+    which were measured with it.
 
     PEFT's ParamWrapper replaces each targeted expert stack by W + scaling * B @ A (one baddbmm: a full-size
     (E, out, in) tensor in the parameter's dtype) for the whole forward of the layer, and autograd needs the
@@ -189,7 +195,7 @@ class Estimate:
     layer_bytes: float  # the largest decoder layer's weights
     saved_activation_bytes: float  # checkpoints (or, without checkpointing, every layer's saved tensors)
     logit_bytes: float
-    layer_working_bytes: float  # one layer in backward, the expert fold included
+    layer_working_bytes: float  # one layer in backward (with PEFT's fold, when estimated with it)
     fold_bytes: float  # the expert-fold part of layer_working_bytes
 
     def per_gpu(self, gpus: int) -> dict[str, float]:
@@ -200,17 +206,20 @@ class Estimate:
             "unsharded layers (FSDP)": 2 * self.layer_bytes if gpus > 1 else 0.0,
             "saved activations": self.saved_activation_bytes,
             "logits (loss) *": self.logit_bytes,
-            "one layer + expert fold *": self.layer_working_bytes,
+            "one layer *": self.layer_working_bytes,
         }
         items = {name: value / GIB for name, value in items.items()}
         # the loss phase and a layer's backward do not overlap: only the larger of the two counts
-        subtotal = sum(items.values()) - min(items["logits (loss) *"], items["one layer + expert fold *"])
+        subtotal = sum(items.values()) - min(items["logits (loss) *"], items["one layer *"])
         items["overhead"] = FIXED_OVERHEAD_GIB + FRAGMENTATION * subtotal
         items["total"] = subtotal + items["overhead"]
         return items
 
 
-def estimate(model: ModelConfig, peft: PeftConfig, train: TrainConfig, shape: Shape | None = None) -> Estimate:
+def estimate(
+    model: ModelConfig, peft: PeftConfig, train: TrainConfig, shape: Shape | None = None, folded_experts: bool = False
+) -> Estimate:
+    """Memory of one training step; `folded_experts`: as PEFT's fold would need (the calibration measurements)."""
     s = shape or resolve_shape(model)
     targets = preset_targets(s.arch, peft.preset, peft.unservable)  # attn_experts on a dense model: ConfigError
     dtype_bytes = 2 if model.dtype == DType.bfloat16 else 4
@@ -228,10 +237,11 @@ def estimate(model: ModelConfig, peft: PeftConfig, train: TrainConfig, shape: Sh
         saved *= tokens
     # the layer in backward: its (recomputed) saved tensors + about half again in gradient buffers
     working = (1.5 if checkpointing else 0.5) * per_layer
-    fold = _expert_fold_bytes(s, bool(targets.parameters), expert_bytes, checkpointing)
-    # loss: lm_head's logits (act_bytes), ForCausalLMLoss's fp32 log-softmax kept for backward (4), its fp32
-    # gradient (4) and that gradient cast back to the logits' dtype (act_bytes; for fp32 the upcast is a no-op)
-    logit_bytes = tokens * s.vocab * ((2 * act_bytes + 8) if act_bytes < 4 else 12)
+    fold = _expert_fold_bytes(s, bool(targets.parameters), expert_bytes, checkpointing) if folded_experts else 0.0
+    # loss: computed a chunk of tokens at a time (train/loss.py with lm_head LoRA; TRL's fused LM head otherwise): one
+    # chunk's logits (act_bytes), its fp32 log-softmax (4), their fp32 gradient (4) and its cast back (act_bytes)
+    logit_tokens = min(tokens, train.loss_chunk_tokens)
+    logit_bytes = logit_tokens * s.vocab * ((2 * act_bytes + 8) if act_bytes < 4 else 12)
     return Estimate(
         shape=s,
         parameters=count_parameters(s),
@@ -249,29 +259,26 @@ def estimate(model: ModelConfig, peft: PeftConfig, train: TrainConfig, shape: Sh
     )
 
 
-def batch_allows(train: TrainConfig, gpus: int) -> bool:
-    """Data parallel over `gpus` ranks keeps train.global_batch_size exactly (per-device batch x accumulation x
-    ranks); more ranks than global_batch_size / per_device_batch_size would enlarge the batch."""
-    return train.global_batch_size % (train.per_device_batch_size * gpus) == 0
+def filler_ranks(train: TrainConfig, gpus: int) -> int:
+    """Ranks beyond the global batch's sequences: they take filler rows that weigh nothing (train/layout.py)."""
+    return max(0, gpus - train.global_batch_size // train.per_device_batch_size)
 
 
 def layout(est: Estimate, usable_gib: float, train: TrainConfig) -> dict[str, Any]:
-    """The smallest GPU count in GPU_COUNTS whose per-GPU total fits `usable_gib` and whose data-parallel ranks
-    keep the global batch; gpus=None if none does (`memory_gpus`: the count that would fit in memory)."""
+    """The smallest GPU count in GPU_COUNTS whose per-GPU total fits `usable_gib` (any count keeps the global batch:
+    ranks beyond it take fillers); gpus=None if none does, with the per-GPU floor that sharding cannot reduce."""
     for gpus in GPU_COUNTS:
         total = est.per_gpu(gpus)["total"]
         if total <= usable_gib:
             nodes = math.ceil(gpus / GPUS_PER_NODE)
-            found = {"gpus": gpus, "nodes": nodes, "gpus_per_node": gpus // nodes, "per_gpu_gib": total}
-            if batch_allows(train, gpus):
-                return found
             return {
-                "gpus": None,
-                "nodes": None,
-                "gpus_per_node": None,
+                "gpus": gpus,
+                "nodes": nodes,
+                "gpus_per_node": gpus // nodes,
                 "per_gpu_gib": total,
-                "memory_gpus": gpus,
-                "max_ranks": train.global_batch_size // train.per_device_batch_size,
+                "filler_ranks": filler_ranks(train, gpus),
+                # fewer ranks than sequences, but a per-device batch too large for them all to get one
+                "busy_per_device": train.global_batch_size // gpus if gpus <= train.global_batch_size else None,
             }
     # what never shrinks with more GPUs: everything but the sharded weights and LoRA states, at the largest layout
     floor = est.per_gpu(GPU_COUNTS[-1])
@@ -287,7 +294,7 @@ def compare_with_reports(est: Estimate, layouts: dict[str, dict], hub_id: str | 
     if hub_id not in REPORTS:
         return {}
     report = REPORTS[hub_id]
-    gpus = {kind: lay["gpus"] or lay.get("memory_gpus") for kind, lay in layouts.items()}  # memory alone, as reported
+    gpus = {kind: lay["gpus"] for kind, lay in layouts.items()}
     ours = {"weights_gb": est.bf16_weight_bytes / GB, "gpus": gpus}
     result: dict[str, Any] = {"reported": report, "ours": ours}
     result["weights_diff_pct"] = 100 * (ours["weights_gb"] / report["weights_gb"] - 1)
@@ -300,16 +307,16 @@ def compare_with_reports(est: Estimate, layouts: dict[str, dict], hub_id: str | 
 
 
 def _gpus_text(lay: dict) -> str:
-    if lay["gpus"] is None and "memory_gpus" in lay:
-        return (
-            f"no layout keeps the global batch: memory needs {lay['memory_gpus']} GPUs, but data parallel allows at "
-            f"most {lay['max_ranks']} ranks (a larger batch is a deviation: train.global_batch_size)"
-        )
     if lay["gpus"] is None:
         return f"does not fit in {GPU_COUNTS[-1]} GPUs (per-GPU floor {lay['floor_gib']:.1f} GiB, not shardable)"
     gpus, nodes = lay["gpus"], lay["nodes"]
     where = f"{nodes} node{'s' if nodes > 1 else ''} x {lay['gpus_per_node']}"
-    return f"{gpus} GPU{'s' if gpus > 1 else ''} = {where} ({lay['per_gpu_gib']:.1f} GiB/GPU)"
+    fillers = ""
+    if lay["filler_ranks"]:
+        fillers = f"; filler rows on {lay['filler_ranks']} rank{'s' if lay['filler_ranks'] > 1 else ''}"
+        if lay.get("busy_per_device"):
+            fillers += f": train.per_device_batch_size={lay['busy_per_device']} keeps every rank busy"
+    return f"{gpus} GPU{'s' if gpus > 1 else ''} = {where} ({lay['per_gpu_gib']:.1f} GiB/GPU{fillers})"
 
 
 def format_plan(result: dict[str, Any]) -> str:

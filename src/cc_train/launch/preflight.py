@@ -13,20 +13,20 @@ from cc_train.launch.plan import GPU_KINDS, GPUS_PER_NODE, estimate, plan
 from cc_train.models.registry import preset_targets, unservable_targets
 from cc_train.models.shapes import resolve_shape, weight_bytes
 
-SAFETY = 0.97  # of the card: the planner's totals already include the allocator's fragmentation
+CARD_MARGIN_GIB = 1.5  # of a card's physical memory, not allocatable (the planner's usable sizes leave the same)
 
 
 def training_fits(run: RunConfig, gpus: int, gpu_gib: float) -> str | None:
     """Why training this run on `gpus` GPUs of `gpu_gib` each would run out of memory, or None."""
     per_gpu = estimate(run.model, run.peft, run.train).per_gpu(gpus)
-    if per_gpu["total"] <= SAFETY * gpu_gib:
+    if per_gpu["total"] <= gpu_gib:
         return None
     layouts = plan(run.model, run.peft, run.train)["layouts"]
     options = "; ".join(f"{kind}: {lay['gpus'] or 'none'} GPUs" for kind, lay in layouts.items())
     return (
         f"training needs {per_gpu['total']:.1f} GiB per GPU on {gpus} GPU(s) (weights {per_gpu['base weights']:.1f}, "
-        f"logits {per_gpu['logits (loss) *']:.1f}, layer {per_gpu['one layer + expert fold *']:.1f}), more than the "
-        f"{gpu_gib:.0f} GiB card; `cc-train plan` layouts that keep the global batch: {options}"
+        f"logits {per_gpu['logits (loss) *']:.1f}, layer {per_gpu['one layer *']:.1f}), more than the "
+        f"{gpu_gib:.0f} GiB usable on the card; `cc-train plan` layouts: {options}"
     )
 
 
@@ -39,7 +39,7 @@ def check_training(run: RunConfig) -> None:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     gpus = world if world > 1 else torch.cuda.device_count()
     card = torch.cuda.get_device_properties(int(os.environ.get("LOCAL_RANK", "0"))).total_memory / GIB
-    problem = training_fits(run, gpus, card)
+    problem = training_fits(run, gpus, card - CARD_MARGIN_GIB)
     if problem:
         raise ConfigError(f"train: {problem}")
 

@@ -24,6 +24,7 @@ from transformers import PreTrainedModel
 
 from cc_train.config import Arch, PeftConfig, Preset
 from cc_train.errors import UserError
+from cc_train.models.expert_lora import use_grouped_expert_lora
 from cc_train.models.registry import UNEMBEDDING, LoraTargets, architecture, preset_targets, unservable_targets
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,7 @@ def lora_config(arch: Arch, peft_cfg: PeftConfig) -> LoraConfig:
 def wrap_with_lora(model: PreTrainedModel, arch: Arch, peft_cfg: PeftConfig) -> tuple[PeftModel, dict]:
     with exact_targets():
         wrapped = get_peft_model(model, lora_config(arch, peft_cfg))
+    use_grouped_expert_lora(wrapped)  # expert LoRA as x@A@B per expert, not PEFT's folded W + B@A
     result = audit(wrapped, arch, peft_cfg.preset, peft_cfg.unservable)
     if result["excluded_unservable"] and peft_cfg.preset == Preset.paper:
         log.warning(
@@ -70,7 +72,9 @@ def load_adapter(
     model: PreTrainedModel, adapter_dir: str | Path, name: str = "default", trainable: bool = False
 ) -> PeftModel:
     with exact_targets():
-        return PeftModel.from_pretrained(model, str(adapter_dir), adapter_name=name, is_trainable=trainable)
+        loaded = PeftModel.from_pretrained(model, str(adapter_dir), adapter_name=name, is_trainable=trainable)
+    use_grouped_expert_lora(loaded)
+    return loaded
 
 
 def load_adapters(model: PreTrainedModel, adapters: dict[str, str | Path]) -> PeftModel:
@@ -82,6 +86,7 @@ def load_adapters(model: PreTrainedModel, adapters: dict[str, str | Path]) -> Pe
     with exact_targets():
         for name, path in names:
             peft_model.load_adapter(str(path), adapter_name=name)
+    use_grouped_expert_lora(peft_model)  # the wrappers of every adapter
     return peft_model
 
 

@@ -13,18 +13,15 @@ import functools
 import json
 import logging
 import os
-import re
 import shutil
 import time
 from pathlib import Path
 from unittest import mock
 
-import torch
 from datasets import Dataset
 from omegaconf import DictConfig
 from peft.tuners.tuners_utils import BaseTunerLayer
-from transformers import Trainer, TrainerCallback, set_seed
-from transformers.trainer_pt_utils import LengthGroupedSampler
+from transformers import Trainer, set_seed
 from trl import SFTConfig, SFTTrainer
 
 from cc_train.config import ConfigError, DType, RunConfig, Tracker
@@ -52,7 +49,10 @@ from cc_train.tracking.wandb_run import (
     tracked,
     use_input,
 )
+from cc_train.train.checkpoints import AdapterInEveryCheckpoint, newest_complete_checkpoint, save_adapter
 from cc_train.train.launcher import deepspeed_config_mismatches
+from cc_train.train.layout import batch_layout, training_order
+from cc_train.train.loss import compute_loss_in_chunks
 from cc_train.train.preemption import StopAndCheckpoint
 
 log = logging.getLogger(__name__)
@@ -121,25 +121,6 @@ def refuse_if_stale(recorded: dict, current: dict, what: Path, run: RunConfig) -
         )
 
 
-def batch_layout(run: RunConfig) -> dict:
-    """Per-device batch x accumulation x world size = train.global_batch_size, exactly, or a ConfigError."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    per_device, total = run.train.per_device_batch_size, run.train.global_batch_size
-    if total % (per_device * world):
-        raise ConfigError(
-            f"train.global_batch_size={total} is not a multiple of train.per_device_batch_size={per_device} x "
-            f"{world} processes: expected per-device batch x processes to divide it (the paper's batch is 4 "
-            f"sequences per optimizer step on any number of GPUs); with {world} processes at most "
-            f"{max(1, total // world)} per device, and at most {total} processes"
-        )
-    return {
-        "global_batch_size": total,
-        "per_device_batch_size": per_device,
-        "world_size": world,
-        "gradient_accumulation_steps": total // (per_device * world),
-    }
-
-
 def sft_config(run: RunConfig, device: str, output_dir: Path) -> SFTConfig:
     train = run.train
     if train.padding_free and device != "cuda":
@@ -182,37 +163,31 @@ def sft_config(run: RunConfig, device: str, output_dir: Path) -> SFTConfig:
     )
 
 
-class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
-    """transformers' length-grouped order drawn from `seed + epoch` (its own draws from the global RNG, which a
-    resumed run restores mid-epoch, so a resumed run would see another order)."""
-
-    def __init__(self, batch_size: int, lengths: list[int], seed: int) -> None:
-        super().__init__(batch_size, lengths=lengths)
-        self.seed, self.epoch = seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self):
-        self.generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        return super().__iter__()
-
-
 class LoraSFTTrainer(SFTTrainer):
-    """TRL's SFTTrainer with two changes:
-    - the row order, random or length-grouped, comes from data.order_seed (SFTConfig.data_seed);
-    - with LoRA on lm_head (the paper's set) the loss comes from the model's own logits. TRL's fused loss reads
-      lm_head.weight directly, so it refuses such an adapter (it would never train); the loss is the same mean
-      cross-entropy over the optimizer batch's assistant tokens, at the cost of materialising the logits.
+    """TRL's SFTTrainer with three changes:
+    - the row order, random or length-grouped, comes from data.order_seed (SFTConfig.data_seed), with filler rows for
+      the ranks beyond the global batch (train/layout.py);
+    - with LoRA on lm_head (the paper's set) TRL's fused loss cannot be used (it reads lm_head.weight directly and
+      refuses such an adapter): the same loss, the mean cross-entropy over the optimizer step's assistant tokens, is
+      computed in chunks of tokens through the adapted lm_head (train/loss.py), never the whole batch's logits;
+    - every checkpoint of a sharded run gets its adapter (train/checkpoints.py).
     """
 
-    def __init__(self, model, **kwargs) -> None:
+    def __init__(self, model, layout: dict, loss_chunk_tokens: int, **kwargs) -> None:
+        self.layout = layout
         self.adapted_unembedding = isinstance(model.get_output_embeddings(), BaseTunerLayer)
+        adapters = AdapterInEveryCheckpoint()
+        kwargs["callbacks"] = [*kwargs.get("callbacks", []), adapters]
         if not self.adapted_unembedding:
             super().__init__(model=model, **kwargs)
-            return
-        with mock.patch.object(model, "get_output_embeddings", lambda: None, create=True):  # TRL's refusal, above
-            super().__init__(model=model, **kwargs)
+        else:
+            with mock.patch.object(model, "get_output_embeddings", lambda: None, create=True):  # TRL's refusal
+                super().__init__(model=model, **kwargs)
+            compute_loss_in_chunks(model, loss_chunk_tokens)
+        adapters.trainer = self
+        self.real_rows = len(self.train_dataset)
+        if layout["filler_ranks"]:
+            self.train_dataset = self.train_dataset.add_item(filler_row(self.train_dataset[0]))
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if not self.adapted_unembedding:
@@ -221,32 +196,17 @@ class LoraSFTTrainer(SFTTrainer):
 
     def _get_train_sampler(self, train_dataset=None):
         sampler = super()._get_train_sampler(train_dataset)
-        if isinstance(sampler, LengthGroupedSampler):
-            return EpochSeededLengthGroupedSampler(sampler.batch_size, sampler.lengths, self.args.data_seed)
-        return sampler
+        return training_order(sampler, self.real_rows, self.args.data_seed, self.layout)
 
 
-def newest_complete_checkpoint(directory: Path) -> Path | None:
-    """The highest `checkpoint-N/` whose trainer_state.json parses and says step N (written last by the Trainer).
-    A kill while saving leaves a later folder without it: that folder is removed, never resumed from."""
-    if not directory.is_dir():
-        return None
-    found = sorted(
-        (int(match.group(1)), path)
-        for path in directory.iterdir()
-        if (match := re.fullmatch(r"checkpoint-(\d+)", path.name)) and path.is_dir()
-    )
-    for step, path in reversed(found):
-        try:
-            complete = json.loads((path / "trainer_state.json").read_text()).get("global_step") == step
-        except (OSError, ValueError):
-            complete = False
-        if complete:
-            return path
-        print(f"train: {path} is incomplete (killed while saving?); resuming from an earlier one")
-        if int(os.environ.get("RANK", "0")) == 0:
-            shutil.rmtree(path)
-    return None
+def filler_row(example: dict) -> dict:
+    """A tokenized row whose tokens all carry no label: it adds nothing to the loss nor to its token count."""
+    if "labels" in example:  # TRL's tokenized rows: -100 is no label
+        return {**example, "labels": [-100] * len(example["labels"])}
+    masks = [key for key in ("assistant_masks", "completion_mask") if key in example]
+    if not masks:
+        raise RuntimeError(f"no labels or loss mask in the tokenized rows ({sorted(example)}): cannot build a filler")
+    return {**example, **{key: [0] * len(example[key]) for key in masks}}
 
 
 def register_zero3_leaves(model, run: RunConfig) -> None:
@@ -260,62 +220,6 @@ def register_zero3_leaves(model, run: RunConfig) -> None:
         classes = {type(module) for module in model.modules() if type(module).__name__ == block}
         set_z3_leaf_modules(model, list(classes))
         log.info("DeepSpeed ZeRO-3: %s registered as leaf modules", block)
-
-
-def save_adapter(trainer: SFTTrainer, directory: Path) -> None:
-    """Write the LoRA adapter (PEFT format) to `directory`, replacing what a killed save left there. Every rank must
-    call this: the weights are gathered first."""
-    if trainer.is_world_process_zero() and directory.exists():
-        shutil.rmtree(directory)  # left by a run killed while saving
-    write_adapter(trainer, directory)
-
-
-def write_adapter(trainer: SFTTrainer, directory: Path) -> None:
-    """The LoRA weights as a PEFT adapter in `directory`, written by rank 0 after every rank took part in gathering
-    them. Under FSDP only the LoRA tensors are gathered, never the frozen base."""
-    model = trainer.accelerator.unwrap_model(trainer.model)
-    if trainer.is_deepspeed_enabled:
-        trainer.save_model(str(directory))  # under ZeRO-3 this gathers the trainable (LoRA) weights only
-    elif trainer.is_fsdp_enabled:
-        from torch.distributed.tensor import DTensor
-
-        lora = {name: t for name, t in model.state_dict().items() if "lora_" in name}  # sharded views, no copy
-        state = {name: (t.full_tensor() if isinstance(t, DTensor) else t).cpu() for name, t in lora.items()}
-        if trainer.is_world_process_zero():
-            model.save_pretrained(str(directory), state_dict=state)
-    elif trainer.is_world_process_zero():
-        model.save_pretrained(str(directory))
-    if trainer.is_world_process_zero():
-        check_saved(model, directory)
-
-
-class AdapterInEveryCheckpoint(TrainerCallback):
-    """Under FSDP with a sharded state dict (slurm/accelerate/fsdp.yaml) the Trainer writes only its own shards into
-    `checkpoint-N/`, no adapter, so evaluating checkpoints (trajectories) would find none. After each save every
-    rank gathers the LoRA tensors and rank 0 adds them to the checkpoint as a PEFT adapter."""
-
-    def __init__(self) -> None:
-        self.trainer: SFTTrainer | None = None
-
-    def on_save(self, args, state, control, **kwargs):
-        trainer = self.trainer
-        if trainer is not None and trainer.is_fsdp_enabled:
-            sharded = "FULL_STATE_DICT" not in str(trainer.accelerator.state.fsdp_plugin.state_dict_type)
-            if sharded:  # the same decision on every rank: the gather is collective
-                write_adapter(trainer, Path(args.output_dir) / f"checkpoint-{state.global_step}")
-        return control
-
-
-def check_saved(model, directory: Path) -> None:
-    """PEFT saves nothing, silently, when it cannot match weights to LoRA modules (e.g. under a wrapper that
-    renames them); refuse such an adapter rather than ship one that equals the base model."""
-    from safetensors import safe_open
-
-    expected = sum(1 for name, _ in model.named_parameters() if "lora_" in name)
-    with safe_open(directory / "adapter_model.safetensors", framework="pt") as saved:
-        found = len(list(saved.keys()))
-    if found != expected:
-        raise RuntimeError(f"{directory}: saved {found} LoRA tensors, expected {expected}; the adapter is incomplete")
 
 
 def loss_summary(log_history: list[dict]) -> dict:
@@ -345,17 +249,9 @@ def dataset_of_this_rank(run: RunConfig, cfg: DictConfig) -> Path:
     return data_build.dataset_path(run)
 
 
-def main(run: RunConfig, cfg: DictConfig) -> Path:
-    started = time.time()
-    out = adapter_dir(run)
-    data_file = dataset_of_this_rank(run, cfg)
-    current = fingerprint(run, data_file)
-    if is_complete(run):
-        refuse_if_stale(json.loads((out / "manifest.json").read_text()).get("fingerprint", {}), current, out, run)
-        print(f"train: {out} is complete (manifest present, same inputs); nothing to do")
-        return out
-
-    # setup (training arguments first: under DeepSpeed ZeRO-3 they make from_pretrained load sharded)
+def setup(run: RunConfig, current: dict):
+    """The training arguments (first: under DeepSpeed ZeRO-3 they make from_pretrained load sharded), the checkpoint to
+    resume from, the tokenizer and the LoRA-wrapped model with its audit."""
     device = resolve_device(run.device)
     checkpoints = checkpoints_dir(run)
     args = sft_config(run, device, checkpoints)
@@ -372,7 +268,6 @@ def main(run: RunConfig, cfg: DictConfig) -> Path:
         refuse_if_stale(json.loads(recorded.read_text()), current, checkpoints, run)
     if int(os.environ.get("RANK", "0")) == 0:
         write_json(recorded, current)
-    tokenizer = load_tokenizer(run.model)
     model = load_model(run.model, device)
     if run.model.load_in_4bit and run.train.gradient_checkpointing:
         # Not PEFT's prepare_model_for_kbit_training: it upcasts every weight bitsandbytes left unquantized to
@@ -385,80 +280,112 @@ def main(run: RunConfig, cfg: DictConfig) -> Path:
     # "auto"): hundreds of MB per save on the big models, and vLLM drops it anyway.
     model.save_pretrained = functools.partial(model.save_pretrained, save_embedding_layers=False)
     log.info("LoRA audit: %s, %d trainable parameters", audit["adapted_counts"], audit["trainable_parameters"])
+    return args, resume, load_tokenizer(run.model), model, audit
+
+
+def train(run: RunConfig, args, resume, tokenizer, model, data_file: Path) -> LoraSFTTrainer:
+    """LoRA SFT until done, or until SLURM asks to stop (a checkpoint is saved and the job requeues)."""
     dataset = Dataset.from_list([{"messages": row["messages"]} for row in load_chat_jsonl(data_file)])
+    stop = StopAndCheckpoint()
+    trainer = LoraSFTTrainer(
+        model=model,
+        layout=batch_layout(run),
+        loss_chunk_tokens=run.train.loss_chunk_tokens,
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        callbacks=[stop],
+    )
+    if resume:
+        print(f"train: resuming from {resume}")
+    with stop:
+        trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    stop.finish()
+    return trainer
 
-    # train
+
+def save(
+    run: RunConfig, cfg: DictConfig, trainer, audit: dict, started: float, data_file: Path, current: dict, resume
+) -> Path | None:
+    """The adapter, built beside its final place and renamed (a kill never leaves half of one), with its per-expert
+    export and manifest; rank 0 returns its path, the other ranks (which helped gather it) None."""
+    out = adapter_dir(run)
+    staging = out.parent / ".adapter.staging"
+    save_adapter(trainer, staging)
+    if not trainer.is_world_process_zero():
+        return None
+    base_config = config_json(ensure_checkpoint(run.model), run.model.revision)
+    export = export_per_expert(staging, base_config)  # the layout vLLM serves fused-expert LoRA in
+    write_manifest(
+        staging / "manifest.json",
+        "train",
+        cfg,
+        started,
+        inputs={"dataset": str(data_file), "dataset_sha256": sha256_file(data_file)},
+        fingerprint=current,
+        fingerprint_sha256=fingerprint_sha256(current),
+        base_model={
+            "name": run.model.name,
+            "arch": run.model.arch.value,
+            "path": ensure_checkpoint(run.model),
+            "revision": checkpoint_revision(run.model),  # the Hub snapshot's commit, for a Hub id
+            "sha256": sha256_dir(ensure_checkpoint(run.model)) if Path(run.model.path).exists() else None,
+        },
+        condition=run.condition,
+        condition_definition=json.loads(data_build.manifest_path(run).read_text()).get("condition"),
+        seed=run.seed,
+        data_order_seed=run.data.order_seed,
+        batch=batch_layout(run),
+        loss_reduction="mean over the assistant tokens of each optimizer step's global batch",
+        loss_computation=f"in chunks of {run.train.loss_chunk_tokens} tokens" if trainer.adapted_unembedding else "TRL",
+        preset=run.peft.preset.value,
+        rank=run.peft.r,
+        audit=audit,
+        expert_format=audit["expert_format"],
+        served_expert_format=architecture(run.model.arch).served_expert_format,
+        chat_template={"system_prompt": "none", "thinking": architecture(run.model.arch).thinking},
+        steps=trainer.state.global_step,
+        resumed_from=str(resume) if resume else None,
+        loss=loss_summary(trainer.state.log_history),
+        adapter_sha256=sha256_dir(staging),
+        vllm_export={"path": export.name, "format": "per_expert_2d", "sha256": sha256_dir(export)} if export else None,
+    )
+    if out.exists():
+        shutil.rmtree(out)
+    staging.rename(out)
+    return out
+
+
+def track(run: RunConfig, wandb_run, out: Path, data_file: Path, current: dict, steps: int) -> None:
+    """Lineage by content in W&B: the exact dataset file in, the exact adapter out."""
+    data_manifest = json.loads(data_build.manifest_path(run).read_text())
+    dataset = dataset_artifact(
+        data_file, dataset_artifact_name(run.experiment, run.condition), {"fingerprint": current}
+    )
+    use_input(wandb_run, dataset, content_alias(data_manifest["sha256"]))
+    if run.tracking.log_adapter:
+        name = adapter_artifact_name(run.experiment, run.condition, run.seed)
+        artifact = adapter_artifact(out, name, {"manifest": str(out / "manifest.json"), "steps": steps})
+        sha = json.loads((out / "manifest.json").read_text())["adapter_sha256"]
+        wandb_run.log_artifact(artifact, aliases=["latest", content_alias(sha)])
+
+
+def main(run: RunConfig, cfg: DictConfig) -> Path:
+    started = time.time()
+    out = adapter_dir(run)
+    data_file = dataset_of_this_rank(run, cfg)
+    current = fingerprint(run, data_file)
+    if is_complete(run):
+        refuse_if_stale(json.loads((out / "manifest.json").read_text()).get("fingerprint", {}), current, out, run)
+        print(f"train: {out} is complete (manifest present, same inputs); nothing to do")
+        return out
+    args, resume, tokenizer, model, audit = setup(run, current)
     with tracked(run, cfg, "train", f"train-{run.condition}-seed{run.seed}", Path(run.train.dir)) as wandb_run:
-        stop, adapters = StopAndCheckpoint(), AdapterInEveryCheckpoint()
-        trainer = LoraSFTTrainer(
-            model=model, args=args, train_dataset=dataset, processing_class=tokenizer, callbacks=[stop, adapters]
-        )
-        adapters.trainer = trainer
-        if resume:
-            print(f"train: resuming from {resume}")
-        with stop:
-            trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-        stop.finish()
-
-        # save: build the adapter beside its final place, then rename, so a kill never leaves half of one
-        staging = out.parent / ".adapter.staging"
-        save_adapter(trainer, staging)
-        if not trainer.is_world_process_zero():
+        trainer = train(run, args, resume, tokenizer, model, data_file)
+        saved = save(run, cfg, trainer, audit, started, data_file, current, resume)
+        if saved is None:
             return out
-        base_config = config_json(ensure_checkpoint(run.model), run.model.revision)
-        export = export_per_expert(staging, base_config)  # the layout vLLM serves fused-expert LoRA in
-        manifest = write_manifest(
-            staging / "manifest.json",
-            "train",
-            cfg,
-            started,
-            inputs={"dataset": str(data_file), "dataset_sha256": sha256_file(data_file)},
-            fingerprint=current,
-            fingerprint_sha256=fingerprint_sha256(current),
-            base_model={
-                "name": run.model.name,
-                "arch": run.model.arch.value,
-                "path": ensure_checkpoint(run.model),
-                "revision": checkpoint_revision(run.model),  # the Hub snapshot's commit, for a Hub id
-                "sha256": sha256_dir(ensure_checkpoint(run.model)) if Path(run.model.path).exists() else None,
-            },
-            condition=run.condition,
-            condition_definition=json.loads(data_build.manifest_path(run).read_text()).get("condition"),
-            seed=run.seed,
-            data_order_seed=run.data.order_seed,
-            batch=batch_layout(run),
-            loss_reduction="mean over the assistant tokens of each optimizer step's global batch",
-            preset=run.peft.preset.value,
-            rank=run.peft.r,
-            audit=audit,
-            expert_format=audit["expert_format"],
-            served_expert_format=architecture(run.model.arch).served_expert_format,
-            chat_template={"system_prompt": "none", "thinking": architecture(run.model.arch).thinking},
-            steps=trainer.state.global_step,
-            resumed_from=str(resume) if resume else None,
-            loss=loss_summary(trainer.state.log_history),
-            adapter_sha256=sha256_dir(staging),
-            vllm_export={"path": export.name, "format": "per_expert_2d", "sha256": sha256_dir(export)}
-            if export
-            else None,
-        )
-        if out.exists():
-            shutil.rmtree(out)
-        staging.rename(out)
         if wandb_run is not None:
-            # lineage by content: the exact dataset file in, the exact adapter out
-            data_manifest = json.loads(data_build.manifest_path(run).read_text())
-            dataset = dataset_artifact(
-                data_file, dataset_artifact_name(run.experiment, run.condition), {"fingerprint": current}
-            )
-            use_input(wandb_run, dataset, content_alias(data_manifest["sha256"]))
-            if run.tracking.log_adapter:
-                artifact = adapter_artifact(
-                    out,
-                    adapter_artifact_name(run.experiment, run.condition, run.seed),
-                    {"manifest": str(out / manifest.name), "steps": trainer.state.global_step},
-                )
-                sha = json.loads((out / manifest.name).read_text())["adapter_sha256"]
-                wandb_run.log_artifact(artifact, aliases=["latest", content_alias(sha)])
+            track(run, wandb_run, saved, data_file, current, trainer.state.global_step)
     print(f"train: wrote adapter to {out} ({trainer.state.global_step} steps)")
     return out
