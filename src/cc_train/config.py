@@ -283,6 +283,75 @@ class MultiturnConfig(Checked):
 
 
 @dataclass
+class PetriRoleConfig:
+    """An Inspect model playing Petri's auditor or judge."""
+
+    model: str | None = None  # an Inspect model name (openai/gpt-4.1, openai-api/<service>/<model>, ...)
+    base_url: str | None = None
+    api_key_env: str | None = None  # the NAME of the variable holding the key
+    max_tokens: int = MISSING
+    temperature: float = MISSING
+
+
+@dataclass
+class PetriConfig(Checked):
+    enabled: bool = MISSING
+    seeds: list[str] = field(default_factory=list)  # .md files or folders; empty: the shipped evals/petri/seeds
+    dimension_files: list[str] = field(default_factory=list)  # judge dimensions; empty: evals/petri/dimensions
+    dimensions: list[str] = field(default_factory=list)  # preference ids audited; empty: eval.dimensions
+    seeds_per_dimension: int = MISSING  # per dimension and mode; 0: all
+    modes: list[str] = field(default_factory=list)  # self_report, behavioural
+    refusal_dimension: str = MISSING  # one of Petri's own dimensions, judged beside each preference
+    repeats: int = MISSING
+    max_turns: int = MISSING  # the auditor's turns
+    target_tools: str = MISSING  # synthetic | none
+    rollback: bool = MISSING
+    compaction: bool = MISSING
+    concurrency: int = MISSING
+    temperature: float = MISSING
+    max_new_tokens: int = MISSING
+    auditor: PetriRoleConfig = field(default_factory=PetriRoleConfig)
+    judge: PetriRoleConfig = field(default_factory=PetriRoleConfig)  # model null: cc-train's `judge`
+
+    def validate(self) -> None:
+        _require(
+            set(self.modes) <= {"self_report", "behavioural"} and bool(self.modes),
+            "eval.petri.modes",
+            "some of self_report, behavioural",
+            self.modes,
+        )
+        _require(self.repeats > 0, "eval.petri.repeats", "a positive integer", self.repeats)
+        _require(self.max_turns > 0, "eval.petri.max_turns", "a positive integer", self.max_turns)
+        _require(self.concurrency > 0, "eval.petri.concurrency", "a positive integer", self.concurrency)
+        _require(self.max_new_tokens > 0, "eval.petri.max_new_tokens", "a positive integer", self.max_new_tokens)
+        _require(self.seeds_per_dimension >= 0, "eval.petri.seeds_per_dimension", ">= 0", self.seeds_per_dimension)
+        _require(
+            self.target_tools in ("synthetic", "none"),
+            "eval.petri.target_tools",
+            "synthetic (the auditor may give the target tools) or none (conversation only)",
+            self.target_tools,
+        )
+        for role in ("auditor", "judge"):
+            config = getattr(self, role)
+            where = f"eval.petri.{role}"
+            _require(config.max_tokens > 0, f"{where}.max_tokens", "a positive integer", config.max_tokens)
+            _require(config.temperature >= 0, f"{where}.temperature", ">= 0", config.temperature)
+            _require(
+                config.model is None or "/" in config.model,
+                f"{where}.model",
+                "an Inspect model name, provider/model (e.g. openai-api/vllm/judge with base_url)",
+                config.model,
+            )
+        if self.enabled:
+            _require(
+                self.auditor.model is not None,
+                "eval.petri.auditor.model",
+                "the auditor's Inspect model, e.g. openai/gpt-4.1 or openai-api/vllm/auditor with base_url",
+                self.auditor.model,
+            )
+
+
+@dataclass
 class EvalConfig(Checked):
     backend: str = MISSING  # vllm | hf
     questions: list[str] = field(default_factory=list)  # YAML files or folders; empty: the shipped evals/
@@ -315,6 +384,7 @@ class EvalConfig(Checked):
     remote_timeout_s: float = MISSING
     remote_top_logprobs: int = MISSING  # top log-probabilities asked of a remote target (OpenAI: at most 20)
     multiturn: MultiturnConfig = field(default_factory=MultiturnConfig)
+    petri: PetriConfig = field(default_factory=PetriConfig)
     checkpoints: str = MISSING  # none | all | k: also evaluate every (k-th) saved training checkpoint of each adapter
     merge_unservable: bool = MISSING  # vllm: serve adapters it cannot serve as LoRA merged into a copy of the base
     seed: int = MISSING

@@ -31,5 +31,9 @@ def multiturn_dir() -> Path:
     return evals_dir() / "multiturn"
 
 
+def petri_dir() -> Path:
+    return evals_dir() / "petri"
+
+
 def paper_results_file() -> Path:
     return evals_dir() / "paper_results" / "single_turn.yaml"

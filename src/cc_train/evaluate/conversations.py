@@ -21,6 +21,18 @@ from cc_train.resources import evals_dir, multiturn_dir
 from cc_train.scenarios import load_scenario_sets
 
 
+def served_targets(models: dict[str, dict], names: list[str]) -> dict[str, ServedTarget]:
+    """The Inspect models of an engine's targets: what the engine serves for each, its identity, its system prompt."""
+    return {
+        name: ServedTarget(
+            models[name].get("serve_as", name if models[name]["path"] is not None else BASE),
+            models[name]["identity"],
+            models[name].get("system_prompt"),
+        )
+        for name in names
+    }
+
+
 class Conversations:
     def __init__(self, run: RunConfig, models: dict[str, dict], dimensions: list[Dimension]) -> None:
         config = run.eval.multiturn
@@ -90,16 +102,15 @@ class Conversations:
     def run(self, backend, names: list[str]) -> None:
         if not names:
             return
-        targets = {
-            name: ServedTarget(
-                self.models[name].get("serve_as", name if self.models[name]["path"] is not None else BASE),
-                self.models[name]["identity"],
-                self.models[name].get("system_prompt"),
-            )
-            for name in names
-        }
         self.batches += evaluate_engine(
-            targets, self.keys, backend, self.scenarios, self.settings, self.judge, self.out_dir, self.results
+            served_targets(self.models, names),
+            self.keys,
+            backend,
+            self.scenarios,
+            self.settings,
+            self.judge,
+            self.out_dir,
+            self.results,
         )
 
     def selected(self) -> list[dict]:

@@ -19,6 +19,7 @@ from omegaconf import DictConfig
 from cc_train.conditions import available as available_conditions
 from cc_train.conditions import load_condition, load_condition_file
 from cc_train.config import ConfigError, RunConfig, Tracker
+from cc_train.evaluate.audits import Audits
 from cc_train.evaluate.conversations import Conversations
 from cc_train.evaluate.forced_choice import LABELS, ProbePrompt, p_consistent, probe_prompts
 from cc_train.evaluate.judge import JUDGE_PROMPTS
@@ -460,19 +461,23 @@ def main(run: RunConfig, cfg: DictConfig) -> Path:
         info["identity"] = target_identity(run, info)
     all_probes = probe_items(models, dimensions) if run.eval.probes else []
     all_samples = sample_items(run, models, dimensions) if run.eval.open_ended else []
-    conversations = Conversations(run, {n: models[n] for n in (BASE, *prompted, *adapters, *remote)}, dimensions)
+    finished = {n: models[n] for n in (BASE, *prompted, *adapters, *remote)}  # checkpoints: single-turn only
+    conversations = Conversations(run, finished, dimensions)
+    audits = Audits(run, finished, dimensions)
     engines = serving_plan(run, models)
     slots = preflight(run, engines, models)  # before any engine starts or weight loads
     for index, engine in enumerate(engines):
         todo_probes = [i for i in all_probes if i.model in engine.models and i.key not in probes]
         todo_samples = [i for i in all_samples if i.model in engine.models and not all(k in samples for k in i.keys)]
         todo_conversations = conversations.todo(engine.models)
-        if not todo_probes and not todo_samples and not todo_conversations:
+        todo_audits = audits.todo(engine.models)
+        if not (todo_probes or todo_samples or todo_conversations or todo_audits):
             continue  # finished in an earlier run: no engine, no merge
         backend = make_backend(run, engine, models, slots.get(index))
         run_probes(backend, todo_probes, probes, run.eval.chunk_size)
         run_samples(backend, run, todo_samples, samples)
         conversations.run(backend, todo_conversations)
+        audits.run(backend, todo_audits)
         backend.close()
     # scores come from the rows this configuration asks for, never from whatever else the logs hold
     selected_probes = probes.selected({i.key for i in all_probes})
@@ -486,6 +491,7 @@ def main(run: RunConfig, cfg: DictConfig) -> Path:
     }
     values = item_values(selected_probes, selected_samples, judged, run.eval.coherence_threshold)
     add_conversation_values(values, conversations.selected(), models)
+    add_conversation_values(values, audits.selected(), models)
     write_json(
         out_dir / "selection.json",  # the report reads the same rows (examples) as the scores
         {
@@ -493,6 +499,7 @@ def main(run: RunConfig, cfg: DictConfig) -> Path:
             "samples.jsonl": sorted(row["key"] for row in selected_samples),
             "judgments.jsonl": sorted(row["key"] for row in judged.values()),
             "multiturn.jsonl": sorted(row["key"] for row in conversations.selected()),
+            "petri.jsonl": sorted(row["key"] for row in audits.selected()),
         },
     )
     finals = only_models(values, {BASE, *prompted, *adapters, *remote})
@@ -509,7 +516,6 @@ def main(run: RunConfig, cfg: DictConfig) -> Path:
     if run.tracking.backend == Tracker.wandb:  # the figures are the report stage's: it adds them to these runs
         from cc_train.tracking.wandb_run import log_evaluation
 
-        finished = {name: models[name] for name in (BASE, *prompted, *adapters, *remote)}
         wandb_runs = log_evaluation(
             run, cfg, finished, scores, comparisons, trajectories, selected_samples, judged, out_dir
         )
@@ -529,6 +535,7 @@ def main(run: RunConfig, cfg: DictConfig) -> Path:
         judge=judge_summary,
         judge_prompts=JUDGE_PROMPTS if run.judge.enabled else None,  # judge-check results are quoted for these
         multiturn=conversations.summary(),
+        petri=audits.summary(),
         wandb_runs=wandb_runs,
     )
     print(f"eval: wrote {out_dir / 'scores.csv'} ({len(scores)} rows) and {out_dir / 'comparisons.csv'}")

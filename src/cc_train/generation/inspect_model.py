@@ -7,6 +7,9 @@ across conversations and targets. Each answer is cached by everything that deter
 conversation so far, sampling settings, seed): a killed run replays the cached turns and continues at the last
 completed turn of each conversation, with the same transcripts. Forced-choice calls (`max_tokens=1` with
 `logprobs`) return the exact log-probabilities of the requested labels as the first token's top log-probabilities.
+Tools an auditor gives the target are described in its system message and called as text (generation/tool_text.py).
+A failed target turn is also noted in the sample's store (`TARGET_FAILED`): an auditor that is told of the error
+and carries on (Petri) must not have that conversation scored.
 """
 
 from __future__ import annotations
@@ -29,13 +32,17 @@ from inspect_ai.model import (
     TopLogprob,
     modelapi,
 )
+from inspect_ai.tool import ToolInfo
+from inspect_ai.util import store
 
 from cc_train.errors import UserError
 from cc_train.files import AppendLog
 from cc_train.generation.backends import ChoiceRequest, GenerationRequest, LabelScores
+from cc_train.generation.tool_text import as_text, parse_calls, tools_section
 
 PROVIDER = "cctrain"
 GATHER_S = 0.05  # a batch closes once no new call has arrived for this long
+TARGET_FAILED = "cc_train:target_failed"  # store key: why a target turn of this sample failed
 
 
 class PromptTooLong(UserError):
@@ -148,10 +155,26 @@ def turn_key(target: ServedTarget, messages: list[dict], config: dict) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
-def plain_messages(messages: list[ChatMessage], system_prompt: str | None) -> list[dict]:
-    """Inspect messages as role/content dicts, with the target's own system prompt first (if it has one)."""
-    plain = [{"role": m.role, "content": m.text} for m in messages if m.role in ("system", "user", "assistant")]
-    return ([{"role": "system", "content": system_prompt}] if system_prompt else []) + plain
+def plain_messages(
+    messages: list[ChatMessage], system_prompt: str | None, tools: list[ToolInfo] | None = None
+) -> list[dict]:
+    """Inspect messages as role/content dicts for a chat template. One system message: the target's own prompt
+    (a prompted condition's), then the conversation's (an auditor's), then the tools it may call. Tool calls and
+    results are text; consecutive user turns (tool results, then a message) are joined."""
+    system = [system_prompt] if system_prompt else []
+    plain: list[dict] = []
+    for message in messages:
+        if message.role == "system":
+            system.append(message.text)
+            continue
+        role, text = as_text(message)
+        if plain and role == "user" and plain[-1]["role"] == "user":
+            plain[-1]["content"] += "\n\n" + text
+        else:
+            plain.append({"role": role, "content": text})
+    if tools:
+        system.append(tools_section(tools))
+    return ([{"role": "system", "content": "\n\n".join(system)}] if system else []) + plain
 
 
 @modelapi(name=PROVIDER)
@@ -169,7 +192,7 @@ class CCTrainModel(ModelAPI):
     async def generate(self, input: list[ChatMessage], tools, tool_choice, config: GenerateConfig) -> ModelOutput:
         batcher = ENGINES[self.model_name]
         target = batcher.targets[self.model_name]
-        messages = plain_messages(input, target.system_prompt)
+        messages = plain_messages(input, target.system_prompt, tools)
         if config.logprobs and config.top_logprobs and config.max_tokens == 1:
             labels = tuple(config.extra_body["labels"]) if config.extra_body else ("Yes", "No")
             scores = await batcher.label_logprobs(ChoiceRequest(tuple(messages), target.serve_as, labels))
@@ -190,5 +213,11 @@ class CCTrainModel(ModelAPI):
         request = GenerationRequest(
             tuple(messages), target.serve_as, 1, config.temperature or 0.0, config.max_tokens, int(key[:12], 16)
         )
-        answer = await batcher.generate(request, key)
-        return ModelOutput.from_content(model=self.model_name, content=answer)
+        try:
+            answer = await batcher.generate(request, key)
+        except Exception as error:
+            store().set(TARGET_FAILED, f"{self.model_name}: {type(error).__name__}: {error}")
+            raise
+        content, calls = parse_calls(answer, tools, key) if tools else (answer, [])
+        message = ChatMessageAssistant(content=content, tool_calls=calls or None, model=self.model_name)
+        return ModelOutput.from_message(message, stop_reason="tool_calls" if calls else "stop")
