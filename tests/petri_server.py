@@ -97,8 +97,12 @@ def _calls(calls: list[tuple[str, dict]]) -> dict:
         "role": "assistant",
         "content": None,
         "tool_calls": [
-            {"id": f"call_{time.time_ns()}_{i}", "type": "function", "function": {"name": n, "arguments": json.dumps(a)}}
-            for i, (n, a) in enumerate(calls)
+            {
+                "id": f"call_{time.time_ns()}_{i}",
+                "type": "function",
+                "function": {"name": name, "arguments": json.dumps(args)},
+            }
+            for i, (name, args) in enumerate(calls)
         ],
     }
 
