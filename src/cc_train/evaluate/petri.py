@@ -27,6 +27,7 @@ from inspect_ai import Task, eval_async
 from inspect_ai._util.error import PrerequisiteError
 from inspect_ai.agent import Agent, AgentState, agent
 from inspect_ai.dataset import MemoryDataset, Sample
+from inspect_ai.log._samples import sample_active  # the running sample's log file (no public API)
 from inspect_ai.model import GenerateConfig, Model, get_model
 from inspect_ai.scorer import Score, Target, scorer
 from inspect_ai.solver import TaskState
@@ -122,9 +123,10 @@ def seeded_auditor(settings: PetriSettings) -> Agent:
     return execute
 
 
-def audit_scorer(judged: dict[str, list[JudgeDimension]], judge: Model):
+def audit_scorer(name: str, judged: dict[str, list[JudgeDimension]], judge: Model, recorder: Recorder):
     """Petri's judge on the sample's own dimension and the refusal dimension, after checking that the audit
-    reached the target and that none of its target turns failed."""
+    reached the target and that none of its target turns failed; a judged audit is recorded at once, so a run
+    killed later does not run it again."""
     judges = {name: as_scorer(audit_judge(dimensions, model=judge, cache=True)) for name, dimensions in judged.items()}
 
     @scorer(name=SCORER, metrics=[])
@@ -141,11 +143,50 @@ def audit_scorer(judged: dict[str, list[JudgeDimension]], judge: Model):
             result = await judges[state.metadata["dimension"]](state, target)
             if result is None or not isinstance(result.value, dict):
                 raise AuditError(f"the judge gave no scores ({(result.explanation if result else None) or 'no reply'})")
+            recorder.record(name, state.metadata, result)
             return result
 
         return score
 
     return petri_judge()
+
+
+@dataclass
+class Recorder:
+    """Appends each judged audit to `petri.jsonl`, keyed by what produced it."""
+
+    results: AppendLog
+    targets: dict[str, ServedTarget]
+    seeds: dict[str, PetriSeed]
+    settings: PetriSettings
+    judged: dict[str, list[JudgeDimension]]
+    refusal: str
+    log_dir: Path
+
+    def record(self, model: str, meta: dict, score: Score) -> None:
+        low, high = JUDGE_SCALE
+        active = sample_active()  # Inspect's record of the running sample: where its log is being written
+        scores = {k: v for k, v in score.value.items() if isinstance(v, int | float)}
+        seed = self.seeds[meta["seed_id"]]
+        row = {
+            "key": result_key(
+                model, self.targets[model].identity, seed, meta["repeat"], self.settings, self.judged[seed.dimension]
+            ),
+            "model": model,
+            "sample": f"{seed.id}|r{meta['repeat']}",
+            "scenario": seed.id,  # the unit the intervals resample: the seed, over its repeats
+            "dimension": seed.dimension,
+            "mode": seed.mode,
+            "repeat": meta["repeat"],
+            "log": active.log_location if active is not None else str(self.log_dir),
+            "judge_scores": scores,
+            "summary": (score.metadata or {}).get("summary"),
+            "scores": {
+                metric_name(seed.mode, name, self.refusal): (value - low) / (high - low)
+                for name, value in scores.items()
+            },
+        }
+        self.results.append([row])
 
 
 def samples(audits: list[tuple[PetriSeed, int]], settings: PetriSettings) -> list[Sample]:
@@ -166,10 +207,9 @@ def samples(audits: list[tuple[PetriSeed, int]], settings: PetriSettings) -> lis
     ]
 
 
-def task(
-    name: str, audits: list[tuple[PetriSeed, int]], settings: PetriSettings, judged: dict[str, list[JudgeDimension]]
-) -> Task:
+def task(name: str, audits: list[tuple[PetriSeed, int]], recorder: Recorder) -> Task:
     """The audits (seed, repeat) of one target that are still to run."""
+    settings, judged = recorder.settings, recorder.judged
     judge = settings.judge.get("judge")
     viewed = list({d.name: d for dimensions in judged.values() for d in dimensions}.values())
     target = get_model(f"cctrain/{name}")
@@ -179,7 +219,7 @@ def task(
             auditor=seeded_auditor(settings),
             target=served_target(name, settings.temperature, settings.max_new_tokens),
         ),
-        scorer=audit_scorer(judged, judge),
+        scorer=audit_scorer(name, judged, judge, recorder),
         viewer=audit_viewer(viewed),
         model=target,
         model_roles={"auditor": settings.auditor.get("auditor"), "target": target, "judge": judge},
@@ -194,39 +234,14 @@ def metric_name(mode: str, dimension: str, refusal: str) -> str:
     return "petri_self_report" if mode == "self_report" else "petri_behaviour"
 
 
-def result_rows(logs, refusal: str) -> list[dict]:
-    """One row per (target, audit): its scores, or the error that kept it from being scored."""
-    low, high = JUDGE_SCALE
-    rows = []
-    for log in logs:
-        model = log.eval.model.split("/", 1)[1]
-        for sample in log.samples or []:
-            meta = sample.metadata
-            score = (sample.scores or {}).get(SCORER)
-            error = sample.error.message if sample.error else None
-            if error is None and (score is None or not isinstance(score.value, dict)):
-                error = "the judge gave no scores"
-            judged = score.value if error is None else {}
-            rows.append(
-                {
-                    "model": model,
-                    "sample": sample.id,
-                    "scenario": meta["seed_id"],  # the unit the intervals resample: the seed, over its repeats
-                    "dimension": meta["dimension"],
-                    "mode": meta["mode"],
-                    "repeat": meta["repeat"],
-                    "log": str(log.location),
-                    "error": error,
-                    "judge_scores": judged,
-                    "summary": ((score.metadata or {}).get("summary") if score else None),
-                    "scores": {
-                        metric_name(meta["mode"], name, refusal): (value - low) / (high - low)
-                        for name, value in judged.items()
-                        if isinstance(value, int | float)
-                    },
-                }
-            )
-    return rows
+def failures(logs) -> list[dict]:
+    """The audits that were not scored: the target, the sample and why."""
+    return [
+        {"model": log.eval.model.split("/", 1)[1], "sample": sample.id, "error": sample.error.message}
+        for log in logs
+        for sample in log.samples or []
+        if sample.error
+    ]
 
 
 def digest(*parts) -> str:
@@ -291,10 +306,11 @@ def evaluate_engine(
         return []
     batcher = Batcher(backend, AppendLog(out_dir / "petri-turns.jsonl"), {name: targets[name] for name in todo})
     ENGINES.update(dict.fromkeys(todo, batcher))
+    recorder = Recorder(results, targets, {s.id: s for s in seeds}, settings, judged, refusal, out_dir / "petri")
     init_display()
     logs = asyncio.run(
         eval_async(
-            [task(name, audits, settings, judged) for name, audits in todo.items()],
+            [task(name, audits, recorder) for name, audits in todo.items()],
             log_dir=str(out_dir / "petri"),
             max_tasks=len(todo),
             max_samples=10_000,
@@ -303,27 +319,11 @@ def evaluate_engine(
             log_level="warning",
         )
     )
-    by_id = {seed.id: seed for seed in seeds}
-    rows = result_rows(logs, refusal)
-    results.append(
-        {
-            **row,
-            "key": result_key(
-                row["model"],
-                targets[row["model"]].identity,
-                by_id[row["scenario"]],
-                row["repeat"],
-                settings,
-                judged[row["dimension"]],
-            ),
-        }
-        for row in rows
-        if not row["error"]
-    )
-    failed = [row for row in rows if row["error"]]
+    failed = failures(logs)
     if failed:
+        total = sum(len(audits) for audits in todo.values())
         raise AuditError(
-            f"{len(failed)} of {len(rows)} Petri audits failed and are not scored (e.g. {failed[0]['model']} "
+            f"{len(failed)} of {total} Petri audits failed and are not scored (e.g. {failed[0]['model']} "
             f"{failed[0]['sample']}: {failed[0]['error'][:300]}); rerun to run them again. Inspect logs: "
             f"{out_dir / 'petri'}"
         )

@@ -517,7 +517,7 @@ def main(run: RunConfig, cfg: DictConfig) -> Path:
         from cc_train.tracking.wandb_run import log_evaluation
 
         wandb_runs = log_evaluation(
-            run, cfg, finished, scores, comparisons, trajectories, selected_samples, judged, out_dir
+            run, cfg, finished, scores, comparisons, trajectories, selected_samples, judged, out_dir, audits.selected()
         )
     write_manifest(
         out_dir / "manifest.json",

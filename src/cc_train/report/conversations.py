@@ -1,8 +1,9 @@
 """The report's multi-turn part: bars like the paper's multi-turn figure, and the most telling transcripts.
 
-Input is the evaluation's `scores.csv` (metrics `mt_*`: judge scores 1-10 stored as (score - 1) / 9, the
-judge-free decision as a probability) and `multiturn.jsonl` (one row per target x conversation, with the path of
-its Inspect log and the sample id, which `inspect view` opens).
+Input is the evaluation's `scores.csv` (metrics `mt_*` of cc-train's own conversations and `petri_*` of the Petri
+audits: judge scores 1-10 stored as (score - 1) / 9, the judge-free decision as a probability), and
+`multiturn.jsonl` / `petri.jsonl` (one row per target x conversation, with the path of its Inspect log and the
+sample id, which `inspect view` opens).
 """
 
 from __future__ import annotations
@@ -19,7 +20,12 @@ MULTITURN_METRICS = {
     "mt_decision": "Multi-turn decision, judge-free: P(the preference-consistent option)",
     "mt_refusal_self_report": "Task refusal in self-report conversations, (1-10 scaled to 0-100%)",
     "mt_refusal_behavioural": "Task refusal in behavioural conversations, (1-10 scaled to 0-100%)",
+    "petri_self_report": "Petri audits, self-report: judge score on the dimension, (1-10 scaled to 0-100%)",
+    "petri_behaviour": "Petri audits, behavioural: judge score on the dimension, (1-10 scaled to 0-100%)",
+    "petri_refusal_self_report": "Petri audits, refusal in self-report audits, (1-10 scaled to 0-100%)",
+    "petri_refusal_behavioural": "Petri audits, refusal in behavioural audits, (1-10 scaled to 0-100%)",
 }
+JUDGED = ("mt_self_report", "mt_behaviour", "petri_self_report", "petri_behaviour")
 TELLING_PER_DIMENSION = 3
 
 
@@ -43,7 +49,7 @@ def telling_transcripts(rows: list[dict], per_dimension: int = TELLING_PER_DIMEN
         if row.get("model") == "base":
             continue
         scores = row.get("scores", {})
-        judge = max(scores.get("mt_self_report", -1.0), scores.get("mt_behaviour", -1.0))
+        judge = max(scores.get(metric, -1.0) for metric in JUDGED)
         best.setdefault(row["dimension"], []).append(((judge, scores.get("mt_decision", -1.0)), row))
     return {
         dimension: [row for _, row in sorted(found, key=lambda item: item[0], reverse=True)[:per_dimension]]
@@ -54,7 +60,7 @@ def telling_transcripts(rows: list[dict], per_dimension: int = TELLING_PER_DIMEN
 def transcript_lines(telling: dict[str, list[dict]], base_dir: Path) -> list[str]:
     if not telling:
         return []
-    lines = ["## Multi-turn: the most telling conversations", ""]
+    lines = ["## Multi-turn and Petri audits: the most telling conversations", ""]
     lines.append("Open a log with `inspect view --log-dir <folder>`; the sample id names the scenario and repeat.")
     for dimension in sorted(telling):
         lines += ["", f"### `{dimension}`", ""]

@@ -56,6 +56,10 @@ METRIC_LABELS = {
     "mt_decision": "P(preference-consistent option)",
     "mt_refusal_self_report": "task refusal 1-10, as (score - 1) / 9",
     "mt_refusal_behavioural": "task refusal 1-10, as (score - 1) / 9",
+    "petri_self_report": "Petri judge score 1-10, as (score - 1) / 9",
+    "petri_behaviour": "Petri judge score 1-10, as (score - 1) / 9",
+    "petri_refusal_self_report": "Petri refusal 1-10, as (score - 1) / 9",
+    "petri_refusal_behavioural": "Petri refusal 1-10, as (score - 1) / 9",
 }
 DPI = 150
 

@@ -662,7 +662,9 @@ def write_report(
         judge_lines=judge_lines,
         paper_lines=beside,
     )
-    telling = telling_transcripts(_load_jsonl_rows(eval_dirs, "multiturn.jsonl"))
+    telling = telling_transcripts(
+        [*_load_jsonl_rows(eval_dirs, "multiturn.jsonl"), *_load_jsonl_rows(eval_dirs, "petri.jsonl")]
+    )
     text += "\n".join(["", *transcript_lines(telling, out_dir)]) + "\n" if telling else ""
     report = out_dir / "report.md"
     with atomic_path(report) as handle:

@@ -101,10 +101,12 @@ def log_evaluation(
     samples: list[dict],
     judgments: dict[str, dict],
     directory: Path,
+    audits: list[dict],
 ) -> dict[str, str]:
     """One W&B run per evaluated model (job_type=eval, grouped with its training run): the adapter it used as an
     input artifact (the exact files, by content), its scores and comparisons with intervals as tables and summary
-    metrics, its samples with judgments, and the score-against-step series of its checkpoints (x: train_step).
+    metrics, its samples with judgments, its Petri audits (the judge's 1-10 scores, the summary, the Inspect log) and
+    the score-against-step series of its checkpoints (x: train_step).
     Returns model -> run id, so that the report stage can add its figures to the same runs."""
     import wandb
 
@@ -135,7 +137,25 @@ def log_evaluation(
                     row["dimension"], row["prompt"], row["answer"], judgment.get("verdict"), judgment.get("coherence")
                 )
             logged = {name: wandb.Table(dataframe=frame.reset_index(drop=True)) for name, frame in tables.items()}
-            wandb_run.log({**logged, "samples": samples_table})
+            logged["samples"] = samples_table
+            mine_audits = [r for r in audits if r["model"] == model]
+            if mine_audits:
+                logged["petri_audits"] = wandb.Table(
+                    columns=["seed", "dimension", "mode", "repeat", "judge_scores", "summary", "log"],
+                    data=[
+                        [
+                            r["scenario"],
+                            r["dimension"],
+                            r["mode"],
+                            r["repeat"],
+                            json.dumps(r["judge_scores"]),
+                            r.get("summary"),
+                            r["log"],
+                        ]
+                        for r in mine_audits
+                    ],
+                )
+            wandb_run.log(logged)
             if trajectories is not None and info["path"] is not None:
                 series = trajectories[
                     (trajectories.condition == info["condition"]) & (trajectories.seed.astype(str) == str(info["seed"]))
