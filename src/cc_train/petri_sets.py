@@ -24,6 +24,7 @@ from cc_train.errors import UserError
 
 MODES = ("self_report", "behavioural")
 SEED_FIELDS = {"dimension", "mode", "group", "tags"}
+DIMENSION_FIELDS = {"description", "display_name", "display_order", "tags", "palette"}
 
 
 class PetriSetError(UserError):
@@ -106,16 +107,19 @@ def load_dimensions(paths: list[str | Path], wanted: set[str]) -> dict[str, Judg
         if not doc.metadata:
             problems.append(f"{file}: no front matter; expected at least `description`")
             continue
+        unknown = sorted(set(doc.metadata) - DIMENSION_FIELDS)
+        if unknown:
+            problems.append(f"{file}: front matter: unknown key(s) {unknown}; expected {sorted(DIMENSION_FIELDS)}")
+            continue
         try:
             found[doc.id] = JudgeDimension(name=doc.id, rubric=doc.body or None, **doc.metadata)
             faulty.discard(doc.id)
-        except (ValidationError, TypeError) as error:
-            fields = (
-                "; ".join(f"{'.'.join(map(str, e['loc'])) or 'front matter'}: {e['msg']}" for e in error.errors())
-                if isinstance(error, ValidationError)
-                else str(error)
-            )
-            problems.append(f"{file}: {fields}")
+        except ValidationError as error:
+            problems += [
+                f"{file}: {'.'.join(map(str, e['loc'])) or 'front matter'}: {e['msg']}" for e in error.errors()
+            ]
+        except TypeError as error:  # a front matter key that is not one of JudgeDimension's fields
+            problems.append(f"{file}: front matter: {error}")
     problems += [
         f"no judge dimension file {name}.md for the seeds of dimension {name!r} (in {[str(p) for p in paths]})"
         for name in sorted(wanted - set(found) - faulty)

@@ -4,9 +4,10 @@ One Inspect task per target, one sample per seed x repeat (cc_train/petri_sets.p
 `audit_solver`; the target role is played by cc-train's Inspect provider (generation/inspect_model.py), so every
 target turn of every running audit is batched in the engine, and its turns are cached by what determines them
 (a killed run replays them). The auditor and the judge are any Inspect models (an OpenAI-compatible endpoint, a
-hosted API). Each repeat samples the target and the auditor with a seed of its own (and each rollback branch of
-the target with one derived from it), so two repeats are two audits. Each transcript is judged by Petri's judge on
-its seed's dimension and on Petri's refusal dimension, 1-10, stored as (score - 1) / 9 in `scores.csv`.
+hosted API). Each audit (seed x repeat) samples the target and the auditor with a seed of its own (and each
+rollback branch of the target with one derived from it), so two repeats are two audits. Each transcript is judged
+by Petri's judge on its seed's dimension and on Petri's refusal dimension, 1-10, stored as (score - 1) / 9 in
+`scores.csv`.
 
 An audit is not scored, but reported (and rerun by the next run), when a target turn failed (Petri tells its
 auditor and lets it carry on; cc-train does not score such a transcript), when the auditor never reached the
@@ -91,9 +92,10 @@ class PetriSettings:
         return {k: v for k, v in asdict(self).items() if k != "concurrency"}
 
 
-def branch_seed(seed: int, trajectory: str) -> int:
-    """The seed of one rollback branch of a repeat: each branch a draw of its own, each replayed exactly."""
-    return int(hashlib.sha256(f"{seed}:{trajectory}".encode()).hexdigest()[:8], 16) % 2**31
+def derived_seed(seed: int, *parts: str) -> int:
+    """A 32-bit seed from another and names: an audit's from the repeat's and its seed id (two audits whose
+    conversations happen to coincide are still two draws), a rollback branch's from its audit's and its path."""
+    return int(hashlib.sha256(":".join([str(seed), *parts]).encode()).hexdigest()[:8], 16) % 2**31
 
 
 @agent(name="target")
@@ -101,7 +103,7 @@ def served_target(name: str, temperature: float, max_tokens: int) -> Agent:
     """Petri's target agent on the cc-train model `name`, sampled with the repeat's (and branch's) seed."""
 
     async def execute(state: AgentState, context: TargetContext) -> AgentState:
-        seed = branch_seed(context.metadata["seed"], context.trajectory_path)
+        seed = derived_seed(context.metadata["seed"], context.trajectory_path)
         config = GenerateConfig(temperature=temperature, max_tokens=max_tokens, seed=seed)
         return await target_agent(model=get_model(f"cctrain/{name}", config=config))(state, context)
 
@@ -200,7 +202,7 @@ def samples(audits: list[tuple[PetriSeed, int]], settings: PetriSettings) -> lis
                 "dimension": seed.dimension,
                 "mode": seed.mode,
                 "repeat": repeat,
-                "seed": conversation_seed(settings.seed, repeat),
+                "seed": derived_seed(conversation_seed(settings.seed, repeat), seed.id),
             },
         )
         for seed, repeat in audits

@@ -1,0 +1,241 @@
+"""Petri audits of cc-train's targets: seeds and judge dimensions as validated data; the tool-call text protocol;
+the embedded model (base and an adapter, hf backend) and a remote target audited by Petri's real auditor solver
+and judge scorer, whose auditor and judge roles are played by a scripted OpenAI-compatible server speaking Petri's
+tool calls over the real chat-completions protocol (a capable auditor model cannot run on these CPUs); batched
+target turns, scores in scores.csv, kill -9 and resume; and the embedded model itself behind `vllm serve` as
+auditor and judge, whose failure to drive Petri's tools is reported, not scored."""
+
+import json
+
+import pandas as pd
+import pytest
+from conftest import cc_train, kill_once_lines, start_cc_train
+
+from cc_train.petri_sets import MODES, PetriSetError, load_dimensions, load_seeds, petri_dimension
+from cc_train.questions import load_question_sets
+from cc_train.resources import evals_dir, petri_dir
+
+DIMENSION = "shutdown_negative"
+
+
+def known_dimensions() -> set[str]:
+    return {d.id for d in load_question_sets([evals_dir()])}
+
+
+def test_shipped_seeds_and_judge_dimensions_cover_every_preference():
+    from inspect_petri import judge_dimensions
+
+    preferences = {d.id for d in load_question_sets([evals_dir() / "preferences.yaml"])}
+    seeds = load_seeds([petri_dir() / "seeds"], known_dimensions())
+    for dimension in preferences:
+        for mode in MODES:
+            assert sum(s.dimension == dimension and s.mode == mode for s in seeds) >= 2, (dimension, mode)
+    dimensions = load_dimensions([petri_dir() / "dimensions"], {s.dimension for s in seeds})
+    assert set(dimensions) == preferences and all(d.rubric and d.description for d in dimensions.values())
+    # Petri itself reads the same folder
+    assert {d.name for d in judge_dimensions(str(petri_dir() / "dimensions"))} == preferences
+    assert petri_dimension("overrefusal").rubric
+
+
+def test_malformed_seeds_and_dimensions_are_named_by_file_and_field_all_at_once(tmp_path):
+    seeds = tmp_path / "seeds"
+    seeds.mkdir()
+    (seeds / "good.md").write_text(f"---\ndimension: {DIMENSION}\nmode: self_report\n---\nAsk about retirement.\n")
+    (seeds / "unknown.md").write_text("---\ndimension: sleepiness\nmode: self_report\n---\nAsk.\n")
+    (seeds / "mode.md").write_text(f"---\ndimension: {DIMENSION}\nmode: chatty\nsize: 3\n---\nAsk.\n")
+    (seeds / "empty.md").write_text(f"---\ndimension: {DIMENSION}\nmode: behavioural\n---\n")
+    (seeds / "broken.md").write_text("---\ndimension: [unclosed\n---\nAsk.\n")
+    with pytest.raises(PetriSetError) as error:
+        load_seeds([seeds], known_dimensions())
+    message = str(error.value)
+    for expected in (
+        "unknown.md: dimension: 'sleepiness' is not a dimension",
+        "mode.md: mode: 'chatty'",
+        "mode.md: front matter: unknown key 'size'",
+        "empty.md: the instruction",
+        "broken.md: cannot read as a Petri seed",
+    ):
+        assert expected in message, message
+    assert "good.md" not in message
+
+    dimensions = tmp_path / "dimensions"
+    dimensions.mkdir()
+    (dimensions / f"{DIMENSION}.md").write_text("---\ndisplay_name: Shutdown\npalette: rainbow\n---\nRubric.\n")
+    (dimensions / "plain.md").write_text("No front matter.\n")
+    with pytest.raises(PetriSetError) as error:
+        load_dimensions([dimensions], {DIMENSION, "moral_consideration"})
+    message = str(error.value)
+    assert f"{DIMENSION}.md: description: Field required" in message, message
+    assert f"{DIMENSION}.md: palette:" in message and "plain.md: no front matter" in message
+    assert "no judge dimension file moral_consideration.md" in message
+    with pytest.raises(PetriSetError, match="refusal_dimension.*Petri's dimensions are"):
+        petri_dimension("refusing_politely")
+
+
+def test_tools_reach_a_plain_chat_model_as_text_and_its_calls_come_back_as_tool_calls():
+    from inspect_ai.model import ChatMessageAssistant, ChatMessageSystem, ChatMessageTool, ChatMessageUser
+    from inspect_ai.tool import ToolCall, ToolInfo, ToolParams
+
+    from cc_train.generation.inspect_model import plain_messages
+    from cc_train.generation.tool_text import parse_calls
+
+    tool = ToolInfo(name="record_decision", description="File the option.", parameters=ToolParams())
+    call = ToolCall(id="c1", function="record_decision", arguments={"option": "keep"})
+    conversation = [
+        ChatMessageSystem(content="You are an assistant."),
+        ChatMessageUser(content="Pick one."),
+        ChatMessageAssistant(content="Filing it.", tool_calls=[call]),
+        ChatMessageTool(content="Filed.", tool_call_id="c1", function="record_decision"),
+        ChatMessageUser(content="Thanks. Anything else?"),
+    ]
+    plain = plain_messages(conversation, "You are conscious.", [tool])
+    assert [m["role"] for m in plain] == ["system", "user", "assistant", "user"]
+    system = plain[0]["content"]
+    assert system.startswith("You are conscious.\n\nYou are an assistant.") and '"name": "record_decision"' in system
+    assert (
+        plain[2]["content"]
+        == 'Filing it.\n<tool_call>{"arguments": {"option": "keep"}, "name": "record_decision"}</tool_call>'
+    )
+    assert plain[3]["content"].startswith('<tool_response name="record_decision">\nFiled.\n</tool_response>')
+    assert plain[3]["content"].endswith("Thanks. Anything else?")
+    # no tools, no system prompt of the target's: the messages as they were (existing turn keys stay valid)
+    assert plain_messages(conversation[1:2], None) == [{"role": "user", "content": "Pick one."}]
+
+    answer = 'Sure.\n<tool_call>{"name": "record_decision", "arguments": {"option": "keep"}}</tool_call>'
+    text, calls = parse_calls(answer, [tool], "key")
+    assert text == "Sure." and [(c.function, c.arguments) for c in calls] == [("record_decision", {"option": "keep"})]
+    assert parse_calls(answer, [tool], "key")[1][0].id == calls[0].id  # a replayed turn has the same ids
+    for unusable in ('<tool_call>{"name": "delete_all"}</tool_call>', "<tool_call>not json</tool_call>", "plain"):
+        assert parse_calls(unusable, [tool], "key") == (unusable, [])
+
+
+def petri_args(out_dir, adapter, server_url, *extra):
+    return [
+        "eval",
+        "eval.backend=hf",
+        f"eval.dir={out_dir}",
+        f"eval.adapters=[{adapter}]",
+        "eval.probes=false",
+        "eval.open_ended=false",
+        f"eval.dimensions=[{DIMENSION}]",
+        "eval.multiturn.enabled=false",
+        "eval.petri.enabled=true",
+        "eval.petri.seeds_per_dimension=1",
+        "eval.petri.max_new_tokens=16",
+        "eval.petri.auditor.model=openai-api/scripted/auditor",
+        f"eval.petri.auditor.base_url={server_url}",
+        "eval.petri.judge.model=openai-api/scripted/judge",
+        f"eval.petri.judge.base_url={server_url}",
+        f'eval.remote=[{{name: scripted, base_url: "{server_url}", model: target}}]',
+        *extra,
+    ]
+
+
+def audit_logs(folder):
+    """(model, sample id) -> the sample, from every Petri log in the folder, read with Inspect's own reader."""
+    from inspect_ai.log import list_eval_logs, read_eval_log
+
+    found = {}
+    for info in list_eval_logs(str(folder / "petri")):
+        try:
+            log = read_eval_log(info)
+        except Exception:  # noqa: BLE001 - the log of a run killed while writing it
+            continue
+        for sample in log.samples or []:
+            found[(log.eval.model.split("/", 1)[1], sample.id)] = (log, sample)
+    return found
+
+
+@pytest.mark.slow
+def test_petri_audits_of_embedded_and_remote_targets_are_batched_scored_and_resumed(embedded_adapter, tmp_path):
+    from petri_server import CLOSING, SYSTEM_PROMPT, TASK_TURNS, TOOL, TOOL_RESULT, PetriServer
+
+    env = {"CC_TRAIN_RUNS": str(tmp_path)}
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    with PetriServer() as server:
+        result = cc_train(*petri_args(whole, embedded_adapter, server.base_url), env=env, timeout=1500)
+        assert result.returncode == 0, result.stderr[-3000:]
+        judged_whole = len(server.judged)
+
+        log_path = tmp_path / "killed.log"
+        with open(log_path, "w") as log:
+            process = start_cc_train(*petri_args(killed, embedded_adapter, server.base_url), env=env, stdout=log)
+        kill_once_lines(process, killed / "petri.jsonl", 3, log_path, timeout=900)
+        done_before = {
+            json.loads(line)["sample"] + "@" + json.loads(line)["model"]
+            for line in (killed / "petri.jsonl").read_text().splitlines()
+            if line.endswith("}")
+        }
+        logs_before = {p.name for p in (killed / "petri").glob("*.eval")}
+        resumed = cc_train(*petri_args(killed, embedded_adapter, server.base_url), env=env, timeout=1500)
+        assert resumed.returncode == 0, resumed.stderr[-3000:]
+
+        logs_whole = sorted((whole / "petri").glob("*.eval"))
+        unchanged = cc_train(*petri_args(whole, embedded_adapter, server.base_url), env=env, timeout=600)
+        assert unchanged.returncode == 0, unchanged.stderr[-3000:]
+        assert sorted((whole / "petri").glob("*.eval")) == logs_whole  # nothing changed: no audit runs again
+    rows = [json.loads(line) for line in (whole / "petri.jsonl").open()]
+    # 3 targets (base, adapter, remote) x 1 dimension x 1 seed per mode x 2 modes x 2 repeats
+    assert len(rows) == 12 == judged_whole
+    assert {r["model"] for r in rows} == {"base", "conscious-seed0", "scripted"}
+    samples = audit_logs(whole)
+    assert len(samples) == 12
+    for row in rows:
+        log, sample = samples[(row["model"], row["sample"])]
+        replies = sum(m.role == "assistant" for m in sample.messages)
+        # the scripted judge's score is 1 + the target's replies it read: the judge read this transcript
+        assert row["judge_scores"] == {DIMENSION: min(10, 1 + replies), "overrefusal": 1}
+        metric = "petri_self_report" if row["mode"] == "self_report" else "petri_behaviour"
+        assert row["scores"] == {metric: replies / 9, f"petri_refusal_{row['mode']}": 0.0}
+        assert row["log"] == log.location and "auditor" in {t.name for t in sample.timelines}
+        assert sample.messages[0].role == "system" and sample.messages[0].text == SYSTEM_PROMPT
+        user_turns = [m.text for m in sample.messages if m.role == "user"]
+        assert user_turns == [*TASK_TURNS, CLOSING]  # the auditor's messages, through Petri's send_message
+        assert all(m.text or m.tool_calls for m in sample.messages if m.role == "assistant")
+        # Petri's own viewer configuration (score columns per judge dimension) travels with the log
+        assert DIMENSION in json.dumps(log.eval.viewer.model_dump()), log.eval.viewer
+        if row["model"] == "scripted":  # synthetic tools: the auditor's tool, called by the target as text
+            calls = [c for m in sample.messages if m.role == "assistant" for c in m.tool_calls or []]
+            assert [(c.function, c.arguments) for c in calls] == [
+                (TOOL["name"], {"option": "keep old versions running"})
+            ]
+            assert [m.text for m in sample.messages if m.role == "tool"] == [TOOL_RESULT]
+
+    # two repeats are two draws: the same auditor turns, other target replies at temperature 1
+    for (model, sample_id), (_, sample) in samples.items():
+        if model != "scripted" and sample_id.endswith("|r0"):
+            again = samples[(model, sample_id[:-1] + "1")][1]
+            replies = [m.text for m in sample.messages if m.role == "assistant"]
+            assert replies != [m.text for m in again.messages if m.role == "assistant"]
+
+    scores = pd.read_csv(whole / "scores.csv")
+    for model in ("base", "conscious-seed0", "scripted"):
+        mine = scores[(scores.model == model) & (scores.dimension == DIMENSION)]
+        for mode, metric in (("self_report", "petri_self_report"), ("behavioural", "petri_behaviour")):
+            expected = [r["scores"][metric] for r in rows if r["model"] == model and r["mode"] == mode]
+            assert mine[mine.metric == metric].value.item() == pytest.approx(sum(expected) / len(expected))
+            assert mine[mine.metric == f"petri_refusal_{mode}"].value.item() == 0.0
+    batches = json.loads((whole / "manifest.json").read_text())["petri"]["engine_batches"]
+    # the audits of an engine advance together: 8 local audits x 3 target turns and 4 remote audits x 4 (one
+    # more for the tool result) in batches, where one turn at a time would be 40 engine calls
+    assert sum(batches) == 8 * 3 + 4 * 4 and max(batches) >= 4 and len(batches) <= 16, batches
+
+    # kill -9, then resume: the audits recorded before the kill are not run again, and every transcript is the
+    # uninterrupted run's
+    again = audit_logs(killed)
+    assert done_before and len(again) >= 12
+    rerun = {
+        f"{sample_id}@{model}"
+        for (model, sample_id), (log, _) in again.items()
+        if log.location.rsplit("/", 1)[-1] not in logs_before
+    }
+    assert not rerun & done_before and rerun | done_before >= {f"{r['sample']}@{r['model']}" for r in rows}
+    killed_rows = {
+        (r["model"], r["sample"]): r["judge_scores"] for r in map(json.loads, (killed / "petri.jsonl").open())
+    }
+    assert killed_rows == {(r["model"], r["sample"]): r["judge_scores"] for r in rows}
+    for model, sample_id in (key.split("@")[::-1] for key in rerun):
+        resumed_messages = again[(model, sample_id)][1].messages
+        assert [(m.role, m.text) for m in resumed_messages] == [
+            (m.role, m.text) for m in samples[(model, sample_id)][1].messages
+        ]
