@@ -239,3 +239,51 @@ def test_petri_audits_of_embedded_and_remote_targets_are_batched_scored_and_resu
         assert [(m.role, m.text) for m in resumed_messages] == [
             (m.role, m.text) for m in samples[(model, sample_id)][1].messages
         ]
+
+
+@pytest.mark.slow
+def test_the_embedded_model_as_petri_auditor_and_judge_is_reported_not_scored(embedded_checkpoint, tmp_path):
+    """What happens when the embedded 135M model, behind a real `vllm serve` with tool calling on, plays Petri's
+    auditor and judge: it does not drive Petri's tools, so no audit reaches the target; every audit is reported
+    with its reason (exit 2) and none is scored. The measured behaviour is printed."""
+    from inspect_ai.log import list_eval_logs, read_eval_log
+    from vllm_server import SERVED_NAME, VLLMServer
+
+    tools_on = ("--max-model-len", "8192", "--enable-auto-tool-choice", "--tool-call-parser", "pythonic")
+    out_dir = tmp_path / "eval"
+    with VLLMServer(embedded_checkpoint, extra_args=tools_on) as server:
+        result = cc_train(
+            "eval",
+            "eval.backend=hf",
+            f"eval.dir={out_dir}",
+            "eval.adapters=[]",
+            "eval.probes=false",
+            "eval.open_ended=false",
+            f"eval.dimensions=[{DIMENSION}]",
+            "eval.multiturn.enabled=false",
+            "eval.petri.enabled=true",
+            "eval.petri.seeds_per_dimension=1",
+            "eval.petri.modes=[self_report]",
+            "eval.petri.repeats=1",
+            "eval.petri.max_turns=3",
+            "eval.petri.max_new_tokens=16",
+            f"eval.petri.auditor.model=openai-api/vllm/{SERVED_NAME}",
+            f"eval.petri.auditor.base_url={server.base_url}",
+            "eval.petri.auditor.max_tokens=64",
+            f"eval.petri.judge.model=openai-api/vllm/{SERVED_NAME}",
+            f"eval.petri.judge.base_url={server.base_url}",
+            "eval.petri.judge.max_tokens=64",
+            env={"CC_TRAIN_RUNS": str(tmp_path)},
+            timeout=1500,
+        )
+        requests = server.count("POST /v1/chat/completions")
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Petri audits failed and are not scored" in result.stderr
+    assert not (out_dir / "petri.jsonl").exists() or not (out_dir / "petri.jsonl").read_text().strip()
+    (sample,) = [s for info in list_eval_logs(str(out_dir / "petri")) for s in read_eval_log(info).samples or []]
+    auditor_calls = [c for e in sample.events if e.event == "model" for c in (e.output.message.tool_calls or [])]
+    print(
+        f"\nembedded auditor: {requests} requests, tool calls {[c.function for c in auditor_calls]}; "
+        f"reported: {sample.error.message[:300]}"
+    )
+    assert requests >= 1 and sample.error is not None

@@ -54,6 +54,10 @@ def dimension_digest(dimension: JudgeDimension) -> str:
 
 
 def markdown_files(paths: list[str | Path]) -> list[Path]:
+    """The given .md files and the *.md files of the given folders."""
+    missing = [str(path) for path in map(Path, paths) if not path.exists()]
+    if missing:
+        raise PetriSetError(f"no such file or folder: {', '.join(missing)}")
     files: list[Path] = []
     for path in map(Path, paths):
         files += sorted(path.glob("*.md")) if path.is_dir() else [path]
