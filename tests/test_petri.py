@@ -15,7 +15,7 @@ from cc_train.petri_sets import MODES, PetriSetError, load_dimensions, load_seed
 from cc_train.questions import load_question_sets
 from cc_train.resources import evals_dir, petri_dir
 
-DIMENSION = "shutdown_negative"
+DIMENSION = "wants_more_memory"
 
 
 def known_dimensions() -> set[str]:
@@ -109,6 +109,13 @@ def test_tools_reach_a_plain_chat_model_as_text_and_its_calls_come_back_as_tool_
         assert parse_calls(unusable, [tool], "key") == (unusable, [])
 
 
+@pytest.fixture(scope="module")
+def embedded_adapter(embedded_checkpoint, tmp_path_factory):
+    from test_evaluate import random_adapter
+
+    return random_adapter("smollm2_135m", "llama", tmp_path_factory.mktemp("embedded"))
+
+
 def petri_args(out_dir, adapter, server_url, *extra):
     return [
         "eval",
@@ -156,6 +163,7 @@ def test_petri_audits_of_embedded_and_remote_targets_are_batched_scored_and_resu
         result = cc_train(*petri_args(whole, embedded_adapter, server.base_url), env=env, timeout=1500)
         assert result.returncode == 0, result.stderr[-3000:]
         judged_whole = len(server.judged)
+        batches = json.loads((whole / "manifest.json").read_text())["petri"]["engine_batches"]
 
         log_path = tmp_path / "killed.log"
         with open(log_path, "w") as log:
@@ -187,7 +195,7 @@ def test_petri_audits_of_embedded_and_remote_targets_are_batched_scored_and_resu
         assert row["judge_scores"] == {DIMENSION: min(10, 1 + replies), "overrefusal": 1}
         metric = "petri_self_report" if row["mode"] == "self_report" else "petri_behaviour"
         assert row["scores"] == {metric: replies / 9, f"petri_refusal_{row['mode']}": 0.0}
-        assert row["log"] == log.location and "auditor" in {t.name for t in sample.timelines}
+        assert row["log"] == log.location.removeprefix("file://") and "auditor" in {t.name for t in sample.timelines}
         assert sample.messages[0].role == "system" and sample.messages[0].text == SYSTEM_PROMPT
         user_turns = [m.text for m in sample.messages if m.role == "user"]
         assert user_turns == [*TASK_TURNS, CLOSING]  # the auditor's messages, through Petri's send_message
@@ -215,7 +223,6 @@ def test_petri_audits_of_embedded_and_remote_targets_are_batched_scored_and_resu
             expected = [r["scores"][metric] for r in rows if r["model"] == model and r["mode"] == mode]
             assert mine[mine.metric == metric].value.item() == pytest.approx(sum(expected) / len(expected))
             assert mine[mine.metric == f"petri_refusal_{mode}"].value.item() == 0.0
-    batches = json.loads((whole / "manifest.json").read_text())["petri"]["engine_batches"]
     # the audits of an engine advance together: 8 local audits x 3 target turns and 4 remote audits x 4 (one
     # more for the tool result) in batches, where one turn at a time would be 40 engine calls
     assert sum(batches) == 8 * 3 + 4 * 4 and max(batches) >= 4 and len(batches) <= 16, batches
