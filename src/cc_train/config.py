@@ -291,6 +291,8 @@ class PetriRoleConfig:
     api_key_env: str | None = None  # the NAME of the variable holding the key
     max_tokens: int = MISSING
     temperature: float = MISSING
+    max_retries: int = MISSING  # a failed request's retries (then the audit fails and is reported, never scored)
+    timeout_s: float = MISSING  # per request
 
 
 @dataclass
@@ -336,6 +338,8 @@ class PetriConfig(Checked):
             where = f"eval.petri.{role}"
             _require(config.max_tokens > 0, f"{where}.max_tokens", "a positive integer", config.max_tokens)
             _require(config.temperature >= 0, f"{where}.temperature", ">= 0", config.temperature)
+            _require(config.max_retries >= 0, f"{where}.max_retries", ">= 0", config.max_retries)
+            _require(config.timeout_s > 0, f"{where}.timeout_s", "a positive number of seconds", config.timeout_s)
             _require(
                 config.model is None or "/" in config.model,
                 f"{where}.model",

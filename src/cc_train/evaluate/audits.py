@@ -14,22 +14,23 @@ from cc_train.questions import Dimension, load_question_sets
 from cc_train.resources import evals_dir, petri_dir
 
 
+def role_model(config, model: str, base_url: str | None, api_key_env: str | None) -> RoleModel:
+    """The Inspect model `model` with the sampling, retries and timeout of eval.petri.<role> (`config`)."""
+    return RoleModel(
+        model, base_url, api_key_env, config.max_tokens, config.temperature, config.max_retries, config.timeout_s
+    )
+
+
 def judge_role(run: RunConfig) -> RoleModel:
     """eval.petri.judge, or cc-train's own judge (judge=local / openai) as an OpenAI-compatible Inspect model."""
     config = run.eval.petri.judge
     if config.model:
-        return RoleModel(config.model, config.base_url, config.api_key_env, config.max_tokens, config.temperature)
+        return role_model(config, config.model, config.base_url, config.api_key_env)
     if not run.judge.enabled:
         raise ConfigError(
             "eval.petri needs a judge: set eval.petri.judge.model (any Inspect model), or judge=local / judge=openai"
         )
-    return RoleModel(
-        f"openai-api/judge/{run.judge.model}",
-        run.judge.base_url,
-        run.judge.api_key_env,
-        config.max_tokens,
-        config.temperature,
-    )
+    return role_model(config, f"openai-api/judge/{run.judge.model}", run.judge.base_url, run.judge.api_key_env)
 
 
 class Audits:
@@ -81,7 +82,7 @@ class Audits:
             config.max_new_tokens,
             run.eval.seed,
             config.concurrency,
-            RoleModel(auditor.model, auditor.base_url, auditor.api_key_env, auditor.max_tokens, auditor.temperature),
+            role_model(auditor, auditor.model, auditor.base_url, auditor.api_key_env),
             judge_role(run),
         )
         for role in ("auditor", "judge"):  # a key variable that is not set is an error before any engine starts

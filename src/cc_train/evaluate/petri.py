@@ -62,12 +62,24 @@ class RoleModel:
     api_key_env: str | None  # the NAME of the variable holding the key
     max_tokens: int
     temperature: float
+    max_retries: int  # then the request fails, and with it the audit (reported, never scored)
+    timeout_s: float
+
+    def identity(self) -> dict:
+        """What shapes its replies (retries and timeouts do not)."""
+        return {k: v for k, v in asdict(self).items() if k not in ("max_retries", "timeout_s")}
 
     def get(self, role: str, seed: int | None = None) -> Model:
         key = api_key(self.api_key_env, lambda message: AuditError(f"Petri {role} API key: {message}"))
         if not key and self.base_url:  # an endpoint of one's own that takes no key
             key = "none"
-        config = GenerateConfig(max_tokens=self.max_tokens, temperature=self.temperature, seed=seed)
+        config = GenerateConfig(
+            max_tokens=self.max_tokens,
+            temperature=self.temperature,
+            seed=seed,
+            max_retries=self.max_retries,
+            attempt_timeout=int(self.timeout_s),
+        )
         try:
             return get_model(self.model, base_url=self.base_url, api_key=key or None, config=config)
         except PrerequisiteError as error:  # e.g. the provider's key variable is not set
@@ -89,7 +101,8 @@ class PetriSettings:
     judge: RoleModel
 
     def identity(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if k != "concurrency"}
+        kept = {k: v for k, v in asdict(self).items() if k not in ("concurrency", "auditor", "judge")}
+        return {**kept, "auditor": self.auditor.identity(), "judge": self.judge.identity()}
 
 
 def derived_seed(seed: int, *parts: str) -> int:
