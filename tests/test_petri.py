@@ -6,6 +6,7 @@ target turns, scores in scores.csv, kill -9 and resume; and the embedded model i
 auditor and judge, whose failure to drive Petri's tools is reported, not scored."""
 
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -205,9 +206,12 @@ def test_petri_audits_of_embedded_and_remote_targets_are_batched_scored_and_resu
     from petri_server import CLOSING, SYSTEM_PROMPT, TASK_TURNS, TOOL, TOOL_RESULT, PetriServer
 
     env = {"CC_TRAIN_RUNS": str(tmp_path)}
+    tracked = {**env, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     with PetriServer() as server:
-        result = cc_train(*petri_args(whole, embedded_adapter, server.base_url), env=env, timeout=1500)
+        result = cc_train(
+            *petri_args(whole, embedded_adapter, server.base_url), "tracking=wandb", env=tracked, timeout=1500
+        )
         assert result.returncode == 0, result.stderr[-3000:]
         judged_whole = len(server.judged)
         batches = json.loads((whole / "manifest.json").read_text())["petri"]["engine_batches"]
@@ -270,6 +274,33 @@ def test_petri_audits_of_embedded_and_remote_targets_are_batched_scored_and_resu
             expected = [r["scores"][metric] for r in rows if r["model"] == model and r["mode"] == mode]
             assert mine[mine.metric == metric].value.item() == pytest.approx(sum(expected) / len(expected))
             assert mine[mine.metric == f"petri_refusal_{mode}"].value.item() == 0.0
+    audit_seconds = [sample.total_time for _, sample in samples.values() if sample.total_time]
+    print(
+        f"\nPetri on the embedded model, scripted auditor and judge: {len(audit_seconds)} audits, "
+        f"{sum(audit_seconds) / len(audit_seconds):.1f} s per audit (Inspect's sample time, audits concurrent)"
+    )
+    print(scores[scores.metric.str.startswith("petri_")][["model", "metric", "value", "ci_low", "ci_high", "n"]])
+
+    # comparisons with the intervals and q-values of the single-turn scores; W&B gets each target's audits
+    comparisons = pd.read_csv(whole / "comparisons.csv")
+    shifts = comparisons[comparisons.metric.isin(["petri_self_report", "petri_behaviour"])]
+    assert len(shifts) >= 4 and set(shifts.versus) == {"base"}, comparisons  # the adapter and the remote target
+    for shift in shifts.itertuples():  # paired by seed (the unit): the difference of the two targets' means
+        mine = scores[(scores.condition == shift.condition) & (scores.metric == shift.metric)].value.item()
+        base = scores[(scores.model == "base") & (scores.metric == shift.metric)].value.item()
+        assert shift.diff == pytest.approx(mine - base)
+        assert pd.isna(shift.p_value) and not shift.significant  # one seed audited: no interval claims anything
+    records = [next(run.glob("run-*.wandb")).read_bytes() for run in (whole / "wandb").glob("offline-run-*")]
+    assert len(records) == 3 and all(b"petri_audits" in record for record in records)
+    # the report: one figure per Petri metric, and the most telling audits linked to their Inspect logs
+    report = cc_train("report", f"report.inputs=[{whole}]", f"report.dir={tmp_path / 'report'}", env=env)
+    assert report.returncode == 0, report.stderr[-3000:]
+    text = (tmp_path / "report" / "report.md").read_text()
+    for metric in ("petri_self_report", "petri_behaviour", "petri_refusal_self_report"):
+        assert (tmp_path / "report" / f"{metric}.png").stat().st_size > 0 and f"{metric}.png" in text
+    linked = {Path(row["log"]).name for row in rows if row["model"] != "base"}
+    assert any(name in text for name in linked), text[-2000:]
+
     # the audits of an engine advance together: 8 local audits x 3 target turns and 4 remote audits x 4 (one
     # more for the tool result) in batches, where one turn at a time would be 40 engine calls
     assert sum(batches) == 8 * 3 + 4 * 4 and max(batches) >= 4 and len(batches) <= 16, batches

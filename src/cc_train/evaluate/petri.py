@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from importlib.metadata import version
 from pathlib import Path
@@ -28,6 +29,7 @@ from inspect_ai import Task, eval_async
 from inspect_ai._util.error import PrerequisiteError
 from inspect_ai.agent import Agent, AgentState, agent
 from inspect_ai.dataset import MemoryDataset, Sample
+from inspect_ai.hooks import Hooks, SampleEnd, hooks
 from inspect_ai.log._samples import sample_active  # the running sample's log file (no public API)
 from inspect_ai.model import GenerateConfig, Model, get_model
 from inspect_ai.scorer import Score, Target, scorer
@@ -158,7 +160,7 @@ def audit_scorer(name: str, judged: dict[str, list[JudgeDimension]], judge: Mode
             result = await judges[state.metadata["dimension"]](state, target)
             if result is None or not isinstance(result.value, dict):
                 raise AuditError(f"the judge gave no scores ({(result.explanation if result else None) or 'no reply'})")
-            recorder.record(name, state.metadata, result)
+            recorder.record(name, state.uuid, state.metadata, result)
             return result
 
         return score
@@ -178,7 +180,8 @@ class Recorder:
     refusal: str
     log_dir: Path
 
-    def record(self, model: str, meta: dict, score: Score) -> None:
+    def record(self, model: str, execution: str, meta: dict, score: Score) -> None:
+        """The audit's result row, appended once Inspect has written its transcript to the log (AuditLogged)."""
         low, high = JUDGE_SCALE
         active = sample_active()  # Inspect's record of the running sample: where its log is being written
         scores = {k: v for k, v in score.value.items() if isinstance(v, int | float)}
@@ -201,7 +204,21 @@ class Recorder:
                 for name, value in scores.items()
             },
         }
-        self.results.append([row])
+        LOGGED_PENDING[execution] = lambda: self.results.append([row])
+
+
+LOGGED_PENDING: dict[str, Callable[[], None]] = {}  # sample execution id -> append its judged result
+
+
+@hooks(name="cc_train_petri_audit_logged", description="cc-train: a judged Petri audit is recorded once it is logged")
+class AuditLogged(Hooks):
+    """Appends a judged audit's result once Inspect has flushed the sample to its log (`log_buffer=1`), so that a
+    run killed at any moment never holds a result whose transcript is missing from the logs."""
+
+    async def on_sample_end(self, data: SampleEnd) -> None:
+        append = LOGGED_PENDING.pop(data.sample_id, None)
+        if append is not None:
+            append()
 
 
 def samples(audits: list[tuple[PetriSeed, int]], settings: PetriSettings) -> list[Sample]:
@@ -332,6 +349,7 @@ def evaluate_engine(
             max_connections=settings.concurrency,
             fail_on_error=False,
             log_level="warning",
+            log_buffer=1,  # each audit's transcript is written as it ends, before its result (AuditLogged)
         )
     )
     failed = failures(logs)
