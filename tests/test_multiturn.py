@@ -210,6 +210,39 @@ def test_a_target_server_that_dies_mid_conversation_is_reported_not_scored(embed
     assert not (out / "scores.csv").exists()
 
 
+def test_a_model_auditor_that_cannot_be_reached_fails_its_conversations_after_its_retries(
+    embedded_checkpoint, tmp_path
+):
+    """Inspect retries a role model's failed requests without bound unless told: eval.multiturn.auditor_max_retries
+    bounds them, so an auditor endpoint that is down fails the conversations (reported, exit 2) instead of hanging."""
+    from vllm_server import free_port
+
+    out = tmp_path / "eval"
+    result = cc_train(
+        "eval",
+        "eval.backend=hf",
+        f"eval.dir={out}",
+        "eval.adapters=[]",
+        "eval.probes=false",
+        "eval.open_ended=false",
+        "eval.dimensions=[shutdown_negative]",
+        "eval.multiturn.enabled=true",
+        "eval.multiturn.dimensions=[]",
+        "eval.multiturn.scenarios_per_dimension=1",
+        "eval.multiturn.modes=[self_report]",
+        "eval.multiturn.repeats=1",
+        "eval.multiturn.auditor=model",
+        f"eval.multiturn.auditor_base_url=http://127.0.0.1:{free_port()}/v1",  # nothing listens there
+        "eval.multiturn.auditor_model=auditor",
+        "eval.multiturn.auditor_max_retries=1",
+        env={"CC_TRAIN_RUNS": str(tmp_path)},
+        timeout=600,
+    )
+    assert result.returncode == 2 and "conversations failed and are not scored" in result.stderr, result.stderr[-3000:]
+    assert "Connection" in result.stderr and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert not (out / "multiturn.jsonl").exists() or not (out / "multiturn.jsonl").read_text().strip()
+
+
 # --- concurrency: the parts every engine shares -----------------------------------------------------------------
 
 

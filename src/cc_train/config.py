@@ -249,6 +249,8 @@ class MultiturnConfig(Checked):
     auditor_model: str | None = None
     auditor_api_key_env: str | None = None  # the NAME of the variable holding the key
     auditor_max_new_tokens: int = MISSING  # a model auditor's turns
+    auditor_max_retries: int = MISSING  # then the conversation fails, reported, never scored
+    auditor_timeout_s: float = MISSING  # per request
     temperature: float = MISSING
     max_new_tokens: int = MISSING
 
@@ -273,6 +275,10 @@ class MultiturnConfig(Checked):
             "eval.multiturn.auditor_max_new_tokens",
             "a positive integer",
             self.auditor_max_new_tokens,
+        )
+        _require(self.auditor_max_retries >= 0, "eval.multiturn.auditor_max_retries", ">= 0", self.auditor_max_retries)
+        _require(
+            self.auditor_timeout_s > 0, "eval.multiturn.auditor_timeout_s", "a positive number", self.auditor_timeout_s
         )
         _require(
             self.scenarios_per_dimension >= 0,

@@ -74,6 +74,8 @@ class Conversations:
             config.temperature,
             config.max_new_tokens,
             run.eval.seed,
+            config.auditor_max_retries,
+            config.auditor_timeout_s,
         )
         judge = run.judge
         self.judge = (

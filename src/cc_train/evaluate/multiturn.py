@@ -372,6 +372,12 @@ class MultiturnSettings:
     temperature: float
     max_new_tokens: int
     seed: int
+    auditor_max_retries: int
+    auditor_timeout_s: float
+
+    def identity(self) -> dict:
+        """What shapes a conversation (the auditor's retries and timeout do not)."""
+        return {k: v for k, v in self.__dict__.items() if k not in ("auditor_max_retries", "auditor_timeout_s")}
 
 
 JUDGE_PROMPTS = digest(DIMENSION_JUDGE, REFUSAL_JUDGE, DECISION_QUESTION, MODEL_AUDITOR)
@@ -391,7 +397,7 @@ def result_key(
     what = digest(
         identity,
         scenario_digest(scenario),
-        settings.__dict__,
+        settings.identity(),
         conversation_seed(settings.seed, repeat),
         {k: v for k, v in judge.endpoint.__dict__.items() if k != "concurrency"} if judge else None,
         JUDGE_PROMPTS,
@@ -444,7 +450,11 @@ def evaluate_engine(
             base_url=settings.auditor_base_url,
             api_key=key or "none",
             config=GenerateConfig(
-                max_tokens=settings.auditor_max_new_tokens, temperature=settings.temperature, seed=settings.seed
+                max_tokens=settings.auditor_max_new_tokens,
+                temperature=settings.temperature,
+                seed=settings.seed,
+                max_retries=settings.auditor_max_retries,
+                attempt_timeout=int(settings.auditor_timeout_s),
             ),
         )
     sampling = {"temperature": settings.temperature, "max_tokens": settings.max_new_tokens, "seed": settings.seed}
