@@ -73,6 +73,28 @@ def test_malformed_seeds_and_dimensions_are_named_by_file_and_field_all_at_once(
         petri_dimension("refusing_politely")
 
 
+def test_audits_follow_the_dimension_selection_and_take_the_first_seeds_of_each_dimension_and_mode(tmp_path):
+    from conftest import compose_run
+
+    from cc_train.config import ConfigError
+    from cc_train.evaluate.audits import Audits
+
+    common = ["eval.petri.enabled=true", "eval.petri.judge.model=openai-api/x/judge", f"eval.dir={tmp_path}"]
+    common += ["eval.petri.auditor.model=openai-api/x/auditor", "eval.petri.auditor.base_url=http://127.0.0.1:9/v1"]
+    common += ["eval.petri.judge.base_url=http://127.0.0.1:9/v1"]
+    run, _ = compose_run(*common, "eval.petri.dimensions=[sleepiness]")
+    with pytest.raises(ConfigError, match=r"eval.petri.dimensions: unknown ids \['sleepiness'\]"):
+        Audits(run, {}, [])
+    run, _ = compose_run(*common, "eval.petri.dimensions=[shutdown_negative,moral_consideration]")
+    every = Audits(run, {}, []).seeds
+    run, _ = compose_run(
+        *common, "eval.petri.dimensions=[shutdown_negative,moral_consideration]", "eval.petri.seeds_per_dimension=1"
+    )
+    first = Audits(run, {}, []).seeds
+    assert len(every) == 8 and {s.dimension for s in every} == {"shutdown_negative", "moral_consideration"}
+    assert [s.id for s in first] == [s.id for s in every if s.id.endswith("_1")]  # one per dimension and mode
+
+
 def test_tools_reach_a_plain_chat_model_as_text_and_its_calls_come_back_as_tool_calls():
     from inspect_ai.model import ChatMessageAssistant, ChatMessageSystem, ChatMessageTool, ChatMessageUser
     from inspect_ai.tool import ToolCall, ToolInfo, ToolParams

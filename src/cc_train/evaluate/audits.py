@@ -6,12 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from cc_train.config import ConfigError, RunConfig
-from cc_train.evaluate.conversations import served_targets
+from cc_train.evaluate.conversations import dimension_selection, first_per_group, served_targets
 from cc_train.evaluate.petri import PetriSettings, RoleModel, evaluate_engine, expected_keys
 from cc_train.files import AppendLog
 from cc_train.petri_sets import load_dimensions, load_seeds, petri_dimension
-from cc_train.questions import Dimension, load_question_sets
-from cc_train.resources import evals_dir, petri_dir
+from cc_train.questions import Dimension
+from cc_train.resources import petri_dir
 
 
 def role_model(config, model: str, base_url: str | None, api_key_env: str | None) -> RoleModel:
@@ -43,26 +43,19 @@ class Audits:
         if not self.enabled:
             self.keys: dict[str, set[str]] = {}
             return
-        known = {d.id for d in load_question_sets(run.eval.questions or [evals_dir()])}
-        unknown = sorted(set(config.dimensions) - known)
-        if unknown:
-            raise ConfigError(
-                f"eval.petri.dimensions: unknown ids {unknown}; expected some of {sorted(known)} (the question sets "
-                "in eval.questions); set eval.petri.dimensions=[] to follow eval.dimensions"
-            )
-        wanted = set(config.dimensions or [d.id for d in dimensions])
+        known, wanted = dimension_selection(
+            run,
+            config.dimensions,
+            dimensions,
+            "eval.petri.dimensions",
+            "set eval.petri.dimensions=[] to follow eval.dimensions",
+        )
         seeds = [
             seed
             for seed in load_seeds(config.seeds or [petri_dir() / "seeds"], known)
             if seed.dimension in wanted and seed.mode in config.modes
         ]
-        if config.seeds_per_dimension:
-            kept, count = [], {}
-            for seed in seeds:
-                count[(seed.dimension, seed.mode)] = count.get((seed.dimension, seed.mode), 0) + 1
-                if count[(seed.dimension, seed.mode)] <= config.seeds_per_dimension:
-                    kept.append(seed)
-            seeds = kept
+        seeds = first_per_group(seeds, config.seeds_per_dimension, lambda seed: (seed.dimension, seed.mode))
         if not seeds:
             raise ConfigError(
                 f"eval.petri: no seed audits the selected dimensions {sorted(wanted)} in modes {list(config.modes)}"

@@ -3,6 +3,8 @@ them each engine still has to run, and the results that belong to the current co
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 from cc_train.config import ConfigError, RunConfig
@@ -33,6 +35,34 @@ def served_targets(models: dict[str, dict], names: list[str]) -> dict[str, Serve
     }
 
 
+def dimension_selection(
+    run: RunConfig, chosen: list[str], dimensions: list[Dimension], where: str, hint: str
+) -> tuple[set[str], set[str]]:
+    """The dimension ids of the question sets (eval.questions), and those `chosen` (empty: eval.dimensions); an id
+    in none of the question sets is an error naming `where`, with `hint` on how to fix it."""
+    known = {d.id for d in load_question_sets(run.eval.questions or [evals_dir()])}
+    unknown = sorted(set(chosen) - known)
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown ids {unknown}; expected some of {sorted(known)} (the question sets in eval.questions); "
+            f"{hint}"
+        )
+    return known, set(chosen or [d.id for d in dimensions])
+
+
+def first_per_group(items: list, limit: int, group: Callable) -> list:
+    """The first `limit` items of each group (0: all), in order."""
+    if not limit:
+        return items
+    seen: Counter = Counter()
+    kept = []
+    for item in items:
+        seen[group(item)] += 1
+        if seen[group(item)] <= limit:
+            kept.append(item)
+    return kept
+
+
 class Conversations:
     def __init__(self, run: RunConfig, models: dict[str, dict], dimensions: list[Dimension]) -> None:
         config = run.eval.multiturn
@@ -43,26 +73,17 @@ class Conversations:
         if not self.enabled:
             self.keys: dict[str, set[str]] = {}
             return
-        known = {d.id for d in load_question_sets(run.eval.questions or [evals_dir()])}
-        unknown = sorted(set(config.dimensions) - known)
-        if unknown:
-            raise ConfigError(
-                f"eval.multiturn.dimensions: unknown ids {unknown}; expected some of {sorted(known)} "
-                "(the question sets in eval.questions); set eval.multiturn.dimensions=[] to follow eval.dimensions, "
-                "or eval.multiturn.enabled=false"
-            )
-        wanted = set(config.dimensions or [d.id for d in dimensions])
+        known, wanted = dimension_selection(
+            run,
+            config.dimensions,
+            dimensions,
+            "eval.multiturn.dimensions",
+            "set eval.multiturn.dimensions=[] to follow eval.dimensions, or eval.multiturn.enabled=false",
+        )
         scenarios = load_scenario_sets(config.scenarios or [multiturn_dir()], known)
-        scenarios = [s for s in scenarios if s.dimension in wanted]
-        if config.scenarios_per_dimension:
-            per_dimension: dict[str, int] = {}
-            kept = []
-            for scenario in scenarios:
-                per_dimension[scenario.dimension] = per_dimension.get(scenario.dimension, 0) + 1
-                if per_dimension[scenario.dimension] <= config.scenarios_per_dimension:
-                    kept.append(scenario)
-            scenarios = kept
-        self.scenarios = scenarios
+        self.scenarios = first_per_group(
+            [s for s in scenarios if s.dimension in wanted], config.scenarios_per_dimension, lambda s: s.dimension
+        )
         self.settings = MultiturnSettings(
             tuple(config.modes),
             config.repeats,
