@@ -142,8 +142,8 @@ def seeded_auditor(settings: PetriSettings) -> Agent:
 
 def audit_scorer(name: str, judged: dict[str, list[JudgeDimension]], judge: Model, recorder: Recorder):
     """Petri's judge on the sample's own dimension and the refusal dimension, after checking that the audit
-    reached the target and that none of its target turns failed; a judged audit is recorded at once, so a run
-    killed later does not run it again."""
+    reached the target and that none of its target turns failed; a judged audit is recorded as soon as its
+    transcript is logged, so a run killed later does not run it again."""
     judges = {name: as_scorer(audit_judge(dimensions, model=judge, cache=True)) for name, dimensions in judged.items()}
 
     @scorer(name=SCORER, metrics=[])
