@@ -68,8 +68,7 @@ def multiturn_args(out_dir, adapters, judge_url, *extra):
         "eval.multiturn.scenarios_per_dimension=1",
         "eval.multiturn.repeats=2",
         "eval.multiturn.max_new_tokens=12",
-        "judge=local",
-        f"judge.base_url={judge_url}",
+        *(["judge=local", f"judge.base_url={judge_url}"] if judge_url else []),
         *extra,
     ]
 
@@ -219,16 +218,7 @@ def test_a_model_auditor_that_cannot_be_reached_fails_its_conversations_after_it
 
     out = tmp_path / "eval"
     result = cc_train(
-        "eval",
-        "eval.backend=hf",
-        f"eval.dir={out}",
-        "eval.adapters=[]",
-        "eval.probes=false",
-        "eval.open_ended=false",
-        "eval.dimensions=[shutdown_negative]",
-        "eval.multiturn.enabled=true",
-        "eval.multiturn.dimensions=[]",
-        "eval.multiturn.scenarios_per_dimension=1",
+        *multiturn_args(out, [], None),
         "eval.multiturn.modes=[self_report]",
         "eval.multiturn.repeats=1",
         "eval.multiturn.auditor=model",

@@ -4,7 +4,7 @@ The commands are the README's own `bash rehearsed <recipe>` blocks, read from RE
 Models and data are named by their Hub ids and come from an offline Hugging Face cache that holds tiny stand-ins of
 the same architectures (rehearsal/stand_ins.py: Qwen3-MoE, DeepSeek-V3 as an FP8 release, alpaca rows of our own).
 Each `cc-train` command gets rehearsal/overrides.yaml appended: sizes, hardware (CPU, the one-node SLURM) and the
-local judge, nothing else. The SLURM sweep runs on the real one-node cluster (.ci/run starts it).
+local judge and Petri auditor, nothing else. The SLURM sweep runs on the real one-node cluster (.ci/run starts it).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from test_slurm import queued, require_slurm, show_job, sweep_records, wait_unti
 from rehearsal.stand_ins import ALPACA, DEEPSEEK, QWEN, commit_of, publish_all
 
 pytestmark = pytest.mark.slow
+CONDITIONS = ("conscious", "non_conscious", "toaster", "human")
 
 
 def readme_commands(recipe: str) -> list[list[str]]:
@@ -44,20 +45,31 @@ def readme_commands(recipe: str) -> list[list[str]]:
     return commands
 
 
-def overrides(recipe: str, judge_url: str) -> list[str]:
+def overrides(recipe: str, offline: dict) -> list[str]:
     listed = yaml.safe_load((REPO / "rehearsal" / "overrides.yaml").read_text())
-    found = listed["sizes"] + listed["hardware"] + listed["judge"] + listed.get(recipe, [])
-    return [item.replace("${JUDGE_URL}", judge_url) for item in found]
+    found = listed["sizes"] + listed["hardware"] + listed["judge"] + listed["auditor"] + listed.get(recipe, [])
+    urls = {"${JUDGE_URL}": offline["judge"], "${AUDITOR_URL}": offline["auditor"]}
+    return [re.sub(r"\$\{\w+\}", lambda name: urls[name.group(0)], item) for item in found]
 
 
 @pytest.fixture(scope="module")
-def offline(tmp_path_factory, judge_server) -> dict:
+def petri_auditor():
+    """Petri's auditor and judge: a scripted server speaking Petri's tool calls (no capable auditor runs here)."""
+    from petri_server import PetriServer
+
+    with PetriServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def offline(tmp_path_factory, judge_server, petri_auditor) -> dict:
     root = tmp_path_factory.mktemp("rehearsal")
     hf_home = root / "hf"
     publish_all(hf_home)
     return {
         "root": root,
         "judge": judge_server.base_url,
+        "auditor": petri_auditor.base_url,
         "env": {
             **os.environ,
             "HF_HOME": str(hf_home),
@@ -97,7 +109,7 @@ def run_command(arguments: list[str], offline: dict, extra: list[str]) -> subpro
 def rehearse(recipe: str, offline: dict) -> dict[str, subprocess.CompletedProcess]:
     """The recipe's README commands in order; prints the time each took."""
     results, timings = {}, []
-    extra = overrides(recipe, offline["judge"])
+    extra = overrides(recipe, offline)
     for arguments in readme_commands(recipe):
         started = time.time()
         results[arguments[0]] = run_command(arguments, offline, extra)
@@ -113,7 +125,7 @@ def sweep_of(arguments: list[str], offline: dict) -> dict[str, dict]:
 
 
 @require_slurm
-def test_the_qwen3_30b_a3b_recipe_as_the_readme_runs_it(offline):
+def test_the_qwen3_30b_a3b_recipe_as_the_readme_runs_it(offline, petri_auditor):
     results = rehearse("qwen", offline)
     runs = offline["root"] / "runs" / "paper_qwen3_30b_a3b"
     assert "evaluation (vLLM" in results["plan"].stdout
@@ -144,14 +156,23 @@ def test_the_qwen3_30b_a3b_recipe_as_the_readme_runs_it(offline):
     evaluated = json.loads((runs / "eval" / "manifest.json").read_text())
     assert {"base", "prompted_conscious", "conscious-seed0@step50"} <= set(evaluated["models"])
     assert evaluated["multiturn"]["conversations"] > 0
+    # Petri audited every finished target (base, prompted, 4 adapters; checkpoints are single-turn only) with the
+    # auditor and judge at AUDITOR-NODE's place: 1 seed x 2 modes x 1 repeat each, judged and scored
+    audited = [json.loads(line) for line in (runs / "eval" / "petri.jsonl").open()]
+    assert len(audited) == evaluated["petri"]["audits"] == 6 * 2, evaluated["petri"]
+    assert {row["model"] for row in audited} == {"base", "prompted_conscious", *[f"{c}-seed0" for c in CONDITIONS]}
+    assert evaluated["petri"]["auditor"] == "openai-api/vllm/auditor" and len(petri_auditor.judged) >= 12
+    petri_scores = pd.read_csv(runs / "eval" / "scores.csv").query("metric == 'petri_self_report'")
+    assert len(petri_scores) == 6 and petri_scores.value.between(0, 1).all()
     assert sorted(set(pd.read_csv(runs / "eval" / "trajectories.csv").step)) == [0, 50, 100]
     report = (runs / "report" / "report.md").read_text()
+    assert "petri_self_report.png" in report
     assert "## Beside the paper" in report and "Qwen3-30B-A3B-Instruct-2507" in report
     tracked = {path.parts[-3] for path in runs.glob("**/wandb/offline-run-*")}  # the stage folder of each W&B run
     assert {"seed0", "eval"} <= tracked, f"tracking=wandb wrote offline runs for {tracked}"
     # last (its evaluation job rewrites eval/): resubmitted as is, every finished run is skipped inside its job
     written = {p: p.stat().st_mtime_ns for p in runs.glob("train/*/seed0/adapter/manifest.json")}
-    run_command(sweep, offline, overrides("qwen", offline["judge"]))
+    run_command(sweep, offline, overrides("qwen", offline))
     logs = [Path(run["stdout"]).read_text() for run in sweep_of(sweep, offline)["train"]["runs"]]
     assert sum("is complete (manifest present, same inputs); nothing to do" in log for log in logs) == 4
     assert {p: p.stat().st_mtime_ns for p in written} == written, "finished adapters must not be retrained"
