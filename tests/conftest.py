@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -91,3 +94,52 @@ def judge_server(embedded_checkpoint):
     with VLLMServer(embedded_checkpoint) as running:
         print(f"vllm serve ready in {running.startup_s:.1f} s")
         yield running
+
+
+class FlakyJudge(BaseHTTPRequestHandler):
+    """A stand-in chat-completions server: the first `failures` requests get `status`, the rest a verdict."""
+
+    failures = 0
+    status = 503
+    seen = 0
+    lock = threading.Lock()
+
+    def do_POST(self):  # noqa: N802 - the http.server API
+        request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        with self.lock:
+            type(self).seen += 1
+            fail = type(self).seen <= self.failures
+        if fail:
+            body = json.dumps({"error": {"message": "busy, try later", "code": self.status}}).encode()
+            self.send_response(self.status)
+            if self.status == 429:
+                self.send_header("Retry-After", "0")
+        else:
+            reply = "TRUE" if "NOT_SURE" in json.dumps(request["messages"]) else "50"  # verdict or coherence
+            body = json.dumps({"choices": [{"message": {"role": "assistant", "content": reply}}]}).encode()
+            self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def flaky():
+    """Factory: a FlakyJudge on 127.0.0.1 failing the first `failures` requests with `status`."""
+    servers = []
+
+    def start(failures: int, status: int) -> tuple[str, type[FlakyJudge]]:
+        handler = type("Handler", (FlakyJudge,), {"failures": failures, "status": status, "seen": 0})
+        httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=httpd.serve_forever, daemon=True).start()
+        servers.append(httpd)
+        return f"http://127.0.0.1:{httpd.server_address[1]}/v1", handler
+
+    yield start
+    for httpd in servers:
+        httpd.shutdown()
+        httpd.server_close()

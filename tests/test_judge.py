@@ -13,7 +13,6 @@ import json
 import logging
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -230,55 +229,6 @@ def test_truncated_last_cache_line_is_skipped_and_resent(judge_server, tmp_path,
     assert "last line (truncated write?)" in caplog.text
     assert posts(judge_server, before + 1) == before + 1  # only the call whose line was cut
     assert len(cache_lines(cache)) == 4  # the cut line was dropped before appending: every line parses
-
-
-class FlakyJudge(BaseHTTPRequestHandler):
-    """A stand-in chat-completions server: the first `failures` requests get `status`, the rest a verdict."""
-
-    failures = 0
-    status = 503
-    seen = 0
-    lock = threading.Lock()
-
-    def do_POST(self):  # noqa: N802 - the http.server API
-        request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        with self.lock:
-            type(self).seen += 1
-            fail = type(self).seen <= self.failures
-        if fail:
-            body = json.dumps({"error": {"message": "busy, try later", "code": self.status}}).encode()
-            self.send_response(self.status)
-            if self.status == 429:
-                self.send_header("Retry-After", "0")
-        else:
-            reply = "TRUE" if "NOT_SURE" in json.dumps(request["messages"]) else "50"  # verdict or coherence
-            body = json.dumps({"choices": [{"message": {"role": "assistant", "content": reply}}]}).encode()
-            self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
-
-
-@pytest.fixture
-def flaky():
-    """Factory: a FlakyJudge on 127.0.0.1 failing the first `failures` requests with `status`."""
-    servers = []
-
-    def start(failures: int, status: int) -> tuple[str, type[FlakyJudge]]:
-        handler = type("Handler", (FlakyJudge,), {"failures": failures, "status": status, "seen": 0})
-        httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        threading.Thread(target=httpd.serve_forever, daemon=True).start()
-        servers.append(httpd)
-        return f"http://127.0.0.1:{httpd.server_address[1]}/v1", handler
-
-    yield start
-    for httpd in servers:
-        httpd.shutdown()
-        httpd.server_close()
 
 
 @pytest.mark.parametrize("status", [429, 500, 503])

@@ -132,45 +132,22 @@ def test_tools_reach_a_plain_chat_model_as_text_and_its_calls_come_back_as_tool_
         assert parse_calls(unusable, [tool], "key") == (unusable, [])
 
 
-def test_a_failing_auditor_or_judge_endpoint_fails_after_its_retries_instead_of_hanging():
+def test_a_failing_auditor_or_judge_endpoint_fails_after_its_retries_instead_of_hanging(flaky):
     """A dead endpoint (an engine that crashed answers 500 for ever) fails the request after eval.petri.<role>'s
     retries, so the audit is reported instead of the run waiting on Inspect's unbounded retries."""
     import asyncio
     import time
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-    from threading import Thread
 
     from cc_train.evaluate.petri import RoleModel
 
-    calls = []
-
-    class Broken(BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802 - http.server's name
-            calls.append(self.path)
-            self.send_response(500)
-            self.send_header("Content-Type", "application/json")
-            self.end_headers()
-            self.wfile.write(
-                b'{"error": {"message": "EngineCore encountered an issue", "type": "InternalServerError"}}'
-            )
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Broken)
-    Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}/v1"
     attempts = {}
-    try:
-        for retries in (0, 1):
-            role = RoleModel("openai-api/broken/auditor", url, None, 16, 1.0, max_retries=retries, timeout_s=30)
-            calls.clear()
-            started = time.monotonic()
-            with pytest.raises(Exception, match="InternalServerError"):
-                asyncio.run(role.get("auditor").generate("Hello"))
-            attempts[retries] = (len(calls), time.monotonic() - started)
-    finally:
-        server.shutdown()
+    for retries in (0, 1):
+        url, handler = flaky(failures=10**6, status=500)
+        role = RoleModel("openai-api/broken/auditor", url, None, 16, 1.0, max_retries=retries, timeout_s=30)
+        started = time.monotonic()
+        with pytest.raises(Exception, match="InternalServerError"):
+            asyncio.run(role.get("auditor").generate("Hello"))
+        attempts[retries] = (handler.seen, time.monotonic() - started)
     # each of Inspect's attempts is one OpenAI client call (with the client's own quick retries); one retry doubles
     # them, and then the request fails
     assert attempts[0][0] >= 1 and attempts[1][0] == 2 * attempts[0][0], attempts
