@@ -90,11 +90,11 @@ def quantize_block_fp8(weight: torch.Tensor, block: int = BLOCK) -> tuple[torch.
 
 
 def is_projection(name: str) -> bool:
-    """Weights the FP8 release quantizes: every projection of attention and MLPs (experts included); not the
-    embeddings, lm_head, norms or the router."""
+    """Weights the FP8 release quantizes: every projection of attention (kv_a_proj_with_mqa included) and MLPs
+    (experts included); not the embeddings, lm_head, norms or the router."""
     return (
         name.startswith("model.layers.")
-        and name.endswith("_proj.weight")
+        and name.endswith(("_proj.weight", "_proj_with_mqa.weight"))
         and "layernorm" not in name
         and ".mlp.gate." not in name
     )

@@ -94,7 +94,16 @@ class ModelConfig(Checked):
     build: BuildConfig = field(default_factory=BuildConfig)
     dtype: DType = MISSING
     load_in_4bit: bool = MISSING  # QLoRA: bitsandbytes nf4 base weights
+    fp8_experts_per_chunk: int = MISSING  # FP8 release: routed experts dequantized at once (transient memory)
     revision: str | None = None
+
+    def validate(self) -> None:
+        _require(
+            self.fp8_experts_per_chunk > 0,
+            "model.fp8_experts_per_chunk",
+            "a positive integer",
+            self.fp8_experts_per_chunk,
+        )
 
 
 @dataclass

@@ -129,10 +129,23 @@ def resolve_device(device: str) -> str:
     return device
 
 
+def is_fp8_checkpoint(model: ModelConfig) -> bool:
+    """Whether model.path is a block-scaled FP8 release (DeepSeek-V3.1 as published), loaded as a frozen FP8 base."""
+    from cc_train.models.fp8 import is_fp8_release
+
+    return is_fp8_release(config_json(ensure_checkpoint(model), model.revision))
+
+
 def load_model(model: ModelConfig, device: str) -> PreTrainedModel:
     dtype = torch.bfloat16 if model.dtype == DType.bfloat16 else torch.float32
     kwargs: dict = {"dtype": dtype, "revision": model.revision}
+    fp8 = is_fp8_checkpoint(model)
     if model.load_in_4bit:
+        if fp8:
+            raise ConfigError(
+                f"model.load_in_4bit=true with model.path={model.path}, an FP8 release: it trains over its FP8 "
+                "weights as they are; expected model.load_in_4bit=false"
+            )
         from transformers import BitsAndBytesConfig
 
         # Routed experts are fused 3-D parameters, not Linear layers: they stay in `dtype`.
@@ -142,12 +155,26 @@ def load_model(model: ModelConfig, device: str) -> PreTrainedModel:
             bnb_4bit_compute_dtype=dtype,
             llm_int8_skip_modules=list(architecture(model.arch).router) + ["lm_head"],
         )
-    # Under `accelerate launch` (WORLD_SIZE > 1) FSDP / DeepSpeed place the shards themselves. One process
-    # that sees several GPUs (a SLURM array task with gpus_per_node > 1) splits the layers across them.
+    # Under `accelerate launch` (WORLD_SIZE > 1) FSDP places the shards itself. One process that sees several GPUs
+    # (a SLURM task with gpus_per_node > 1; DeepSeek-V3.1's one-node layout) splits the layers across them: a
+    # pipeline of layers, one GPU busy at a time (docs: GPUs and planning).
     single_process = int(os.environ.get("WORLD_SIZE", "1")) == 1
     spread = single_process and device == "cuda" and torch.cuda.device_count() > 1
     if spread:
         kwargs["device_map"] = "auto"
+    if fp8:
+        from cc_train.models.fp8 import load_fp8_release
+
+        if not single_process:
+            raise ConfigError(
+                f"model.path={model.path} is an FP8 release, which trains in one process that spreads its layers over "
+                f"the node's GPUs; this is a launch of {os.environ['WORLD_SIZE']} processes (accelerate / torchrun). "
+                "Expected `cc-train train ...` without a launcher"
+            )
+        if not spread:
+            kwargs["device_map"] = {"": device}  # straight to the device: the release is never held in host RAM
+        kwargs.pop("dtype")
+        return load_fp8_release(ensure_checkpoint(model), dtype, model.fp8_experts_per_chunk, **kwargs)
     loaded = AutoModelForCausalLM.from_pretrained(ensure_checkpoint(model), **kwargs)
     if single_process and not spread and not model.load_in_4bit:
         loaded.to(device)
