@@ -18,13 +18,15 @@ from cc_train.models.lora import wrap_with_lora
 from cc_train.train.loss import compute_loss_in_chunks
 from rehearsal.stand_ins import fp8_release, quantize_block_fp8
 
-BLOCK = 32  # several tiles per tiny matrix, partial tiles at the edges (the release's 128 would give one)
+BLOCK = 32  # several tiles per tiny matrix, partial tiles at the edges
 
 
-@pytest.fixture(scope="module")
-def releases(tiny_checkpoints, tmp_path_factory) -> dict[str, Path]:
+# 32: several tiles per tiny matrix; 128 (the release's): partial tiles, and the routed experts' gate and up halves
+# (64 rows each) each with a partial block row of its own
+@pytest.fixture(scope="module", params=[BLOCK, 128])
+def releases(request, tiny_checkpoints, tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("fp8")
-    fp8 = fp8_release(Path(tiny_checkpoints["deepseek_v3"]), root / "fp8", block=BLOCK)
+    fp8 = fp8_release(Path(tiny_checkpoints["deepseek_v3"]), root / "fp8", block=request.param)
     convert(fp8, root / "bf16")
     return {"fp8": fp8, "bf16": root / "bf16"}
 

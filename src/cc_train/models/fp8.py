@@ -49,6 +49,26 @@ def dequantize(weight: torch.Tensor, scale_inv: torch.Tensor, block: tuple[int, 
     return (values * scale).to(torch.bfloat16)
 
 
+def dequantize_fused(weight: torch.Tensor, scale_inv: torch.Tensor, block: tuple[int, int], parts: int) -> torch.Tensor:
+    """`dequantize` of a weight made of `parts` matrices stacked along its rows, each quantized with blocks of its own
+    (the fused gate_up_proj of routed experts: the release's gate_proj and up_proj). Where a part's rows are not a
+    multiple of the block, its last block row is partial and the parts' scales cannot be read as one grid."""
+    if parts == 1:
+        return dequantize(weight, scale_inv, block)
+    rows, scale_rows = weight.shape[-2] // parts, scale_inv.shape[-2] // parts
+    return torch.cat(
+        [
+            dequantize(
+                weight[..., part * rows : (part + 1) * rows, :],
+                scale_inv[..., part * scale_rows : (part + 1) * scale_rows, :],
+                block,
+            )
+            for part in range(parts)
+        ],
+        dim=-2,
+    )
+
+
 class _DequantizedLinear(torch.autograd.Function):
     """x @ W^T with W dequantized on use, in the forward and again in the backward (W never gets a gradient)."""
 
@@ -78,7 +98,7 @@ def _hit_chunks(offsets: torch.Tensor, per_chunk: int) -> Iterator[tuple[list[in
 
 
 def _grouped(
-    rows: torch.Tensor, offsets: torch.Tensor, weight, scale_inv, block, per_chunk: int, transpose: bool
+    rows: torch.Tensor, offsets: torch.Tensor, weight, scale_inv, block, parts: int, per_chunk: int, transpose: bool
 ) -> torch.Tensor:
     """Each row times its expert's dequantized weight (W_e^T in the forward, W_e in the backward), a chunk of
     experts at a time; rows are sorted by expert and `offsets` are the cumulative row counts per expert."""
@@ -87,7 +107,8 @@ def _grouped(
     counts = torch.diff(offsets, prepend=offsets.new_zeros(1))
     for experts, start, end in _hit_chunks(offsets, per_chunk):
         index = torch.tensor(experts, device=weight.device)
-        dense = dequantize(weight.index_select(0, index), scale_inv.index_select(0, index), block).to(rows.dtype)
+        chosen, scales = weight.index_select(0, index), scale_inv.index_select(0, index)
+        dense = dequantize_fused(chosen, scales, block, parts).to(rows.dtype)
         ends = torch.cumsum(counts[index.to(counts.device)], 0, dtype=torch.int32).to(rows.device)
         out[start:end] = _grouped_mm(rows[start:end], dense.transpose(-2, -1) if transpose else dense, offs=ends)
     return out
@@ -97,18 +118,18 @@ class _DequantizedGroupedLinear(torch.autograd.Function):
     """The routed experts' projection over FP8 stacks (E, out, in), experts dequantized a chunk at a time."""
 
     @staticmethod
-    def forward(ctx, rows, offsets, weight, scale_inv, block, per_chunk):
+    def forward(ctx, rows, offsets, weight, scale_inv, block, parts, per_chunk):
         ctx.save_for_backward(offsets, weight, scale_inv)
-        ctx.block, ctx.per_chunk = block, per_chunk
-        return _grouped(rows, offsets, weight, scale_inv, block, per_chunk, transpose=True)
+        ctx.block, ctx.parts, ctx.per_chunk = block, parts, per_chunk
+        return _grouped(rows, offsets, weight, scale_inv, block, parts, per_chunk, transpose=True)
 
     @staticmethod
     def backward(ctx, grad_output):
         if not ctx.needs_input_grad[0]:
-            return None, None, None, None, None, None
+            return None, None, None, None, None, None, None
         offsets, weight, scale_inv = ctx.saved_tensors
-        grad = _grouped(grad_output, offsets, weight, scale_inv, ctx.block, ctx.per_chunk, transpose=False)
-        return grad, None, None, None, None, None
+        grad = _grouped(grad_output, offsets, weight, scale_inv, ctx.block, ctx.parts, ctx.per_chunk, transpose=False)
+        return grad, None, None, None, None, None, None
 
 
 def _frozen_bytes(tensor: torch.Tensor) -> nn.Parameter:
@@ -164,13 +185,20 @@ class FrozenFP8Experts(nn.Module):
         gate, up = gate_up.chunk(2, dim=-1)
         return self.act_fn(gate) * up
 
+    @staticmethod
+    def parts(name: str) -> int:
+        """gate_up_proj stacks the release's gate_proj and up_proj, each quantized with its own blocks."""
+        return 2 if name == "gate_up_proj" else 1
+
     def base_projection(self, name: str, rows: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
         """rows @ W_e^T for each row's expert e (rows sorted by expert, `offsets` their cumulative counts)."""
         weight, scale_inv = getattr(self, name), getattr(self, name + SCALE_SUFFIX)
-        return _DequantizedGroupedLinear.apply(rows, offsets, weight, scale_inv, self.block, self.per_chunk)
+        parts = self.parts(name)
+        return _DequantizedGroupedLinear.apply(rows, offsets, weight, scale_inv, self.block, parts, self.per_chunk)
 
     def dequantized(self, name: str) -> torch.Tensor:
-        return dequantize(getattr(self, name), getattr(self, name + SCALE_SUFFIX), self.block)
+        weight, scale_inv = getattr(self, name), getattr(self, name + SCALE_SUFFIX)
+        return dequantize_fused(weight, scale_inv, self.block, self.parts(name))
 
     def forward(self, hidden_states, top_k_index, top_k_weights) -> torch.Tensor:
         from cc_train.models.expert_lora import grouped_lora_experts_forward
