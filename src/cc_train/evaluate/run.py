@@ -32,7 +32,7 @@ from cc_train.evaluate.scoring import (
 )
 from cc_train.files import AppendLog, sha256_dir, sha256_file, write_json, write_jsonl, write_manifest
 from cc_train.generation.backends import BASE, ChoiceRequest, GenerationRequest, HFBackend
-from cc_train.generation.merge import merge_reason, merged_checkpoint
+from cc_train.generation.merge import merge_reason, merged_serving
 from cc_train.generation.openai_http import api_key
 from cc_train.generation.remote import RemoteBackend, RemoteError, RemoteTarget
 from cc_train.inputs.conditions import available as available_conditions
@@ -190,8 +190,8 @@ def make_backend(run: RunConfig, engine: Engine, models: dict[str, dict], max_lo
         run.eval.distributed_executor_backend,
     )
     if engine.merged:
-        copy = merged_checkpoint(run, Path(models[engine.merged]["path"]))
-        return VLLMBackend(str(copy), tokenizer, {}, settings, device, base_id=engine.merged)
+        checkpoint, loras, base_id = merged_serving(run, engine.merged, Path(models[engine.merged]["path"]), device)
+        return VLLMBackend(str(checkpoint), tokenizer, loras, settings, device, base_id=base_id)
     base = run.eval.serve_model or ensure_checkpoint(run.model)
     return VLLMBackend(
         base, tokenizer, paths, settings, device, revision=None if run.eval.serve_model else run.model.revision

@@ -32,6 +32,7 @@ from transformers.integrations.moe import _grouped_mm
 
 FP8 = torch.float8_e4m3fn
 FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
+FP8_MAX = 448.0  # the largest float8_e4m3fn
 SCALE_SUFFIX = "_scale_inv"
 
 
@@ -47,6 +48,18 @@ def dequantize(weight: torch.Tensor, scale_inv: torch.Tensor, block: tuple[int, 
         return (tiled * tiles[..., :, None, :, None]).view(values.shape).to(torch.bfloat16)
     scale = tiles.repeat_interleave(block[0], -2)[..., :rows, :].repeat_interleave(block[1], -1)[..., :cols]
     return (values * scale).to(torch.bfloat16)
+
+
+def quantize(weight: torch.Tensor, block: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Block-scaled FP8 of a weight as DeepSeek quantizes its release: per (block x block) tile, scale = max |w| / 448
+    (float32 `weight_scale_inv`), the tile divided by it and rounded to float8_e4m3fn. Leading dimensions allowed."""
+    rows, cols = weight.shape[-2:]
+    tiles_r, tiles_c = -(-rows // block[0]), -(-cols // block[1])
+    padded = functional.pad(weight.float(), (0, tiles_c * block[1] - cols, 0, tiles_r * block[0] - rows))
+    tiled = padded.view(*weight.shape[:-2], tiles_r, block[0], tiles_c, block[1])
+    scale = (tiled.abs().amax(dim=(-3, -1)) / FP8_MAX).clamp(min=1e-12 / FP8_MAX)
+    quantized = (tiled / scale[..., :, None, :, None]).to(FP8).view(padded.shape)[..., :rows, :cols]
+    return quantized.contiguous(), scale
 
 
 def dequantize_fused(weight: torch.Tensor, scale_inv: torch.Tensor, block: tuple[int, int], parts: int) -> torch.Tensor:
@@ -258,6 +271,5 @@ def load_fp8_release(path: str, dtype: torch.dtype, experts_per_chunk: int, **kw
 
     with fp8_kept():
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kwargs)
-    if not freeze_fp8_modules(model, dtype, experts_per_chunk):
-        raise ValueError(f"{path}: no FP8 module after loading; expected a block-scaled FP8 release")
+    freeze_fp8_modules(model, dtype, experts_per_chunk)
     return model

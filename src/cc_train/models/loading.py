@@ -73,6 +73,24 @@ def hub_file(repo_id: str, filename: str, revision: str | None) -> str:
         ) from error
 
 
+def checkpoint_folder(model: ModelConfig) -> Path:
+    """The checkpoint's folder on disk: model.path itself, or the Hugging Face cache's snapshot of a Hub id, whose
+    weight files must be there (downloaded once: `hf download ID`)."""
+    local = Path(ensure_checkpoint(model)).expanduser()
+    if local.is_dir():
+        return local
+    folder = Path(hub_file(model.path, "config.json", model.revision)).parent
+    index = folder / "model.safetensors.index.json"
+    shards = set(json.loads(index.read_text())["weight_map"].values()) if index.exists() else {"model.safetensors"}
+    missing = sorted(shard for shard in shards if not (folder / shard).exists())
+    if missing:
+        raise ConfigError(
+            f"model.path={model.path}: {len(missing)} weight file(s) of the snapshot are not in the Hugging Face cache "
+            f"(e.g. {missing[0]}); download the model first: `hf download {model.path}`"
+        )
+    return folder
+
+
 def checkpoint_revision(model: ModelConfig) -> str | None:
     """For a model named by Hub id, the commit of the snapshot it loads (recorded in manifests and fingerprints);
     None for a folder, or a model cc-train builds."""
