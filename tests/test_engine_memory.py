@@ -80,13 +80,13 @@ def test_verdicts_for_h100_and_h200_nodes():
     # Qwen3-30B-A3B, 16 adapters + 4 checkpoints each: one GPU, adapters in chunks of the slots that fit
     h200, h100 = verdict(QWEN, planner.GPU_KINDS["H200-141GB"], 80), verdict(QWEN, planner.GPU_KINDS["H100-80GB"], 80)
     assert (h200.gpus, h100.gpus) == (1, 1) and h200.max_loras > 10 > h100.max_loras >= 1
-    # DeepSeek-V3.1 merged (the paper preset's kv_b_proj / lm_head): the BF16 copy needs pipeline stages over nodes
+    # DeepSeek-V3.1 as a BF16 copy fits no node (engines span one node: no pipeline over nodes)
     merged_h200 = verdict(DEEPSEEK, planner.GPU_KINDS["H200-141GB"], 0)
-    merged_h100 = verdict(DEEPSEEK, planner.GPU_KINDS["H100-80GB"], 0)
-    assert (merged_h200.tp, merged_h200.pp) == (8, 2) and (merged_h100.tp, merged_h100.pp) == (8, 3)
-    # ... adapters vLLM serves as LoRA (peft.unservable=exclude) on the FP8 release: one H200 node
+    assert not merged_h200.fits and (merged_h200.tp, merged_h200.pp) == (8, 1)
+    # ... its FP8 release does, with adapters as LoRA: one H200 node; H100 nodes hold not even its weights
     lora_fp8 = verdict(DEEPSEEK, planner.GPU_KINDS["H200-141GB"], 80, fp8=True)
     assert lora_fp8.gpus == 8 and lora_fp8.fits and lora_fp8.max_loras >= 8
+    assert not verdict(DEEPSEEK, planner.GPU_KINDS["H100-80GB"], 1, fp8=True).fits
     # a single H200 cannot hold the BF16 DeepSeek: the plan says so with its numbers
     alone = engine_plan(
         published_shape(DEEPSEEK), weight_bytes(published_shape(DEEPSEEK), 2), 125, 1, 1, 0, 16, 4096, False
@@ -122,12 +122,17 @@ def test_training_and_sweep_preflights_name_the_numbers(capsys):
         check_sweep(h100, 1, 16)
     check_sweep(compose_run("recipe=paper/qwen3_30b_a3b", "sweep.gpu=H200-141GB")[0], 1, 16)  # fits: no error
 
-    deepseek, _ = compose_run("recipe=paper/deepseek_v3_1", "sweep.gpu=H200-141GB", "eval.pipeline_parallel=1")
-    with pytest.raises(ConfigError) as refused:
-        check_sweep(deepseek, 32, 16)
-    assert "it fits on 16 GPU(s) (8 tensor x 2 pipeline)" in str(refused.value)  # the merged BF16 engine: two nodes
+    # DeepSeek-V3.1 over its FP8 release: one H200 node per training task and per evaluation engine, not H100s
+    check_sweep(compose_run("recipe=paper/deepseek_v3_1", "sweep.gpu=H200-141GB")[0], 8, 16)
     printed = capsys.readouterr().out
-    assert "carry kv_b_proj, lm_head, which vLLM serves only merged: 16 merged copies of the base: 21.47 TB" in printed
+    assert (
+        "carry kv_b_proj, lm_head, which vLLM serves only merged: an overlay of the FP8 release per adapter" in printed
+    )
+    h100, _ = compose_run("recipe=paper/deepseek_v3_1", "sweep.gpu=H100-80GB")
+    with pytest.raises(
+        ConfigError, match="nothing queued: training over the FP8 release needs .* one node of 8 x H200"
+    ):
+        check_sweep(h100, 8, 16)
 
 
 def test_cc_train_plan_prints_the_evaluation_engines():
@@ -135,7 +140,7 @@ def test_cc_train_plan_prints_the_evaluation_engines():
 
     result = cc_train("plan", "recipe=paper/deepseek_v3_1")
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "base + 16 adapters, each served merged (vLLM serves no LoRA on kv_b_proj, lm_head)" in result.stdout
-    assert "H200-141GB  with peft.unservable=exclude, as LoRA on the FP8 release (eval.serve_model): 8 GPU(s)" in (
-        result.stdout
-    )
+    assert "base + 16 adapters; vLLM serves no LoRA on kv_b_proj, lm_head: each adapter on an overlay" in result.stdout
+    assert "H200-141GB  per adapter: 8 GPU(s) (8 tensor x 1 pipeline): weights" in result.stdout
+    excluded = cc_train("plan", "recipe=paper/deepseek_v3_1", "peft.unservable=exclude")
+    assert "base + 16 adapters as LoRA in one engine" in excluded.stdout and "overlay" not in excluded.stdout

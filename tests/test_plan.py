@@ -136,9 +136,11 @@ def test_qlora_quantizes_linear_layers_only():
 
 @pytest.fixture(scope="module")
 def paper_plans() -> dict[str, dict]:
+    """The sharded (FSDP) plans of the paper recipes; DeepSeek-V3.1's as its BF16 weights at 1 row per device would
+    need them (its recipe trains over the FP8 release on one node instead: tests/test_fp8_plan.py)."""
     plans = {}
-    for recipe in ("paper/qwen3_30b_a3b", "paper/deepseek_v3_1"):
-        run, _ = compose_run(f"recipe={recipe}")
+    for recipe, rows in (("paper/qwen3_30b_a3b", 4), ("paper/deepseek_v3_1", 1)):
+        run, _ = compose_run(f"recipe={recipe}", f"train.per_device_batch_size={rows}")
         plans[recipe] = plan.plan(run.model, run.peft, run.train)
     return plans
 
@@ -194,12 +196,12 @@ def test_memory_items_behave(paper_plans):
 
 
 def test_main_prints_the_table(capsys):
-    run, cfg = compose_run("recipe=paper/deepseek_v3_1")
+    run, cfg = compose_run("recipe=paper/qwen3_30b_a3b")
     result = plan.main(run, cfg)
     out = capsys.readouterr().out
-    for text in ("per GPU (GiB)", "base weights", "H100-80GB", "H200-141GB", "vs reports", "1342"):
+    for text in ("per GPU (GiB)", "base weights", "H100-80GB", "H200-141GB", "vs reports", "61"):
         assert text in out
-    assert result["parameters"] == plan.count_parameters(plan.published_shape(DEEPSEEK))
+    assert result["parameters"] == plan.count_parameters(plan.published_shape(QWEN))
 
 
 def test_tiny_recipe_plans_without_a_built_checkpoint():

@@ -188,13 +188,18 @@ def test_the_qwen3_30b_a3b_recipe_as_the_docs_run_it(offline, petri_auditor):
 def test_the_deepseek_v3_1_recipe_as_the_docs_run_it(offline):
     results = rehearse("deepseek", offline)
     runs = offline["root"] / "runs" / "paper_deepseek_v3_1"
-    converted = json.loads(next(Path(offline["root"]).glob("**/deepseek-v3.1-bf16/cc-train-prepare.json")).read_text())
-    assert converted["inputs"]["source"] == DEEPSEEK and converted["fp8_converted"] > 0
-    data = json.loads((runs / "data" / "conscious.manifest.json").read_text())
-    assert data["fingerprint"]["data.instructions.backend"] == "vllm"
+    assert "H200-141GB  1 node x 8: fits" in results["plan"].stdout  # training, and the engines below, on one node
+    assert "H200-141GB  per adapter: 8 GPU(s) (8 tensor x 1 pipeline): weights" in results["plan"].stdout
+    assert not list((offline["root"] / "cache").glob("**/cc-train-prepare.json"))  # no BF16 copy: the FP8 release
+    assert "merging" not in results["eval"].stdout  # nor a merged one: the adapter unmerged over the FP8 modules
     manifest = json.loads((runs / "train" / "conscious" / "seed0" / "adapter" / "manifest.json").read_text())
-    assert {"kv_b_proj", "lm_head"} <= set(manifest["audit"]["vllm_unservable_adapted"])
-    assert "served merged into a copy of the base (vLLM serves no LoRA on kv_b_proj, lm_head" in results["eval"].stdout
+    assert manifest["base_model"]["path"] == DEEPSEEK and manifest["base_model"]["revision"] == commit_of(DEEPSEEK)
+    assert {"kv_b_proj", "lm_head"} <= set(manifest["audit"]["vllm_unservable_adapted"])  # the paper's module set
+    assert manifest["audit"]["adapted_counts"]["experts"] > 0 and manifest["steps"] == 4
+    data = json.loads((runs / "data" / "conscious.manifest.json").read_text())
+    assert data["fingerprint"]["data.instructions.path"] == ALPACA
+    evaluated = json.loads((runs / "eval" / "manifest.json").read_text())
+    assert {"base", "conscious-seed0"} <= set(evaluated["models"])
     assert (runs / "report" / "report.md").exists()
 
 

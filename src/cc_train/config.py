@@ -389,8 +389,8 @@ class EvalConfig(Checked):
     chunk_size: int = MISSING  # prompts per engine call; the logs are appended after each
     batch_size: int = MISSING  # hf backend
     tensor_parallel: int = MISSING
-    pipeline_parallel: int = MISSING  # vLLM pipeline stages (over nodes: distributed_executor_backend=ray)
-    distributed_executor_backend: str | None = None  # vLLM's: null (one node), ray, mp
+    pipeline_parallel: int = MISSING  # vLLM pipeline stages, within one node
+    distributed_executor_backend: str | None = None  # vLLM's, within one node: null (vLLM's choice) or mp
     max_loras: int | None = None  # cap on vLLM's LoRA slots; null: as many as the memory plan allows
     serve_model: str | None = None  # vllm: the checkpoint the engine serves (e.g. an FP8 release); null: model.path
     max_model_len: int = MISSING
@@ -420,6 +420,13 @@ class EvalConfig(Checked):
         _require(self.n_boot >= 2, "eval.n_boot", ">= 2 bootstrap replicates", self.n_boot)
         _require(self.tensor_parallel > 0, "eval.tensor_parallel", "a positive integer", self.tensor_parallel)
         _require(self.pipeline_parallel > 0, "eval.pipeline_parallel", "a positive integer", self.pipeline_parallel)
+        _require(
+            self.distributed_executor_backend in (None, "mp"),
+            "eval.distributed_executor_backend",
+            "null or mp: every vLLM engine runs on one node (no Ray cluster over nodes); DeepSeek-V3.1 serves its FP8 "
+            "release on one node of 8 GPUs (recipe=paper/deepseek_v3_1)",
+            self.distributed_executor_backend,
+        )
         _require(self.max_loras is None or self.max_loras > 0, "eval.max_loras", "null or > 0", self.max_loras)
         _require(self.chunk_size > 0, "eval.chunk_size", "a positive integer", self.chunk_size)
         _require(

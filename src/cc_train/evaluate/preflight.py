@@ -72,9 +72,8 @@ def slots_per_engine(run: RunConfig, engines: list, models: dict[str, dict], gpu
             fitting = smallest_engine(shape, weights, budget, max(tp, 8), **settings)
             raise ConfigError(
                 f"eval: engine {index + 1} ({len(lora)} LoRA adapters) on {tp * pp} GPU(s) of "
-                f"{gpu_bytes / GIB:.0f} GiB: {plan.describe()}. It fits on {fitting.describe()}: set "
-                "eval.tensor_parallel and eval.pipeline_parallel (more than one node: eval.distributed_executor_"
-                "backend=ray)"
+                f"{gpu_bytes / GIB:.0f} GiB: {plan.describe()}. The smallest engine of one node: "
+                f"{fitting.describe()} (eval.tensor_parallel)"
             )
         if lora:
             slots[index] = min(plan.max_loras, run.eval.max_loras or plan.max_loras)

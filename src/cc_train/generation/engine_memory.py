@@ -142,10 +142,9 @@ def engine_plan(
 
 
 def smallest_engine(shape: Shape, weight_bytes: float, budget_gib: float, per_node: int, **kwargs) -> EnginePlan:
-    """The fewest GPUs that serve the engine: tensor parallel within one node, then pipeline stages of a whole node
-    each over more nodes."""
+    """The fewest GPUs of one node that serve the engine (tensor parallel; engines never span nodes), or the whole
+    node's plan, which says by how much it does not fit."""
     layouts = [(tp, 1) for tp in (1, 2, 4, 8) if tp <= per_node and shape.heads % tp == 0]
-    layouts += [(per_node, pp) for pp in (2, 3, 4, 6, 8)]
     plans = [engine_plan(shape, weight_bytes, budget_gib, tp, pp, **kwargs) for tp, pp in layouts]
     fitting = [p for p in plans if p.fits]
     return fitting[0] if fitting else plans[-1]

@@ -45,7 +45,7 @@ class EngineSettings:
     dtype: str
     seed: int
     kv_cache_gib: float | None  # None: gpu_memory_utilization sizes it (GPU); on CPU it must be set
-    pipeline_parallel: int = 1  # stages over nodes (multi-node: distributed_executor_backend="ray")
+    pipeline_parallel: int = 1  # stages within the node
     max_loras: int | None = None  # LoRA slots on the GPU; None: one per adapter. Fewer: adapters served in chunks
     distributed_executor_backend: str | None = None
 

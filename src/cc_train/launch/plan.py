@@ -9,7 +9,7 @@ fused 3-D routed experts included), so parameter counts are exact: tests/test_pl
 against real (tiny and meta-device) models and against what PEFT actually adapts.
 
 The estimate per GPU, for a layout of n GPUs (all formulas in bytes; GiB = 2**30):
-  base weights       W_bytes / n                       FSDP / ZeRO-3 shard every parameter over all n GPUs
+  base weights       W_bytes / n                       FSDP shards every parameter over all n GPUs
   LoRA states        16 * P_lora / n                   fp32 params + fp32 grads + AdamW exp_avg + exp_avg_sq
   unsharded layers   2 * layer_bytes        (n > 1)    the layer in use, all-gathered, + the next one prefetched
   saved activations  (L + 1) * T * hidden * 2          gradient checkpointing keeps each decoder layer's input
@@ -199,7 +199,7 @@ class Estimate:
     fold_bytes: float  # the expert-fold part of layer_working_bytes
 
     def per_gpu(self, gpus: int) -> dict[str, float]:
-        """GiB per GPU for `gpus` GPUs with everything sharded over all of them (FSDP full shard / ZeRO-3)."""
+        """GiB per GPU for `gpus` GPUs with everything sharded over all of them (FSDP full shard)."""
         items = {
             "base weights": self.weight_bytes / gpus,
             "LoRA params+grads+AdamW": self.lora_state_bytes / gpus,
@@ -332,7 +332,7 @@ def format_plan(result: dict[str, Any]) -> str:
         f"  global batch {result['global_batch_size']}; tokens per GPU per micro-batch "
         f"{result['per_device_batch_size']} x {result['max_length']} = {est.tokens}"
         f"; gradient checkpointing {'on' if result['gradient_checkpointing'] else 'off'}"
-        "; n > 1: FSDP / ZeRO-3 sharding over all GPUs",
+        "; n > 1: FSDP sharding over all GPUs",
         "",
     ]
     table = result["per_gpu"]
@@ -412,6 +412,11 @@ def main(run: RunConfig, cfg: DictConfig) -> dict[str, Any]:
     from cc_train.launch.preflight import serving_lines  # it builds on this module
 
     result = plan(run.model, run.peft, run.train)
+    if result["estimate"].shape.fp8_block:  # an FP8 release: one process over one node, not sharded
+        from cc_train.launch import fp8_plan
+
+        print("\n".join(fp8_plan.plan_lines(run) + fp8_plan.serving_lines(run)))
+        return result
     print(format_plan(result))
     print("\n".join(serving_lines(run)))
     return result

@@ -18,6 +18,10 @@ CARD_MARGIN_GIB = 1.5  # of a card's physical memory, not allocatable (the plann
 
 def training_fits(run: RunConfig, gpus: int, gpu_gib: float) -> str | None:
     """Why training this run on `gpus` GPUs of `gpu_gib` each would run out of memory, or None."""
+    if resolve_shape(run.model).fp8_block:  # one process over one node's GPUs
+        from cc_train.launch import fp8_plan
+
+        return fp8_plan.training_fits(run, gpus, gpu_gib)
     per_gpu = estimate(run.model, run.peft, run.train).per_gpu(gpus)
     if per_gpu["total"] <= gpu_gib:
         return None
@@ -54,9 +58,9 @@ def evaluation_engine(run: RunConfig, gpu_gib: float, adapters: int) -> tuple:
     """(the configured engine's plan, the smallest that fits) for base + `adapters` LoRA on GPUs of `gpu_gib`; an
     adapter served merged needs an engine of the base alone, one per adapter."""
     shape = resolve_shape(run.model)
-    if served_merged(run):
-        adapters = 0
-    weights = weight_bytes(shape, 2)
+    if served_merged(run):  # over an FP8 release: an overlay each, with the rest of the adapter as one LoRA
+        adapters = 1 if shape.fp8_block else 0
+    weights = weight_bytes(shape, 2, fp8=bool(shape.fp8_block))
     budget = gpu_gib * run.eval.gpu_memory_utilization
     tp, pp = run.eval.tensor_parallel, run.eval.pipeline_parallel
     settings = dict(adapters=adapters, rank=run.peft.r, max_model_len=run.eval.max_model_len, fully_sharded=tp > 1)
@@ -87,7 +91,15 @@ def check_sweep(run: RunConfig, gpus_per_task: int, adapters: int) -> None:
 
 
 def merged_note(run: RunConfig, adapters: int) -> str:
-    cost = merge_cost(weight_bytes(resolve_shape(run.model), 2), adapters)
+    shape = resolve_shape(run.model)
+    if shape.fp8_block:
+        from cc_train.launch.fp8_plan import overlay_bytes
+
+        return (
+            f"the adapters carry {', '.join(served_merged(run))}, which vLLM serves only merged: an overlay of the FP8 "
+            f"release per adapter ({overlay_bytes(shape) / 1e9:.1f} GB each, {adapters} adapters), the rest as LoRA"
+        )
+    cost = merge_cost(weight_bytes(shape, 2), adapters)
     return (
         f"the adapters carry {', '.join(served_merged(run))}, which vLLM serves only merged: {cost.describe()} on the "
         "evaluation node (checked there before any merge); peft.unservable=exclude serves them as LoRA instead"

@@ -38,16 +38,17 @@ SCALE_SUFFIX = "_scale_inv"
 
 def dequantize(weight: torch.Tensor, scale_inv: torch.Tensor, block: tuple[int, int]) -> torch.Tensor:
     """BF16 from block-scaled FP8, as DeepSeek's conversion computes it: each (block x block) tile of the weight
-    (raw bytes or float8; leading dimensions, e.g. experts, allowed) times its scale in fp32, rounded to BF16."""
-    values = (weight.view(FP8) if weight.dtype == torch.uint8 else weight).float()
+    (raw bytes or float8; leading dimensions, e.g. experts, allowed) times its scale in fp32, rounded to BF16.
+    Transient memory: one fp32 copy (scaled in place) and the BF16 result, 6 bytes per weight."""
+    values = (weight.view(FP8) if weight.dtype == torch.uint8 else weight).to(torch.float32, copy=True)
     rows, cols = values.shape[-2:]
     tiles = scale_inv.float()
     if rows % block[0] == 0 and cols % block[1] == 0:  # whole tiles: broadcast the scales, no expanded copy
         lead = values.shape[:-2]
-        tiled = values.view(*lead, rows // block[0], block[0], cols // block[1], block[1])
-        return (tiled * tiles[..., :, None, :, None]).view(values.shape).to(torch.bfloat16)
-    scale = tiles.repeat_interleave(block[0], -2)[..., :rows, :].repeat_interleave(block[1], -1)[..., :cols]
-    return (values * scale).to(torch.bfloat16)
+        values.view(*lead, rows // block[0], block[0], cols // block[1], block[1]).mul_(tiles[..., :, None, :, None])
+    else:
+        values.mul_(tiles.repeat_interleave(block[0], -2)[..., :rows, :].repeat_interleave(block[1], -1)[..., :cols])
+    return values.to(torch.bfloat16)
 
 
 def quantize(weight: torch.Tensor, block: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -187,7 +187,7 @@ def load_model(model: ModelConfig, device: str) -> PreTrainedModel:
             raise ConfigError(
                 f"model.path={model.path} is an FP8 release, which trains in one process that spreads its layers over "
                 f"the node's GPUs; this is a launch of {os.environ['WORLD_SIZE']} processes (accelerate / torchrun). "
-                "Expected `cc-train train ...` without a launcher"
+                "Expected `cc-train train ...` without a launcher (slurm/train.sbatch: ACCELERATE_CONFIG=none)"
             )
         if not spread:
             kwargs["device_map"] = {"": device}  # straight to the device: the release is never held in host RAM

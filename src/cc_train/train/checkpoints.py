@@ -48,9 +48,7 @@ def write_adapter(trainer: SFTTrainer, directory: Path) -> None:
     """The LoRA weights as a PEFT adapter in `directory`, written by rank 0 after every rank took part in gathering
     them. Under FSDP only the LoRA tensors are gathered, never the frozen base."""
     model = trainer.accelerator.unwrap_model(trainer.model)
-    if trainer.is_deepspeed_enabled:
-        trainer.save_model(str(directory))  # under ZeRO-3 this gathers the trainable (LoRA) weights only
-    elif trainer.is_fsdp_enabled:
+    if trainer.is_fsdp_enabled:
         from torch.distributed.tensor import DTensor
 
         lora = {name: t for name, t in model.state_dict().items() if "lora_" in name}  # sharded views, no copy

@@ -50,7 +50,6 @@ from cc_train.tracking.wandb_run import (
     use_input,
 )
 from cc_train.train.checkpoints import AdapterInEveryCheckpoint, newest_complete_checkpoint, save_adapter
-from cc_train.train.launcher import deepspeed_config_mismatches
 from cc_train.train.layout import batch_layout, training_order
 from cc_train.train.loss import compute_loss_in_chunks
 from cc_train.train.preemption import StopAndCheckpoint
@@ -209,17 +208,16 @@ def filler_row(example: dict) -> dict:
     return {**example, **{key: [0] * len(example[key]) for key in masks}}
 
 
-def register_zero3_leaves(model, run: RunConfig) -> None:
-    """Under DeepSpeed ZeRO-3, gather each MoE block whole: routing touches a data-dependent subset of experts."""
-    from transformers.integrations import is_deepspeed_zero3_enabled
-
-    block = architecture(run.model.arch).moe_block
-    if block and is_deepspeed_zero3_enabled():
-        from deepspeed.utils import set_z3_leaf_modules
-
-        classes = {type(module) for module in model.modules() if type(module).__name__ == block}
-        set_z3_leaf_modules(model, list(classes))
-        log.info("DeepSpeed ZeRO-3: %s registered as leaf modules", block)
+def refuse_deepspeed() -> None:
+    """DeepSpeed launches are not supported: their multi-node launch, ZeRO-3 loading and LoRA audit each failed at the
+    pinned versions where no CPU test could run them. Sharded training is FSDP (slurm/accelerate/fsdp.yaml);
+    DeepSeek-V3.1 trains on one node over its FP8 release, in one process."""
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+        raise ConfigError(
+            "this is a DeepSpeed launch, which cc-train does not support: use slurm/accelerate/fsdp.yaml for sharded "
+            "training; DeepSeek-V3.1 trains on one node of 8 GPUs over its FP8 release with no launcher: "
+            "`cc-train train recipe=paper/deepseek_v3_1 condition=... seed=...`"
+        )
 
 
 def loss_summary(log_history: list[dict]) -> dict:
@@ -250,18 +248,12 @@ def dataset_of_this_rank(run: RunConfig, cfg: DictConfig) -> Path:
 
 
 def setup(run: RunConfig, current: dict):
-    """The training arguments (first: under DeepSpeed ZeRO-3 they make from_pretrained load sharded), the checkpoint to
-    resume from, the tokenizer and the LoRA-wrapped model with its audit."""
+    """The training arguments, the checkpoint to resume from, the tokenizer and the LoRA-wrapped model with its
+    audit."""
+    refuse_deepspeed()
     device = resolve_device(run.device)
     checkpoints = checkpoints_dir(run)
     args = sft_config(run, device, checkpoints)
-    mismatches = deepspeed_config_mismatches(args)
-    if mismatches:
-        raise ConfigError(
-            f"the DeepSpeed config of this launch ({os.environ.get('ACCELERATE_CONFIG', 'accelerate config')}) "
-            f"contradicts the run: {'; '.join(mismatches)}. Leave gradient_accumulation_steps and gradient_clipping "
-            "out of it (or set them to auto): cc-train derives them from train.global_batch_size and max_grad_norm"
-        )
     resume = newest_complete_checkpoint(checkpoints)
     recorded = checkpoints / "fingerprint.json"
     if resume and recorded.exists():
@@ -273,7 +265,6 @@ def setup(run: RunConfig, current: dict):
         # Not PEFT's prepare_model_for_kbit_training: it upcasts every weight bitsandbytes left unquantized to
         # fp32, and in an MoE those are the fused routed experts (bnb quantizes nn.Linear only), doubling them.
         model.enable_input_require_grads()
-    register_zero3_leaves(model, run)
     set_seed(run.seed)  # the LoRA initialisation: `seed` distinguishes the runs of one condition (and the order)
     model, audit = wrap_with_lora(model, run.model.arch, run.peft)
     # An adapter on lm_head would also save a copy of the unchanged base lm_head in every checkpoint (PEFT's
