@@ -152,8 +152,9 @@ def plan_lines(run: RunConfig) -> list[str]:
     lines = [
         f"cc-train plan: {run.model.name} (arch {s.arch.value}; shape from {s.source})",
         f"  LoRA {run.peft.preset.value} r={run.peft.r}; global batch {run.train.global_batch_size} = "
-        f"{run.train.per_device_batch_size} per micro-batch x accumulation; gradient checkpointing "
-        f"{'on' if run.train.gradient_checkpointing else 'off'}",
+        f"{run.train.per_device_batch_size} per micro-batch x "
+        f"{run.train.global_batch_size // run.train.per_device_batch_size} accumulated (one process); gradient "
+        f"checkpointing {'on' if run.train.gradient_checkpointing else 'off'}",
         f"  training over the FP8 release (block {s.fp8_block[0]} x {s.fp8_block[1]}), one process over one node of "
         f"{GPUS_PER_NODE} GPUs (layers in order, one GPU busy at a time): {weight_bytes(s, 2, fp8=True) / 1e9:.0f} GB "
         f"of weights, {lora / 1e9:.2f} B LoRA parameters; {run.train.per_device_batch_size} x {run.train.max_length} "
@@ -175,12 +176,17 @@ def plan_lines(run: RunConfig) -> list[str]:
     )
     h100 = plans["H100-80GB"]
     if not h100.fits:
-        weights = weight_bytes(s, 2, fp8=True) / GIB
-        need = math.ceil(weights / (h100.usable_gib - (h100.per_gpu["total"] - h100.per_gpu["FP8 weights"])))
         lines.append(
-            f"  H100 nodes: the FP8 weights alone are {h100.per_gpu['FP8 weights']:.1f} GiB per GPU of 8; this layout "
-            f"needs about {need} H100s, more than one node, which one process cannot span: train on an H200 node"
+            f"  H100 nodes: the FP8 weights alone take {h100.per_gpu['FP8 weights']:.1f} of the "
+            f"{h100.usable_gib:.0f} GiB of each of 8 H100s, and one process cannot span two nodes: train on an "
+            "H200 node"
         )
+    compute_share = h200.compute_s / (h200.compute_s + h200.dequantize_s)
+    lines.append(
+        f"  utilisation: one GPU of {GPUS_PER_NODE} computes at a time, and {1 - compute_share:.0%} of its time goes "
+        "to dequantizing (memory-bound): the node's MFU is about "
+        f"{MFU * compute_share / GPUS_PER_NODE:.1%} (assumed {MFU:.0%} while computing)"
+    )
     return lines
 
 
