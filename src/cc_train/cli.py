@@ -17,6 +17,7 @@ STAGES = {
     "pipeline": ("cc_train.pipeline", "data -> train -> eval -> report for the recipe's conditions, in this process"),
     "sweep": ("cc_train.launch.sweep", "SLURM: training array over conditions x sweep.seeds, then eval (afterok)"),
     "status": ("cc_train.launch.status", "pending / running / done / failed runs of the latest sweep, with logs"),
+    "doctor": ("cc_train.launch.doctor", "this node vs the recipe: driver, CUDA build, GPUs vs plan, NCCL, vLLM, ..."),
 }
 
 USAGE = (
@@ -39,6 +40,10 @@ def main(argv: list[str] | None = None) -> None:
     if stage not in STAGES:
         print(f"cc-train: unknown stage {stage!r}; expected one of {', '.join(STAGES)}\n\n{USAGE}", file=sys.stderr)
         sys.exit(2)
+
+    from cc_train.launch.cards import set_allocator_default
+
+    set_allocator_default()  # before anything imports torch: the allocator reads it once, when CUDA starts
 
     import hydra
 

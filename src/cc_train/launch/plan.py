@@ -74,6 +74,7 @@ GPU_COUNTS = (1, 2, 4, 8, 16, 32, 64)
 FIXED_OVERHEAD_GIB = 3.0  # CUDA context + cuBLAS/NCCL workspaces
 RESERVED_OVER_ALLOCATED = 0.25  # the caching allocator's reserve beyond its tensors, as measured (docstring)
 LORA_BYTES_PER_PARAM = 16  # fp32 weight (PEFT upcasts bf16 adapters) + fp32 grad + AdamW's two fp32 moments
+HOST_PER_PROCESS_GIB = 8.0  # one rank's own host memory: Python, torch and the CUDA libraries, tokenizer, data loader
 
 # Practitioners' reports (docs / PAPER.md, "Known pitfalls"), in decimal units as reported.
 REPORTS: dict[str, dict[str, float]] = {
@@ -262,6 +263,13 @@ def estimate(
     )
 
 
+def host_memory_gib(est: Estimate, ranks_per_node: int) -> float:
+    """Host memory one node needs to start training: while the model loads, every local rank holds a CPU copy of the
+    base weights (FSDP's cpu_ram_efficient_loading fills those of ranks > 0 with zeros, full size; one process that
+    spreads over several GPUs loads one copy), plus each rank's own process."""
+    return ranks_per_node * (est.weight_bytes / GIB + HOST_PER_PROCESS_GIB)
+
+
 def filler_ranks(train: TrainConfig, gpus: int) -> int:
     """Ranks beyond the global batch's sequences: they take filler rows that weigh nothing (train/layout.py)."""
     return max(0, gpus - train.global_batch_size // train.per_device_batch_size)
@@ -282,6 +290,7 @@ def layout(est: Estimate, usable_gib: float, train: TrainConfig) -> dict[str, An
                 "filler_ranks": filler_ranks(train, gpus),
                 # fewer ranks than sequences, but a per-device batch too large for them all to get one
                 "busy_per_device": train.global_batch_size // gpus if gpus <= train.global_batch_size else None,
+                "host_gib_per_node": host_memory_gib(est, gpus // nodes),
             }
     # what never shrinks with more GPUs: everything but the sharded weights and LoRA states, at the largest layout
     floor = est.per_gpu(GPU_COUNTS[-1])
@@ -320,7 +329,8 @@ def _gpus_text(lay: dict) -> str:
         fillers = f"; filler rows on {lay['filler_ranks']} rank{'s' if lay['filler_ranks'] > 1 else ''}"
         if lay.get("busy_per_device"):
             fillers += f": train.per_device_batch_size={lay['busy_per_device']} keeps every rank busy"
-    return f"{gpus} GPU{'s' if gpus > 1 else ''} = {where} ({lay['per_gpu_gib']:.1f} GiB/GPU{fillers})"
+    host = f"; host RAM {lay['host_gib_per_node']:.0f} GiB/node"
+    return f"{gpus} GPU{'s' if gpus > 1 else ''} = {where} ({lay['per_gpu_gib']:.1f} GiB/GPU{fillers}{host})"
 
 
 def format_plan(result: dict[str, Any]) -> str:
