@@ -140,3 +140,23 @@ def test_cc_train_plan_prints_the_evaluation_engines():
     assert "H200-141GB  with peft.unservable=exclude, as LoRA on the FP8 release (eval.serve_model): 8 GPU(s)" in (
         result.stdout
     )
+
+
+def test_adapters_kept_in_host_memory_are_bounded_by_the_memory_granted():
+    from cc_train.generation.engine_memory import cpu_lora_slots
+
+    # 112 Qwen3-30B-A3B adapters and checkpoints (eval.checkpoints=all) of 1.3 GB on a node granting 128 GiB: not all
+    assert cpu_lora_slots(112, 2, 1.3e9, 128 * GIB) == int(0.5 * 128 * GIB // 1.3e9) == 52
+    assert cpu_lora_slots(16, 16, 1.3e9, 2048 * GIB) == 16  # a large node: every adapter stays
+    assert cpu_lora_slots(16, 4, 1.3e9, 4 * GIB) == 4  # never fewer than the GPU slots (vLLM requires it)
+
+
+def test_a_sweep_whose_tasks_ask_for_too_little_host_memory_is_refused():
+    from conftest import compose_run
+
+    from cc_train.launch.preflight import check_sweep
+
+    run, _ = compose_run("recipe=paper/qwen3_30b_a3b", "sweep.gpu=H200-141GB")
+    with pytest.raises(ConfigError, match=r"asks for 32 GiB of host memory .* about 61 GiB: raise hydra.launcher"):
+        check_sweep(run, 1, 16, host_gib=32)
+    check_sweep(run, 1, 16, host_gib=200)  # the shipped slurm launcher's mem_gb

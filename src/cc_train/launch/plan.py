@@ -74,7 +74,7 @@ GPU_COUNTS = (1, 2, 4, 8, 16, 32, 64)
 FIXED_OVERHEAD_GIB = 3.0  # CUDA context + cuBLAS/NCCL workspaces
 RESERVED_OVER_ALLOCATED = 0.25  # the caching allocator's reserve beyond its tensors, as measured (docstring)
 LORA_BYTES_PER_PARAM = 16  # fp32 weight (PEFT upcasts bf16 adapters) + fp32 grad + AdamW's two fp32 moments
-HOST_PER_PROCESS_GIB = 8.0  # one rank's own host memory: Python, torch and the CUDA libraries, tokenizer, data loader
+HOST_PER_PROCESS_GIB = 4.0  # one rank's own host memory: Python, torch and the CUDA libraries, tokenizer, data loader
 
 # Practitioners' reports (docs / PAPER.md, "Known pitfalls"), in decimal units as reported.
 REPORTS: dict[str, dict[str, float]] = {

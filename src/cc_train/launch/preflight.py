@@ -9,7 +9,7 @@ import os
 
 from cc_train.config import ConfigError, RunConfig
 from cc_train.launch.cards import card_gib, usable_gib
-from cc_train.launch.plan import estimate, plan
+from cc_train.launch.plan import estimate, host_memory_gib, plan
 from cc_train.launch.serving_plan import evaluation_engine, merged_note, served_merged
 
 
@@ -44,8 +44,16 @@ def check_training(run: RunConfig) -> None:
         raise ConfigError(f"train: {problem}")
 
 
-def check_sweep(run: RunConfig, gpus_per_task: int, adapters: int) -> None:
-    """Before queueing a sweep on GPUs of kind `sweep.gpu`: each training task and the evaluation engine fit."""
+def check_sweep(run: RunConfig, gpus_per_task: int, adapters: int, host_gib: float | None = None) -> None:
+    """Before queueing a sweep on GPUs of kind `sweep.gpu`: each training task and the evaluation engine fit, and the
+    host memory each task asks for (`host_gib`, the launcher's mem_gb) holds the model while it loads."""
+    if host_gib:
+        need = host_memory_gib(estimate(run.model, run.peft, run.train), 1)  # a task is one process
+        if host_gib < need:
+            raise ConfigError(
+                f"sweep: each task asks for {host_gib:.0f} GiB of host memory (hydra.launcher.mem_gb), loading the "
+                f"model takes about {need:.0f} GiB: raise hydra.launcher.mem_gb, nothing queued"
+            )
     if run.sweep.gpu is None:
         print(
             "sweep: sweep.gpu is not set (H100-80GB or H200-141GB): memory is not checked before queueing; "

@@ -82,7 +82,8 @@ def main(run: RunConfig, cfg: DictConfig) -> str:
     launcher = hydra_cfg.launcher
     gpus_per_task = int(launcher.get("nodes", 1) or 1) * int(launcher.get("gpus_per_node", 0) or 0)
     if gpus_per_task:
-        check_sweep(run, gpus_per_task, len(trained_conditions(run)) * len(run.sweep.seeds))
+        adapters = len(trained_conditions(run)) * len(run.sweep.seeds)
+        check_sweep(run, gpus_per_task, adapters, launcher.get("mem_gb"))
     hydra_overrides = [o for o in hydra_cfg.overrides.hydra if not o.startswith("hydra.mode=")]
     on_slurm = hydra_cfg.launcher._target_ == f"{SubmitAndReturnLauncher.__module__}.{SubmitAndReturnLauncher.__name__}"
     data, train, evaluate = stage_commands(run, list(hydra_cfg.overrides.task), hydra_overrides, on_slurm)
