@@ -78,7 +78,8 @@ def main() -> None:
     packages = missing()
     wheels = download(packages, args.dest)
     size = sum(w.stat().st_size for w in wheels)
-    print(f"{len(wheels)} wheels, {size / 2**20:.1f} MiB in {args.dest}: " + ", ".join(f"{n}=={v}" for n, v in packages.items()))
+    listed = ", ".join(f"{name}=={version}" for name, version in packages.items())
+    print(f"{len(wheels)} wheels, {size / 2**20:.1f} MiB in {args.dest}: {listed}")
 
 
 if __name__ == "__main__":

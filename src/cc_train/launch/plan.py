@@ -30,11 +30,11 @@ AdamW, torch.cuda.max_memory_allocated): Qwen3-30B-A3B shapes cut to 4 layers, 4
 tokens: 80.8 GiB measured, 83.5 estimated (the layer phase: the expert fold). Peak *reserved* memory was 25 %
 above allocated in those short runs: the allowance RESERVED_OVER_ALLOCATED models it (a plan is what the card must
 reserve, not only allocate). cc-train runs CUDA with PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True, which keeps
-fewer fragments; until a GPU run measures how much less (bench/device_memory_check.sh prints reserved / allocated),
-the measured 25 % stands. Those runs had PEFT's fold and the whole
-logits; the two parts that replaced them are modelled from bench/memory_parts.py (CPU, fp32, real widths): the loss of
-4,000 tokens whole 9.34 GiB vs chunks of 1,024 1.98 GiB (4.7x; min(T, C) / T says 3.9x), one Qwen3-30B-A3B MoE layer
-folded 2.17 GiB vs grouped 1.21 GiB. bench/device_memory_check.sh measures them on a GPU.
+fewer fragments; until a GPU run measures how much less (bench/device_check.sh prints reserved memory and the plan
+side by side), the measured 25 % stands. Those runs had PEFT's fold and the whole logits; the two parts that
+replaced them are modelled from bench/memory_parts.py (CPU, fp32, real widths): the loss of 4,000 tokens whole
+9.34 GiB vs chunks of 1,024 1.98 GiB (4.7x; min(T, C) / T says 3.9x), one Qwen3-30B-A3B MoE layer folded 2.17 GiB
+vs grouped 1.21 GiB. bench/device_check.sh measures them on a GPU.
 """
 
 from __future__ import annotations
