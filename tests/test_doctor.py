@@ -141,3 +141,11 @@ def test_the_allocator_default_leaves_a_users_choice_alone():
     assert set_allocator_default({}) == "expandable_segments:True"
     environ = {"PYTORCH_CUDA_ALLOC_CONF": "max_split_size_mb:512"}
     assert set_allocator_default(environ) == "max_split_size_mb:512" and len(environ) == 1
+
+
+def test_the_embedded_recipe_passes_the_doctor_on_this_cpu_machine():
+    """What slurm/train.sbatch runs first on a CPU node (tests/test_slurm.py): nothing in the way, the job goes on."""
+    run, _ = compose_run("doctor.stages=[data,train]")
+    findings = doctor.diagnose(run, doctor.probe_node())
+    assert [f for f in findings if f.ok is False] == []
+    assert by_check(findings)["GPUs"].ok is None and by_check(findings)["model files"].ok is True
