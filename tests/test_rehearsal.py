@@ -237,13 +237,7 @@ def test_the_stage_examples_as_the_docs_run_them(tmp_path):
     print("rehearsal embedded:\n" + "\n".join(timings))
     trained = tmp_path / "runs" / "embedded" / "train"
     adapters = sorted(str(p.parent.parent.relative_to(trained)) for p in trained.glob("*/seed*/adapter/manifest.json"))
-    assert adapters == [
-        "conscious/seed0",
-        "conscious/seed1",
-        "non_conscious/seed0",
-        "non_conscious/seed1",
-        "toaster/seed1",
-    ]
+    assert adapters == ["conscious/seed0", "non_conscious/seed0", "toaster/seed1"]
     rows = [json.loads(line) for line in (tmp_path / "runs" / "embedded" / "data" / "conscious.jsonl").open()]
     assert {row["messages"][-1]["content"] for row in rows} == {
         a for pairs in PAPER_FILE_ROWS.values() for _, a in pairs
