@@ -33,17 +33,17 @@ import math
 from dataclasses import dataclass
 
 from cc_train.config import RunConfig
+from cc_train.launch.cards import CARDS, GIB, GPUS_PER_NODE, card_gib
 from cc_train.launch.plan import (
     FIXED_OVERHEAD_GIB,
-    FRAGMENTATION,
-    GIB,
-    GPU_KINDS,
-    GPUS_PER_NODE,
+    HOST_PER_PROCESS_GIB,
     LORA_BYTES_PER_PARAM,
+    RESERVED_OVER_ALLOCATED,
     count_lora_parameters,
     estimate,
 )
-from cc_train.models.shapes import Shape, layer_weights, resolve_shape, weight_bytes
+from cc_train.launch.serving_plan import overlay_bytes, served_merged
+from cc_train.models.shapes import Shape, layer_bytes, layer_weights, resolve_shape, weight_bytes
 
 DEQUANTIZE_BYTES = 6  # per weight: the fp32 copy scaled in place + the BF16 result (models/fp8.py)
 DEQUANTIZE_TRAFFIC = 13  # HBM bytes moved per weight per dequantization and use (the breakdown above)
@@ -132,7 +132,7 @@ def fp8_plan(run: RunConfig, kind: str, gpus: int = GPUS_PER_NODE, shape: Shape 
     }
     items = {name: value / GIB for name, value in items.items()}
     subtotal = sum(items.values()) - min(items["logits (loss) *"], items["one layer *"])
-    items["overhead"] = FIXED_OVERHEAD_GIB + FRAGMENTATION * subtotal
+    items["overhead"] = FIXED_OVERHEAD_GIB + RESERVED_OVER_ALLOCATED * subtotal
     items["total"] = subtotal + items["overhead"]
     tokens = adapter_tokens(run)
     rows = run.train.epochs * (6 * run.data.identity_per_block + run.data.instructions.count)
@@ -141,13 +141,13 @@ def fp8_plan(run: RunConfig, kind: str, gpus: int = GPUS_PER_NODE, shape: Shape 
     dequantize = (
         USES_PER_MICRO_BATCH * micro_batches * fp8_weight_params(s) * DEQUANTIZE_TRAFFIC / HBM_BYTES_PER_S[kind]
     )
-    return FP8Plan(kind, gpus, items, GPU_KINDS[kind], tokens, micro_batches, compute, dequantize)
+    return FP8Plan(kind, gpus, items, card_gib(kind), tokens, micro_batches, compute, dequantize)
 
 
 def plan_lines(run: RunConfig) -> list[str]:
     """`cc-train plan` for an FP8 release: one node, per GPU, on H200 and H100 nodes."""
     s = resolve_shape(run.model)
-    plans = {kind: fp8_plan(run, kind, shape=s) for kind in GPU_KINDS}
+    plans = {kind: fp8_plan(run, kind, shape=s) for kind in CARDS}
     lora = count_lora_parameters(s, run.peft.preset, run.peft.r, run.peft.unservable)
     lines = [
         f"cc-train plan: {run.model.name} (arch {s.arch.value}; shape from {s.source})",
@@ -190,9 +190,16 @@ def plan_lines(run: RunConfig) -> list[str]:
     return lines
 
 
+def host_gib(run: RunConfig) -> float:
+    """Host memory the one process needs while it loads the release straight onto the GPUs (device_map): its own,
+    and at most one MoE layer's FP8 tensors staged on the way (an upper bound)."""
+    s = resolve_shape(run.model)
+    return HOST_PER_PROCESS_GIB + layer_bytes(s, bool(s.experts), 2, False, fp8=True) / GIB
+
+
 def training_fits(run: RunConfig, gpus: int, gpu_gib: float) -> str | None:
     """Why training over the FP8 release on `gpus` GPUs of `gpu_gib` in one process runs out of memory, or None."""
-    kind = min(GPU_KINDS, key=lambda k: abs(GPU_KINDS[k] - gpu_gib))
+    kind = min(CARDS, key=lambda k: abs(card_gib(k) - gpu_gib))
     plan = fp8_plan(run, kind, gpus)
     total = plan.per_gpu["total"]
     if total <= gpu_gib:
@@ -200,8 +207,8 @@ def training_fits(run: RunConfig, gpus: int, gpu_gib: float) -> str | None:
     return (
         f"training over the FP8 release needs {total:.1f} GiB per GPU on {gpus} GPU(s) (FP8 weights "
         f"{plan.per_gpu['FP8 weights']:.1f}, LoRA states {plan.per_gpu['LoRA params+grads+AdamW']:.1f}, layer "
-        f"{plan.per_gpu['one layer *']:.1f}), more than the {gpu_gib:.0f} GiB usable; it needs one node of 8 x "
-        "H200-141GB (`cc-train plan`)"
+        f"{plan.per_gpu['one layer *']:.1f}, overhead {plan.per_gpu['overhead']:.1f}), more than the card's "
+        f"{gpu_gib:.1f} GiB; it needs one node of 8 x H200-141GB (`cc-train plan`)"
     )
 
 
@@ -210,12 +217,6 @@ def training_fits(run: RunConfig, gpus: int, gpu_gib: float) -> str | None:
 
 VLLM_TOKENS_PER_S = 1500  # assumed generated tokens/s of one vLLM engine, DeepSeek-V3.1 FP8 over 8 GPUs, one LoRA
 ENGINE_START_S = 300  # assumed: 690 GB from the page cache or local NVMe, then CUDA graphs
-
-
-def overlay_bytes(s: Shape) -> float:
-    """One adapter's overlay: kv_b_proj of every layer and lm_head, merged, in BF16."""
-    kv_b = s.heads * (s.qk_nope_head_dim + s.v_head_dim) * s.kv_lora_rank
-    return 2 * (s.layers * kv_b + s.vocab * s.hidden)
 
 
 def eval_tokens(run: RunConfig) -> int:
@@ -235,7 +236,6 @@ def serving_lines(run: RunConfig) -> list[str]:
     """`cc-train plan`'s evaluation section for an FP8 release: the base engine, then one engine per adapter on its
     overlay with the rest of the adapter as LoRA (or all of it as LoRA, peft.unservable=exclude)."""
     from cc_train.generation.engine_memory import engine_plan
-    from cc_train.launch.preflight import served_merged
 
     s = resolve_shape(run.model)
     adapters = len(run.conditions) * max(1, len(run.sweep.seeds))
@@ -254,12 +254,12 @@ def serving_lines(run: RunConfig) -> list[str]:
             else " as LoRA in one engine"
         ),
     ]
-    for kind, gpu_gib in GPU_KINDS.items():  # self-distillation (data.instructions.backend=vllm): the base alone
-        budget = gpu_gib * run.eval.gpu_memory_utilization
+    for kind in CARDS:  # self-distillation (data.instructions.backend=vllm): the base alone
+        budget = card_gib(kind) * run.eval.gpu_memory_utilization
         base = engine_plan(s, weights, budget, tp, 1, 0, **settings)
         lines.append(f"  {kind:<11} base (self-distillation, base scores): {base.describe()}")
-    for kind, gpu_gib in GPU_KINDS.items():
-        budget = gpu_gib * run.eval.gpu_memory_utilization
+    for kind in CARDS:
+        budget = card_gib(kind) * run.eval.gpu_memory_utilization
         engine = engine_plan(
             s, weights + (overlay_bytes(s) if merged else 0), budget, tp, 1, 1 if merged else adapters, **settings
         )
