@@ -489,7 +489,9 @@ def main(run: RunConfig, cfg: DictConfig) -> Path:
         for row in selected_samples
         if run.judge.enabled and judgment_key(run, row["key"], rubric[row["dimension"]]) in judgments
     }
-    values = item_values(selected_probes, selected_samples, judged, run.eval.coherence_threshold)
+    values = item_values(
+        selected_probes, selected_samples, judged if run.judge.enabled else None, run.eval.coherence_threshold
+    )
     add_conversation_values(values, conversations.selected(), models)
     add_conversation_values(values, audits.selected(), models)
     write_json(
@@ -504,7 +506,10 @@ def main(run: RunConfig, cfg: DictConfig) -> Path:
     )
     finals = only_models(values, {BASE, *prompted, *adapters, *remote})
     every_dimension = load_question_sets(run.eval.questions or [evals_dir()])  # multi-turn may name others
-    scores, comparisons = score_tables(finals, every_dimension, run.eval.control, run.eval.n_boot, run.eval.fdr)
+    trained = {info["condition"] for info in adapters.values()}
+    scores, comparisons = score_tables(
+        finals, every_dimension, run.eval.control, trained, run.eval.n_boot, run.eval.fdr
+    )
     trajectories = None
     if checkpoints:
         steps = {name: info["step"] for name, info in models.items()}
