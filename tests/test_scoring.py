@@ -41,7 +41,7 @@ def test_pooled_rows_and_comparisons_vs_base_and_control():
     assert set(comparisons.family) == {"manipulation_checks"} and (comparisons.q_value >= comparisons.p_value).all()
     # paired on the 10 probes every model has; two adapters against the one base model
     assert (comparisons.units == 10).all() and (comparisons.units_left_out == 0).all()
-    assert set(zip(comparisons.versus, comparisons.seeds, comparisons.versus_seeds)) == {
+    assert set(zip(comparisons.versus, comparisons.seeds, comparisons.versus_seeds, strict=True)) == {
         ("base", 2, 0),
         ("non_conscious", 2, 2),
     }

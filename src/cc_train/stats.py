@@ -57,9 +57,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy.special import expit, logit
+from scipy.special import expit, logit, stdtr, stdtrit
 from scipy.stats import norm
-from scipy.stats import t as student_t
 
 # Fewer seeds than this and their variance cannot be estimated: resampling them would only add noise, so the
 # interval is conditional on the seeds trained (units are still resampled).
@@ -261,7 +260,7 @@ def _no_variation(variance: float) -> bool:
 
 
 def _quantile(df: float, level: float) -> float:
-    return float(student_t.ppf(0.5 + level / 2.0, df)) if np.isfinite(df) else _z(level)
+    return float(stdtrit(df, 0.5 + level / 2.0)) if np.isfinite(df) else _z(level)
 
 
 def pooled_estimate(cells: Cells, level: float = 0.95, n_boot: int = 2000, seed: int = 0) -> Estimate:
@@ -332,7 +331,7 @@ def difference(a: Cells, b: Cells, level: float = 0.95, n_boot: int = 2000, seed
         return Difference(value, value, value, 0.0, len(units), left_out)
     half = _quantile(df, level) * np.sqrt(variance)
     statistic = abs(value) / np.sqrt(variance)
-    p_value = 2.0 * (student_t.sf(statistic, df) if np.isfinite(df) else norm.sf(statistic))
+    p_value = 2.0 * (stdtr(df, -statistic) if np.isfinite(df) else norm.sf(statistic))
     low, high = max(value - half, -1.0), min(value + half, 1.0)
     return Difference(value, low, high, float(min(1.0, p_value)), len(units), left_out)
 
