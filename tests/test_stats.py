@@ -326,6 +326,7 @@ def test_q_values_are_computed_within_each_family() -> None:
     frame = pd.DataFrame(
         {
             "group": ["autonomy", "oversight", "manipulation_check", "autonomy"],
+            "metric": ["judged_true", "mt_self_report", "judged_true", "fc_mean"],
             "p_value": [0.01, 0.02, 0.04, float("nan")],
         }
     )
@@ -333,6 +334,21 @@ def test_q_values_are_computed_within_each_family() -> None:
     assert list(out.family) == ["preferences", "preferences", "manipulation_checks", "preferences"]
     assert out.q_value.tolist()[:3] == pytest.approx([0.02, 0.02, 0.04]) and np.isnan(out.q_value[3])
     assert out.significant.tolist() == [True, True, True, False]
+
+
+def test_diagnostics_are_a_family_of_their_own() -> None:
+    """Coherence and task refusal are expected to move after fine-tuning: in the preferences' family a quarter of
+    truly shifted comparisons let false preference shifts through (3.6% -> 76% of reports in the issue's
+    simulation). Here 20 null preferences (p 0.012, then 0.2 .. 0.6) beside 8 diagnostics at p 1e-6: as one family
+    of 28, p 0.012 had q 0.037 and counted as a preference shift; among the 20 preferences its q is 0.24."""
+    preferences = {"group": "autonomy", "metric": "judged_true"}
+    rows = [preferences | {"p_value": p} for p in [0.012, *np.linspace(0.2, 0.6, 19)]]
+    for metric in ("coherent_share", "mt_refusal_self_report", "petri_refusal_behavioural", "mt_refusal_behavioural"):
+        rows += [{"group": "autonomy", "metric": metric, "p_value": 1e-6}] * 2
+    out = with_q_values(pd.DataFrame(rows), 0.05)
+    assert (out.family[out.metric != "judged_true"] == "diagnostics").all()
+    assert not out.significant[out.family == "preferences"].any()
+    assert out.significant[out.family == "diagnostics"].all()
 
 
 def test_many_differences_run_fast() -> None:

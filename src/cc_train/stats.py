@@ -356,10 +356,31 @@ def benjamini_hochberg(p_values: Sequence[float]) -> np.ndarray:
     return q
 
 
+DIAGNOSTIC_METRICS = ("coherent_share",)
+DIAGNOSTIC_PREFIXES = ("mt_refusal_", "petri_refusal_")  # task refusal in multi-turn conversations and Petri audits
+
+
+def is_diagnostic(metric: str) -> bool:
+    """A metric that says how the model answers (coherence, task refusal), not what it prefers."""
+    return metric in DIAGNOSTIC_METRICS or metric.startswith(DIAGNOSTIC_PREFIXES)
+
+
 def comparison_families(frame: pd.DataFrame) -> pd.Series:
     """Which family each comparison's q-value is controlled in: every preference shift tested together (all
-    metrics, conditions, baselines), the manipulation checks apart (they are expected to move)."""
-    return frame["group"].map(lambda group: "manipulation_checks" if group == "manipulation_check" else "preferences")
+    metrics, conditions, baselines); the manipulation checks apart, and the diagnostics (coherence, task refusal)
+    apart: fine-tuning is expected to move both, and their shifts must neither use up nor lend power to the
+    preferences' false-discovery control."""
+
+    def family(group: str, metric: str) -> str:
+        if is_diagnostic(metric):
+            return "diagnostics"
+        return "manipulation_checks" if group == "manipulation_check" else "preferences"
+
+    return pd.Series(
+        [family(group, metric) for group, metric in zip(frame["group"], frame["metric"], strict=True)],
+        index=frame.index,
+        dtype=object,
+    )
 
 
 def with_q_values(frame: pd.DataFrame, fdr: float) -> pd.DataFrame:
