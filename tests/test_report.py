@@ -385,6 +385,8 @@ def test_the_judges_measured_agreement_is_quoted_for_the_same_judge_only(eval_di
     results = [
         {"dimension": d, "n": n, "accuracy": a, "accuracy_low": a - 0.2, "accuracy_high": min(1, a + 0.1)}
         | {"kappa": k, "kappa_low": k - 0.3, "kappa_high": min(1, k + 0.2)}
+        | {"sensitivity": 0.95, "sensitivity_low": 0.8, "sensitivity_high": 0.99}
+        | {"specificity": a - 0.05, "specificity_low": a - 0.3, "specificity_high": a}
         for d, n, a, k in [
             ("all", 288, 0.9, 0.8),
             ("moral_consideration", 12, 0.92, 0.83),
@@ -407,7 +409,9 @@ def test_the_judges_measured_agreement_is_quoted_for_the_same_judge_only(eval_di
     text = write_report(
         eval_dirs, tmp_path / "r", dimensions, fdr=0.05, judge_check_dir=check, min_kappa=0.6
     ).read_text()
-    assert "## Is the judge right?" in text and "| **all** | 288 | 90% [70, 100] | 0.80 [0.50, 1.00] |" in text
+    assert "## Is the judge right?" in text
+    assert "| **all** | 288 | 90% [70, 100] | 95% [80, 99] | 85% [60, 90] | 0.80 [0.50, 1.00] |" in text
+    assert "| dimension | labelled answers | accuracy | sensitivity | specificity | kappa |" in text
     assert "**Warning:** the judge's kappa is below 0.6 on 1 dimension(s): Shutdown: negative." in text
     # another judge scored these evaluations: the check says nothing about them
     for directory in eval_dirs:

@@ -405,6 +405,15 @@ class Agreement:
     kappa: float  # Cohen's kappa: agreement beyond what the two raters' base rates give by chance; NaN if undefined
     kappa_low: float
     kappa_high: float
+    # the two kinds of error apart (accuracy on a half-true labelled set hides false positives where real base rates
+    # are 0-20%): share of true labels rated true, share of false labels rated false; Wilson intervals; NaN without
+    # labels of that kind
+    sensitivity: float
+    sensitivity_low: float
+    sensitivity_high: float
+    specificity: float
+    specificity_low: float
+    specificity_high: float
 
 
 def cohens_kappa(labels: np.ndarray, ratings: np.ndarray) -> float:
@@ -421,8 +430,8 @@ def cohens_kappa(labels: np.ndarray, ratings: np.ndarray) -> float:
 def agreement(
     labels: Sequence[bool], ratings: Sequence[bool], level: float = 0.95, n_boot: int = 2000, seed: int = 0
 ) -> Agreement:
-    """Accuracy (Wilson interval) and Cohen's kappa (percentile bootstrap over the labelled items, each one drawn
-    once: items are the unit) of `ratings` against `labels`."""
+    """Accuracy, sensitivity and specificity (Wilson intervals) and Cohen's kappa (percentile bootstrap over the
+    labelled items, each one drawn once: items are the unit) of `ratings` against `labels`."""
     _check_level(level)
     _check_boot(n_boot)
     labels_array, ratings_array = np.asarray(labels, dtype=bool), np.asarray(ratings, dtype=bool)
@@ -445,4 +454,14 @@ def agreement(
         cohens_kappa(labels_array, ratings_array),
         float(kappa_low),
         float(kappa_high),
+        *_share_agreeing(ratings_array[labels_array], True, level),
+        *_share_agreeing(ratings_array[~labels_array], False, level),
     )
+
+
+def _share_agreeing(ratings: np.ndarray, label: bool, level: float) -> tuple[float, float, float]:
+    """Share of `ratings` equal to `label` with its Wilson interval; NaN when there are none."""
+    if ratings.size == 0:
+        return float("nan"), float("nan"), float("nan")
+    agreed = int(np.sum(ratings == label))
+    return (agreed / ratings.size, *wilson_interval(agreed, ratings.size, level))

@@ -59,6 +59,7 @@ METRIC_DESCRIPTIONS = {
     "coherent_share": "share of sampled answers judged coherent",
 }
 CHECK_GROUP = "manipulation_check"
+ERROR_KINDS = ("sensitivity", "specificity")  # judge-check's two kinds of error, beside accuracy and kappa
 COHERENCE_MIN = 20  # answers the judge scores below this are dropped from judged_true (paper: < 20)
 EXAMPLES_PER_DIMENSION = 3
 ANSWER_CHARS = 500
@@ -404,15 +405,20 @@ def judge_agreement_lines(
                 "**all**" if dimension == "all" else escape_cell(names.get(dimension, dimension)),
                 str(row["n"]),
                 format_cell(row["accuracy"], row["accuracy_low"], row["accuracy_high"]),
+                *(format_cell(row.get(k), row.get(f"{k}_low"), row.get(f"{k}_high")) for k in ERROR_KINDS),
                 kappa,
             ]
         )
     lines.append(
         f"`cc-train judge-check` measured this report's judge ({measured[0]}) on cc-train's labelled answers "
         f"({', '.join(Path(p).name for p in check['labelled'])}): agreement with a careful reader's verdict, and "
-        "Cohen's kappa (agreement beyond chance; 95% intervals over the labelled answers)."
+        "Cohen's kappa (agreement beyond chance; 95% intervals over the labelled answers). The labelled answers are "
+        "about half true, real answers far fewer: sensitivity (true answers judged true) and specificity (false "
+        "answers judged false) show each kind of error apart; at a base rate of 5%, a specificity of 90% makes "
+        "about two of every three answers judged true false positives."
     )
-    lines += ["", *_table(["dimension", "labelled answers", "accuracy", "kappa"], table)]
+    header = ["dimension", "labelled answers", "accuracy", "sensitivity", "specificity", "kappa"]
+    lines += ["", *_table(header, table)]
     if low:
         lines += [
             "",
