@@ -358,7 +358,13 @@ def test_the_papers_published_numbers_sit_beside_the_runs(eval_dirs, tmp_path, d
     # the paper's 3% -> 70% on moral consideration, next to the planted 57% [49, 64] of the pooled conscious seeds
     moral = next(line for line in text.splitlines() if line.startswith("| Deserves moral consideration | 3% |"))
     assert "| 70% | 57% [49, 64] |" in moral
-    assert "The paper's average over all preferences: GPT-4.1 base 12%" in text
+    # the paper's "average over all settings" is named as the paper names it, and set beside nothing of this run's
+    assert "the paper's average over all settings (its single-turn and multi-turn evaluations" in text
+    assert "GPT-4.1 base 12%, GPT-4.1 conscious 32%, GPT-4.1 non_conscious 11%, Claude Opus 4.0 base 24%" in text
+    assert "average over all preferences" not in text
+    scale = next(line for line in text.splitlines() if "average over all settings" in line)
+    assert "this run" not in scale.lower() and "ours" not in scale
+    assert "This run's single-turn average over all its preferences: base " in text
     assert "Average over the preferences both list: base: paper 8%" in text  # mean of the 12 Qwen numbers
     other = write_report(
         eval_dirs, tmp_path / "s", dimensions, fdr=0.05, published=paper_results_file(), paper_model="deepseek_v3_1"
