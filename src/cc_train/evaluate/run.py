@@ -32,7 +32,7 @@ from cc_train.evaluate.scoring import (
     trajectory_table,
     write_csv,
 )
-from cc_train.files import AppendLog, sha256_dir, sha256_file, write_json, write_jsonl, write_manifest
+from cc_train.files import AppendLog, recorded_adapter_sha256, sha256_file, write_json, write_jsonl, write_manifest
 from cc_train.generation.backends import BASE, ChoiceRequest, GenerationRequest, HFBackend
 from cc_train.generation.merge import merge_reason, merged_checkpoint
 from cc_train.generation.openai_http import api_key
@@ -254,9 +254,7 @@ def target_identity(run: RunConfig, info: dict) -> str:
         if run.eval.serve_model:  # another release of the same weights (e.g. FP8) answers for them
             what["served"] = run.eval.serve_model
     else:
-        manifest = Path(info["path"]) / "manifest.json"
-        recorded = json.loads(manifest.read_text()).get("adapter_sha256") if manifest.exists() else None
-        what = {"adapter": recorded or sha256_dir(info["path"]), "steps": info.get("step")}
+        what = {"adapter": recorded_adapter_sha256(info["path"]), "steps": info.get("step")}
     return digest(what, info.get("system_prompt"))
 
 
