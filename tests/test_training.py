@@ -230,7 +230,7 @@ def test_two_trainings_with_different_hash_seeds_give_one_adapter_identity_and_t
     from cc_train.evaluate.run import target_identity
     from cc_train.files import adapter_sha256
     from cc_train.generation.inspect_model import ServedTarget, turn_key
-    from cc_train.questions import load_question_sets
+    from cc_train.inputs.questions import load_question_sets
     from cc_train.resources import evals_dir
 
     data = tmp_path / "rows.jsonl"
