@@ -228,7 +228,7 @@ def test_four_vs_four_seeds_keep_the_level_and_gain_power(seed_sd: float) -> Non
     """The paper's design: 4 seeds per condition, 11 prompts x 10 answers, prompt logit SD 1, training seeds
     without and with an effect of their own (logit SD 0.5). Under no true shift p < 0.05 must stay near 5%:
     counting the cells' residual noise twice (with the prompts and with the seeds) gave 0.3% and 2.7%, and power
-    for 0.20 -> 0.31 without seed effects 66%, less than 4 seeds against one base model. Measured with the fix
+    for 0.20 -> 0.31 without seed effects 66%, hardly more than 2 seeds a side (62%). Measured with the fix
     (bench/results-stats-power.txt, 1,000 studies): 2.7% and 3.4% (3.3% without seed effects over 3,000 studies:
     Welch's degrees of freedom for 4 seeds are a little cautious), power 79%."""
     rng = np.random.default_rng(12)
