@@ -136,7 +136,8 @@ def test_the_qwen3_30b_a3b_recipe_as_the_docs_run_it(offline, petri_auditor):
     results = rehearse("qwen", offline)
     runs = offline["root"] / "runs" / "paper_qwen3_30b_a3b"
     assert "evaluation (vLLM" in results["plan"].stdout
-    assert "status: 0 pending, 0 running, 5 done, 0 failed" in results["status"].stdout, results["status"].stdout
+    # 4 datasets (one task after another), 4 training runs, 1 evaluation
+    assert "status: 0 pending, 0 running, 9 done, 0 failed" in results["status"].stdout, results["status"].stdout
 
     # the sweep on the real scheduler: one array, then the evaluation job, which started only after every task ended
     sweep = next(arguments for arguments in documented_commands("qwen") if arguments[0] == "sweep")
@@ -147,6 +148,9 @@ def test_the_qwen3_30b_a3b_recipe_as_the_docs_run_it(offline, petri_auditor):
     assert len(trained) == 4 and {info["JobState"] for info in trained.values()} == {"COMPLETED"}, trained
     evaluation = results["sweep"].jobs[eval_job]
     assert f"afterok:{records['train']['job_id']}" in results["sweep"].eval_dependency
+    built = [results["sweep"].jobs[run["job_id"]] for run in records["data"]["runs"]]
+    assert len(built) == 4 and {info["JobState"] for info in built} == {"COMPLETED"}
+    assert min(info["StartTime"] for info in trained.values()) >= max(info["EndTime"] for info in built)
     assert evaluation["JobState"] == "COMPLETED"
     assert evaluation["StartTime"] >= max(info["EndTime"] for info in trained.values()), "eval ran before training"
     adapters = sorted(runs.glob("train/*/seed0/adapter/manifest.json"))

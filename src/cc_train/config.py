@@ -495,6 +495,20 @@ class SweepConfig(Checked):
         _require(self.gpu in kinds, "sweep.gpu", "null, H100-80GB or H200-141GB", self.gpu)
 
 
+DOCTOR_STAGES = ("data", "train", "eval")
+
+
+@dataclass
+class DoctorConfig(Checked):
+    stages: list[str] = field(default_factory=list)  # what this node will run: data, train, eval (checks follow)
+    nccl_timeout_s: int = MISSING  # the all-reduce over local GPUs must finish within this
+
+    def validate(self) -> None:
+        unknown = sorted(set(self.stages) - set(DOCTOR_STAGES))
+        _require(not unknown and bool(self.stages), "doctor.stages", f"a non-empty subset of {DOCTOR_STAGES}", unknown)
+        _require(self.nccl_timeout_s > 0, "doctor.nccl_timeout_s", "> 0", self.nccl_timeout_s)
+
+
 @dataclass
 class PathsConfig(Checked):
     runs: str = MISSING
@@ -516,6 +530,7 @@ class RunConfig(Checked):
     judge_check: JudgeCheckConfig = field(default_factory=JudgeCheckConfig)
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
+    doctor: DoctorConfig = field(default_factory=DoctorConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     experiment: str = MISSING
     condition: str = MISSING  # a conditions/<name>.yaml (cc-train's, or in condition_dirs)

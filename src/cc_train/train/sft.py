@@ -247,15 +247,23 @@ def loss_summary(log_history: list[dict]) -> dict:
 
 
 def dataset_of_this_rank(run: RunConfig, cfg: DictConfig) -> Path:
-    """Rank 0 builds the dataset (or rebuilds it, when its inputs changed); the other ranks of a launch wait until
-    it matches the config, instead of all generating the same self-distilled answers at once."""
-    if int(os.environ.get("RANK", "0")) == 0:
+    """The dataset, built here when one process trains; under a launcher (WORLD_SIZE > 1) it must exist already.
+
+    Building it means self-distilling with the base model, which one rank cannot do on its GPU while the others wait
+    with no process group (hence no timeout) around them: every rank refuses instead, at once, and names the command
+    (slurm/train.sbatch and `cc-train sweep` run it before the ranks start)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
         return data_build.ensure_dataset(run, cfg)
-    if data_build.stale_keys(run) != []:
-        print(f"train: rank {os.environ['RANK']} waits for rank 0 to build {data_build.dataset_path(run)}")
-        while data_build.stale_keys(run) != []:
-            time.sleep(2)
-    return data_build.dataset_path(run)
+    changed = data_build.stale_keys(run)
+    if changed == []:
+        return data_build.dataset_path(run)
+    why = "is missing" if changed is None else f"was built from other inputs ({'; '.join(changed)})"
+    raise ConfigError(
+        f"train: {data_build.dataset_path(run)} {why}, and under a launcher of {world} ranks the dataset is built "
+        f"before they start: run `cc-train data` with the same overrides first (condition={run.condition}), then "
+        "launch training again"
+    )
 
 
 def setup(run: RunConfig, current: dict):
