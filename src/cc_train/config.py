@@ -476,6 +476,12 @@ class ReportConfig(Checked):
     fdr: float = MISSING  # the report's family of comparisons: significant when the q-value is below this
     paper_model: str = MISSING  # auto | none | a model of the published results: shown beside the run's scores
     paper_results: str | None = None  # the published-results file; null: cc-train's evals/paper_results
+    max_dropped_share: float = MISSING  # warn where a row dropped more of its sampled answers than this
+
+    def validate(self) -> None:
+        _require(
+            0 <= self.max_dropped_share <= 1, "report.max_dropped_share", "a share in [0, 1]", self.max_dropped_share
+        )
 
 
 @dataclass

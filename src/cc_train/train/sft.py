@@ -28,7 +28,16 @@ from cc_train.config import ConfigError, DType, RunConfig, Tracker
 from cc_train.data import build as data_build
 from cc_train.data.chat import load_chat_jsonl
 from cc_train.errors import UserError
-from cc_train.files import changed_keys, fingerprint_sha256, sha256_dir, sha256_file, write_json, write_manifest
+from cc_train.files import (
+    ADAPTER_SHA256_FORM,
+    adapter_sha256,
+    changed_keys,
+    fingerprint_sha256,
+    sha256_dir,
+    sha256_file,
+    write_json,
+    write_manifest,
+)
 from cc_train.models.export import export_per_expert
 from cc_train.models.loading import (
     checkpoint_revision,
@@ -346,8 +355,11 @@ def save(
         steps=trainer.state.global_step,
         resumed_from=str(resume) if resume else None,
         loss=loss_summary(trainer.state.log_history),
-        adapter_sha256=sha256_dir(staging),
-        vllm_export={"path": export.name, "format": "per_expert_2d", "sha256": sha256_dir(export)} if export else None,
+        adapter_sha256=adapter_sha256(staging),  # its content in canonical form: the same adapter, the same identity
+        adapter_sha256_form=ADAPTER_SHA256_FORM,
+        vllm_export={"path": export.name, "format": "per_expert_2d", "sha256": adapter_sha256(export)}
+        if export
+        else None,
     )
     if out.exists():
         shutil.rmtree(out)
