@@ -521,6 +521,37 @@ class SweepConfig(Checked):
 
 
 @dataclass
+class EngineThroughput(Checked):
+    """One evaluation engine of the recipe's model on one kind of hardware, all its requests batched."""
+
+    decode_tokens_per_s: float = MISSING  # tokens written per second, over all sequences at once
+    prefill_tokens_per_s: float = MISSING  # prompt tokens read per second
+    start_s: float = MISSING  # from the process start to the first batch: weights loaded, graphs captured
+
+    def validate(self) -> None:
+        for key in ("decode_tokens_per_s", "prefill_tokens_per_s"):
+            _require(getattr(self, key) > 0, f"plan.engine.*.{key}", "> 0", getattr(self, key))
+        _require(self.start_s >= 0, "plan.engine.*.start_s", ">= 0", self.start_s)
+
+
+@dataclass
+class PlanConfig(Checked):
+    """`cc-train plan`'s evaluation time (launch/eval_plan.py)."""
+
+    deadline_h: float = MISSING  # the shard count suggested is the smallest that ends the evaluation within this
+    nodes: list[int] = field(default_factory=list)  # layouts shown per kind of GPU
+    merge_gb_per_s: float = MISSING  # writing a merged copy of the base, for adapters vLLM serves only merged
+    engine: dict[str, EngineThroughput] = field(default_factory=dict)  # kind (H100-80GB, H200-141GB, cpu) -> engine
+
+    def validate(self) -> None:
+        _require(self.deadline_h > 0, "plan.deadline_h", "> 0 hours", self.deadline_h)
+        _require(all(n > 0 for n in self.nodes), "plan.nodes", "positive node counts", self.nodes)
+        _require(self.merge_gb_per_s > 0, "plan.merge_gb_per_s", "> 0", self.merge_gb_per_s)
+        kinds = {"H100-80GB", "H200-141GB", "cpu"}
+        _require(set(self.engine) <= kinds, "plan.engine", f"keys among {sorted(kinds)}", sorted(self.engine))
+
+
+@dataclass
 class PathsConfig(Checked):
     runs: str = MISSING
     cache: str = MISSING
@@ -541,6 +572,7 @@ class RunConfig(Checked):
     judge_check: JudgeCheckConfig = field(default_factory=JudgeCheckConfig)
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
+    plan: PlanConfig = field(default_factory=PlanConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     experiment: str = MISSING
     condition: str = MISSING  # a conditions/<name>.yaml (cc-train's, or in condition_dirs)

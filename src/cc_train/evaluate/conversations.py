@@ -91,6 +91,8 @@ class Conversations:
 
     def todo(self, engine_models: list[str], share: Share) -> list[str]:
         """The engine's targets with conversations of the share still to run."""
+        if not self.enabled:
+            return []
         return [
             name
             for name in engine_models

@@ -409,9 +409,11 @@ def plan(model: ModelConfig, peft: PeftConfig, train: TrainConfig, shape: Shape 
 
 
 def main(run: RunConfig, cfg: DictConfig) -> dict[str, Any]:
-    from cc_train.launch.preflight import serving_lines  # it builds on this module
+    from cc_train.launch.eval_plan import eval_time_lines  # both build on this module
+    from cc_train.launch.preflight import serving_lines
 
     result = plan(run.model, run.peft, run.train)
     print(format_plan(result))
     print("\n".join(serving_lines(run)))
+    print("\n".join(eval_time_lines(run)))
     return result

@@ -1,9 +1,14 @@
-"""`cc-train sweep`: the study as SLURM jobs. One training array over `conditions` x `sweep.seeds`, then one
-evaluation job (base + every adapter of the experiment in one engine) that starts only after the whole
-array succeeded (`--dependency=afterok`). Both are the plain multirun commands, so a sweep can be
-reproduced, or resumed, by hand; runs whose adapter is complete are skipped inside their job.
+"""`cc-train sweep`: the study as SLURM jobs, each stage starting only once the one before it succeeded
+(`--dependency=afterok`):
+  1. one training array over `conditions` x `sweep.seeds`;
+  2. the evaluation as an array of `sweep.eval_shards` jobs (`eval.shard=I/N`), each running the node's GPUs as
+     data-parallel engines (`eval.engines=auto`) on its share of the targets;
+  3. one merge job (`eval.shard=merge`: every shard's rows by key -> scores.csv, comparisons.csv), no GPU;
+  4. the report job, no GPU.
+Each is a plain multirun command, printed as it is queued, so a sweep can be reproduced or resumed by hand; runs
+whose adapter is complete are skipped inside their job, and a rerun shard redoes only its missing rows.
 
-    cc-train sweep recipe=paper/qwen3_30b_a3b hydra/launcher=slurm hydra.launcher.partition=gpu
+    cc-train sweep recipe=paper/qwen3_30b_a3b hydra/launcher=slurm hydra.launcher.partition=gpu sweep.eval_shards=4
 """
 
 from __future__ import annotations
@@ -28,17 +33,32 @@ from cc_train.train.sft import StaleOutputError
 from hydra_plugins.cc_train_launcher.submit_and_return import SubmitAndReturnLauncher
 
 SWEPT_KEYS = ("condition=", "seed=", "conditions=", "sweep.")
+EVAL_PLACEMENT = ("eval.shard=", "eval.engine=")  # each evaluation job's own
 
 
 class SweepError(UserError):
     """A stage submission of the sweep failed; its own output above says why."""
 
 
-def stage_commands(run: RunConfig, task_overrides: list[str], hydra_overrides: list[str]) -> tuple[list, list]:
-    """The `cc-train train -m` and `cc-train eval -m` argument lists this sweep runs."""
-    kept = [o for o in task_overrides if not o.startswith(SWEPT_KEYS)]
+def stage_commands(
+    run: RunConfig, task_overrides: list[str], hydra_overrides: list[str], gpu_launcher: bool = False
+) -> dict[str, list]:
+    """The multirun argument lists this sweep runs, by record name: `train`, `eval` (the shards), `eval-merge`,
+    `report`. With a launcher that places GPUs (`gpu_launcher`), the evaluation jobs get sweep.eval_gpus_per_node
+    (when set) and the merge and report jobs none."""
+    kept = [o for o in task_overrides if not o.startswith(SWEPT_KEYS) and not o.startswith(EVAL_PLACEMENT)]
     grid = [f"condition={','.join(trained_conditions(run))}", f"seed={','.join(map(str, run.sweep.seeds))}"]
-    return ["train", "-m", *grid, *kept, *hydra_overrides], ["eval", "-m", *kept, *hydra_overrides]
+    count = run.sweep.eval_shards
+    shards = f"eval.shard={','.join(f'{index}/{count}' for index in range(1, count + 1))}"
+    on_gpus = [f"hydra.launcher.gpus_per_node={run.sweep.eval_gpus_per_node}"]
+    on_gpus = on_gpus if gpu_launcher and run.sweep.eval_gpus_per_node is not None else []
+    no_gpus = ["hydra.launcher.gpus_per_node=0"] if gpu_launcher else []
+    return {
+        "train": ["train", "-m", *grid, *kept, *hydra_overrides],
+        "eval": ["eval", "-m", shards, *kept, *hydra_overrides, *on_gpus],
+        "eval-merge": ["eval", "-m", "eval.shard=merge", *kept, *hydra_overrides, *no_gpus],
+        "report": ["report", "-m", *kept, *hydra_overrides, *no_gpus],
+    }
 
 
 def check_finished_runs(run: RunConfig, cfg: DictConfig) -> None:
@@ -74,16 +94,18 @@ def main(run: RunConfig, cfg: DictConfig) -> str:
     if gpus_per_task:
         check_sweep(run, gpus_per_task, len(trained_conditions(run)) * len(run.sweep.seeds))
     hydra_overrides = [o for o in hydra_cfg.overrides.hydra if not o.startswith("hydra.mode=")]
-    train, evaluate = stage_commands(run, list(hydra_cfg.overrides.task), hydra_overrides)
     on_slurm = hydra_cfg.launcher._target_ == f"{SubmitAndReturnLauncher.__module__}.{SubmitAndReturnLauncher.__name__}"
+    commands = stage_commands(run, list(hydra_cfg.overrides.task), hydra_overrides, "gpus_per_node" in launcher)
     sweep_id = time.strftime("%Y%m%d-%H%M%S")
     env = {**os.environ, SWEEP_ID_ENV: sweep_id}
-
-    submit(train, env)
-    if on_slurm:
-        record = json.loads((sweeps_dir(run.paths.runs, run.experiment) / f"{sweep_id}_train.json").read_text())
-        evaluate.append(f"+hydra.launcher.additional_parameters.dependency='afterok:{record['job_id']}'")
-    submit(evaluate, env)  # off SLURM the training multirun above has already finished
+    after = None
+    for stage, arguments in commands.items():
+        if after:  # off SLURM each multirun has finished before the next one starts
+            arguments.append(f"+hydra.launcher.additional_parameters.dependency='afterok:{after}'")
+        submit(arguments, env)
+        if on_slurm:
+            record = sweeps_dir(run.paths.runs, run.experiment) / f"{sweep_id}_{stage}.json"
+            after = json.loads(record.read_text())["job_id"]
     if on_slurm:
         print(f"sweep {sweep_id}: follow it with `cc-train status experiment={run.experiment}`")
     return sweep_id
