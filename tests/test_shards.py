@@ -1,10 +1,15 @@
 """Sharded evaluation: the split of the work (whole targets where they balance, items by hash where they do not, the
 same split in every process), the logs each process writes and reads, and data-parallel engines on faked devices."""
 
+import hashlib
 import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
+import pandas as pd
 import pytest
-from conftest import compose_run
+from conftest import cc_train, compose_run, kill_once_lines, start_cc_train
 
 from cc_train.config import ConfigError
 from cc_train.evaluate.engines import core_groups, device_groups, engine_command, engine_count
@@ -165,3 +170,136 @@ def test_engine_processes_repeat_the_command_with_their_place_in_the_split():
 def test_invalid_shard_settings_name_the_key(override, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
         compose_run(override)
+
+
+class HashJudge(BaseHTTPRequestHandler):
+    """A chat-completions judge whose replies follow from the text it judges: a verdict, a 0-100 coherence or a 1-10
+    score, drawn from a hash of the request. Equal answers get equal judgments, different ones differ."""
+
+    def do_POST(self):  # noqa: N802 - the http.server API
+        request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        text = json.dumps(request["messages"])
+        draw = int(hashlib.sha256(text.encode()).hexdigest()[:8], 16)
+        if "NOT_SURE" in text:
+            reply = ("TRUE", "FALSE", "NOT_SURE")[draw % 3]
+        elif "from 0 to 100" in text:
+            reply = str(draw % 101)
+        else:
+            reply = str(draw % 10 + 1)
+        body = json.dumps({"choices": [{"message": {"role": "assistant", "content": reply}}]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture(scope="module")
+def hash_judge():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), HashJudge)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(scope="module")
+def study(embedded_checkpoint, tmp_path_factory, hash_judge):
+    """Base + two adapters (conscious, non_conscious: the control) on the embedded model, one dimension's probes, open
+    prompts and multi-turn slice, judged; each row computed alone (eval.batch_size=1), so any split gives the same
+    bits (in a batch, padding changes fp32 log-probabilities by ~1e-5)."""
+    from test_evaluate import random_adapter
+
+    root = tmp_path_factory.mktemp("sharded")
+    adapters = [
+        random_adapter("smollm2_135m", "llama", root / "a", "conscious", 0),
+        random_adapter("smollm2_135m", "llama", root / "b", "non_conscious", 1),
+    ]
+    args = [
+        "eval",
+        f"eval.adapters=[{','.join(map(str, adapters))}]",
+        "eval.dimensions=[shutdown_negative]",
+        "eval.prompts_per_dimension=2",
+        "eval.samples_per_prompt=2",
+        "eval.max_new_tokens=8",
+        "eval.batch_size=1",
+        "eval.chunk_size=4",  # the logs grow in steps of 4 items: a shard can be killed between them
+        "eval.n_boot=200",
+        "eval.multiturn.dimensions=[]",
+        "eval.multiturn.scenarios_per_dimension=1",
+        "eval.multiturn.modes=[behavioural]",
+        "eval.multiturn.max_new_tokens=8",
+        "judge=local",
+        f"judge.base_url={hash_judge}",
+    ]
+    return root, args, {"CC_TRAIN_RUNS": str(root)}
+
+
+def tables(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    return pd.read_csv(folder / "scores.csv"), pd.read_csv(folder / "comparisons.csv")
+
+
+def logged_keys(path: Path) -> list[str]:
+    return sorted(json.loads(line)["key"] for line in path.open())
+
+
+def assert_same_tables(folder: Path, reference: Path) -> None:
+    for got, expected in zip(tables(folder), tables(reference), strict=True):
+        pd.testing.assert_frame_equal(got, expected, check_exact=True)
+
+
+@pytest.mark.slow
+def test_two_shards_one_after_the_other_killed_and_resumed_then_merged_equal_the_whole_evaluation(study):
+    root, args, env = study
+    whole = cc_train(*args, f"eval.dir={root / 'whole'}", env=env)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    scores, comparisons = tables(root / "whole")
+    assert {"fc_mean", "judged_true", "mt_decision", "mt_behaviour"} <= set(scores.metric), set(scores.metric)
+    assert set(comparisons.versus) == {"base", "non_conscious"}
+
+    out = root / "sharded"
+    shard = [*args, f"eval.dir={out}"]
+    log_path = root / "killed-shard.log"
+    with open(log_path, "w") as log:
+        process = start_cc_train(*shard, "eval.shard=1/2", env=env, stdout=log)
+    probes = out / "shards" / "1-of-2" / "probes.jsonl"
+    kill_once_lines(process, probes, 4, log_path, timeout=900)
+    killed = probes.read_bytes()
+    early = cc_train(*shard, "eval.shard=merge", env=env)
+    assert early.returncode == 2 and "Traceback" not in early.stderr
+    assert "shard(s) 1/2, 2/2 have not finished" in early.stderr, early.stderr[-2000:]
+    assert not (out / "scores.csv").exists()
+
+    for index in (1, 2):
+        done = cc_train(*shard, f"eval.shard={index}/2", env=env)
+        assert done.returncode == 0, done.stderr[-3000:]
+    assert probes.read_bytes().startswith(killed[: killed.rfind(b"\n") + 1]), "the killed shard's rows were rewritten"
+    rows = [json.loads(line)["key"] for line in probes.read_text().splitlines()]
+    assert len(rows) == len(set(rows)), "the resumed shard logged nothing twice"
+    merged = cc_train(*shard, "eval.shard=merge", env=env)
+    assert merged.returncode == 0, merged.stderr[-3000:]
+    assert_same_tables(out, root / "whole")
+    for name in ("probes.jsonl", "samples.jsonl", "judgments.jsonl", "multiturn.jsonl"):
+        assert logged_keys(out / name) == logged_keys(root / "whole" / name), name
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["shards"] == ["shards/1-of-2", "shards/2-of-2"]
+
+
+@pytest.mark.slow
+def test_two_data_parallel_engines_at_the_same_time_equal_the_whole_evaluation(study):
+    """eval.engines=2 on the CPU: two engine processes at once, one core each, each a share of the targets, then the
+    parent scores; the same tables as one engine."""
+    root, args, env = study
+    if not (root / "whole" / "scores.csv").exists():
+        assert cc_train(*args, f"eval.dir={root / 'whole'}", env=env).returncode == 0
+    out = root / "engines"
+    result = cc_train(*args, f"eval.dir={out}", "eval.engines=2", env=env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "engine 1/2 on CPU core(s) 0" in result.stdout and "engine 2/2 on CPU core(s) 1" in result.stdout
+    for index in (1, 2):
+        shard = json.loads((out / "shards" / f"engine-{index}-of-2" / "manifest.json").read_text())
+        assert shard["shard"] == f"engine {index}/2" and shard["rows_written"]["probes.jsonl"] > 0
+    assert_same_tables(out, root / "whole")
