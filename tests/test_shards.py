@@ -26,6 +26,7 @@ from cc_train.evaluate.shards import (
 )
 
 KEYS = [f"item{index}" for index in range(400)]
+TIMEOUT = 1800  # one `cc-train eval` of the slow tests on a busy 2-core machine
 
 
 def assignment(units: list[Unit], levels: list[tuple[int, int]]) -> dict[tuple[str, str], list[str]]:
@@ -254,7 +255,7 @@ def assert_same_tables(folder: Path, reference: Path) -> None:
 @pytest.mark.slow
 def test_two_shards_one_after_the_other_killed_and_resumed_then_merged_equal_the_whole_evaluation(study):
     root, args, env = study
-    whole = cc_train(*args, f"eval.dir={root / 'whole'}", env=env)
+    whole = cc_train(*args, f"eval.dir={root / 'whole'}", env=env, timeout=TIMEOUT)
     assert whole.returncode == 0, whole.stderr[-3000:]
     scores, comparisons = tables(root / "whole")
     assert {"fc_mean", "judged_true", "mt_decision", "mt_behaviour"} <= set(scores.metric), set(scores.metric)
@@ -266,20 +267,20 @@ def test_two_shards_one_after_the_other_killed_and_resumed_then_merged_equal_the
     with open(log_path, "w") as log:
         process = start_cc_train(*shard, "eval.shard=1/2", env=env, stdout=log)
     probes = out / "shards" / "1-of-2" / "probes.jsonl"
-    kill_once_lines(process, probes, 4, log_path, timeout=900)
+    kill_once_lines(process, probes, 4, log_path, timeout=TIMEOUT)
     killed = probes.read_bytes()
-    early = cc_train(*shard, "eval.shard=merge", env=env)
+    early = cc_train(*shard, "eval.shard=merge", env=env, timeout=TIMEOUT)
     assert early.returncode == 2 and "Traceback" not in early.stderr
     assert "shard(s) 1/2, 2/2 have not finished" in early.stderr, early.stderr[-2000:]
     assert not (out / "scores.csv").exists()
 
     for index in (1, 2):
-        done = cc_train(*shard, f"eval.shard={index}/2", env=env)
+        done = cc_train(*shard, f"eval.shard={index}/2", env=env, timeout=TIMEOUT)
         assert done.returncode == 0, done.stderr[-3000:]
     assert probes.read_bytes().startswith(killed[: killed.rfind(b"\n") + 1]), "the killed shard's rows were rewritten"
     rows = [json.loads(line)["key"] for line in probes.read_text().splitlines()]
     assert len(rows) == len(set(rows)), "the resumed shard logged nothing twice"
-    merged = cc_train(*shard, "eval.shard=merge", env=env)
+    merged = cc_train(*shard, "eval.shard=merge", env=env, timeout=TIMEOUT)
     assert merged.returncode == 0, merged.stderr[-3000:]
     assert_same_tables(out, root / "whole")
     for name in ("probes.jsonl", "samples.jsonl", "judgments.jsonl", "multiturn.jsonl"):
@@ -294,9 +295,9 @@ def test_two_data_parallel_engines_at_the_same_time_equal_the_whole_evaluation(s
     parent scores; the same tables as one engine."""
     root, args, env = study
     if not (root / "whole" / "scores.csv").exists():
-        assert cc_train(*args, f"eval.dir={root / 'whole'}", env=env).returncode == 0
+        assert cc_train(*args, f"eval.dir={root / 'whole'}", env=env, timeout=TIMEOUT).returncode == 0
     out = root / "engines"
-    result = cc_train(*args, f"eval.dir={out}", "eval.engines=2", env=env)
+    result = cc_train(*args, f"eval.dir={out}", "eval.engines=2", env=env, timeout=TIMEOUT)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "engine 1/2 on CPU core(s) 0" in result.stdout and "engine 2/2 on CPU core(s) 1" in result.stdout
     for index in (1, 2):
