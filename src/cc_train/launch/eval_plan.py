@@ -167,6 +167,14 @@ def nodes_for_deadline(run: RunConfig, targets: list[Target], kind: str, engine:
     return None
 
 
+def count(tokens: float) -> str:
+    return f"{tokens / 1e6:.1f}M" if tokens >= 1e6 else f"{tokens / 1e3:.1f}k" if tokens >= 1e3 else f"{tokens:.0f}"
+
+
+def duration(hours: float) -> str:
+    return f"{hours:.1f} h" if hours >= 1 else f"{hours * 60:.0f} min"
+
+
 def eval_time_lines(run: RunConfig) -> list[str]:
     """`cc-train plan`'s evaluation-time table."""
     if not run.plan.engine:
@@ -174,14 +182,14 @@ def eval_time_lines(run: RunConfig) -> list[str]:
     targets = study_targets(run)
     checkpoints = sum("@" in t.name for t in targets)
     finished = len(targets) - checkpoints
-    per_target = f"{targets[0].work.prefill / 1e6:.2f}M read, {targets[0].work.decode / 1e6:.2f}M written at most"
+    per_target = f"{count(targets[0].work.prefill)} read, {count(targets[0].work.decode)} written at most"
     lines = [
         "",
         f"  evaluation time: {len(targets)} targets ({finished} with every part, {checkpoints} checkpoints single-turn "
         f"only{', every adapter merged' if any(t.merged for t in targets) else ''}); a finished target: "
         f"{per_target}; every answer at its max_new_tokens, an upper bound",
         f"  {'kind':<11} {'nodes':>5} {'engines':>7} {'GPUs/engine':>11} {'LoRA slots':>10} {'chunks':>6} "
-        f"{'busiest engine: read / written tokens':>38} {'merges':>6} {'hours':>7}",
+        f"{'busiest engine: read / written tokens':>38} {'merges':>6} {'time':>8}",
     ]
     for kind, engine in run.plan.engine.items():
         for nodes in [1] if kind == "cpu" else run.plan.nodes:
@@ -189,10 +197,10 @@ def eval_time_lines(run: RunConfig) -> list[str]:
             if not lay.engines:
                 lines.append(f"  {kind:<11} {nodes:>5}   the model's engine needs {lay.gpus_per_engine or 'more'} GPUs")
                 continue
-            tokens = f"{lay.busiest.prefill / 1e6:.1f}M / {lay.busiest.decode / 1e6:.1f}M"
+            tokens = f"{count(lay.busiest.prefill)} / {count(lay.busiest.decode)}"
             lines.append(
                 f"  {kind:<11} {nodes:>5} {lay.engines:>7} {lay.gpus_per_engine:>11} {lay.slots:>10} {lay.chunks:>6} "
-                f"{tokens:>38} {lay.merges:>6} {lay.hours:>7.1f}"
+                f"{tokens:>38} {lay.merges:>6} {duration(lay.hours):>8}"
             )
     rates = "; ".join(
         f"{kind}: {e.decode_tokens_per_s:,.0f} written / {e.prefill_tokens_per_s:,.0f} read tokens/s, start "
