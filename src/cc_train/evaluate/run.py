@@ -640,15 +640,15 @@ def main(run: RunConfig, cfg: DictConfig) -> Path:
     eval_dir = Path(run.eval.dir)
     spec, engines = process_spec(run)
     place = Place(eval_dir, spec.folder(eval_dir))
-    study = setup(run, place)
-    share = share_of(study.units(), spec)
     outcomes = None
-    if run.eval.shard == MERGE:
-        check_complete(study, eval_dir)
-    elif engines > 1 and spec.engine is None:
+    if run.eval.shard != MERGE and engines > 1 and spec.engine is None:
         print(f"eval: {spec.label()} on {engines} data-parallel engines")
         outcomes = run_engines(run, spec, engines, eval_dir)
-    else:
+    study = setup(run, place)  # after the engines: the logs are read with every row they wrote
+    share = share_of(study.units(), spec)
+    if run.eval.shard == MERGE:
+        check_complete(study, eval_dir)
+    elif outcomes is None:
         print(f"eval: {spec.label()}: {len(share.targets)} of {len(study.models)} targets ({', '.join(share.targets)})")
         evaluate_share(run, study, share)
         if not spec.whole and run.judge.enabled:  # a shard judges its own samples; the whole evaluation in score()
