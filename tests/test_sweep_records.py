@@ -17,7 +17,7 @@ from cc_train.launch.status import records, run_state
 from cc_train.launch.sweep import stage_commands
 
 
-def test_sweep_trains_then_evaluates_in_shards_then_merges_and_reports_with_the_same_overrides():
+def test_sweep_builds_data_trains_then_evaluates_in_shards_merges_and_reports_with_the_same_overrides():
     run, _ = compose_run("recipe=paper/qwen3_30b_a3b", "sweep.eval_shards=3", "sweep.eval_gpus_per_node=8")
     commands = stage_commands(
         run,
@@ -29,9 +29,20 @@ def test_sweep_trains_then_evaluates_in_shards_then_merges_and_reports_with_the_
             "eval.shard=2/9",
         ],
         ["hydra/launcher=slurm", "hydra.launcher.partition=gpu"],
-        gpu_launcher=True,
+        on_slurm=True,
     )
-    assert list(commands) == ["train", "eval", "eval-merge", "report"]
+    assert list(commands) == ["data", "train", "eval", "eval-merge", "report"]
+    # every condition's dataset once, one task after another (they share the self-distilled answers), before training
+    assert commands["data"] == [
+        "data",
+        "-m",
+        "condition=conscious,non_conscious,toaster,human",
+        "recipe=paper/qwen3_30b_a3b",
+        "train.max_steps=5",
+        "hydra/launcher=slurm",
+        "hydra.launcher.partition=gpu",
+        "hydra.launcher.array_parallelism=1",
+    ]
     assert commands["train"] == [
         "train",
         "-m",
@@ -46,7 +57,7 @@ def test_sweep_trains_then_evaluates_in_shards_then_merges_and_reports_with_the_
     assert commands["eval"] == ["eval", "-m", "eval.shard=1/3,2/3,3/3", *same, "hydra.launcher.gpus_per_node=8"]
     assert commands["eval-merge"] == ["eval", "-m", "eval.shard=merge", *same, "hydra.launcher.gpus_per_node=0"]
     assert commands["report"] == ["report", "-m", *same, "hydra.launcher.gpus_per_node=0"]
-    # a launcher that places no GPUs (a local multirun) gets no GPU settings
+    # off SLURM (a local multirun) no launcher settings are added
     local = stage_commands(run, ["recipe=paper/qwen3_30b_a3b"], [])
     assert local["eval"] == ["eval", "-m", "eval.shard=1/3,2/3,3/3", "recipe=paper/qwen3_30b_a3b"]
     assert local["report"] == ["report", "-m", "recipe=paper/qwen3_30b_a3b"]

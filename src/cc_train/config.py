@@ -486,6 +486,12 @@ class ReportConfig(Checked):
     fdr: float = MISSING  # the report's family of comparisons: significant when the q-value is below this
     paper_model: str = MISSING  # auto | none | a model of the published results: shown beside the run's scores
     paper_results: str | None = None  # the published-results file; null: cc-train's evals/paper_results
+    max_dropped_share: float = MISSING  # warn where a row dropped more of its sampled answers than this
+
+    def validate(self) -> None:
+        _require(
+            0 <= self.max_dropped_share <= 1, "report.max_dropped_share", "a share in [0, 1]", self.max_dropped_share
+        )
 
 
 @dataclass
@@ -518,6 +524,20 @@ class SweepConfig(Checked):
         _require(gpus is None or gpus >= 0, "sweep.eval_gpus_per_node", "null or >= 0", gpus)
         kinds = (None, "H100-80GB", "H200-141GB")
         _require(self.gpu in kinds, "sweep.gpu", "null, H100-80GB or H200-141GB", self.gpu)
+
+
+DOCTOR_STAGES = ("data", "train", "eval")
+
+
+@dataclass
+class DoctorConfig(Checked):
+    stages: list[str] = field(default_factory=list)  # what this node will run: data, train, eval (checks follow)
+    nccl_timeout_s: int = MISSING  # the all-reduce over local GPUs must finish within this
+
+    def validate(self) -> None:
+        unknown = sorted(set(self.stages) - set(DOCTOR_STAGES))
+        _require(not unknown and bool(self.stages), "doctor.stages", f"a non-empty subset of {DOCTOR_STAGES}", unknown)
+        _require(self.nccl_timeout_s > 0, "doctor.nccl_timeout_s", "> 0", self.nccl_timeout_s)
 
 
 @dataclass
@@ -573,6 +593,7 @@ class RunConfig(Checked):
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
     plan: PlanConfig = field(default_factory=PlanConfig)
+    doctor: DoctorConfig = field(default_factory=DoctorConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     experiment: str = MISSING
     condition: str = MISSING  # a conditions/<name>.yaml (cc-train's, or in condition_dirs)

@@ -6,7 +6,6 @@ merge, disk for the copies), and does each vLLM engine fit its GPUs with how man
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from cc_train.config import ConfigError, RunConfig
 from cc_train.generation.engine_memory import GIB, engine_plan, merge_cost, smallest_engine
 from cc_train.generation.merge import merged_copy_path
 from cc_train.generation.vllm_backend import VLLM_RANKS
+from cc_train.hardware import host_memory_bytes
 from cc_train.models.loading import config_json, resolve_device
 from cc_train.models.shapes import resolve_shape, weight_bytes
 
@@ -24,7 +24,8 @@ def free_disk_bytes(path: Path) -> float:
 
 
 def ram_bytes() -> float:
-    return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    """The host memory this job is granted: the machine's, or less under a cgroup or a SLURM allocation."""
+    return host_memory_bytes()[0]
 
 
 def adapter_rank(path: Path) -> int:

@@ -47,7 +47,7 @@ from cc_train.evaluate.shards import (
     share_of,
 )
 from cc_train.evaluate.workload import Tokens, probe_tokens, sample_tokens, select_dimensions
-from cc_train.files import sha256_dir, sha256_file, write_json, write_jsonl, write_manifest
+from cc_train.files import recorded_adapter_sha256, sha256_file, write_json, write_jsonl, write_manifest
 from cc_train.generation.backends import BASE, ChoiceRequest, GenerationRequest, HFBackend
 from cc_train.generation.merge import merge_reason, merged_checkpoint
 from cc_train.generation.openai_http import api_key
@@ -266,9 +266,7 @@ def target_identity(run: RunConfig, info: dict) -> str:
         if run.eval.serve_model:  # another release of the same weights (e.g. FP8) answers for them
             what["served"] = run.eval.serve_model
     else:
-        manifest = Path(info["path"]) / "manifest.json"
-        recorded = json.loads(manifest.read_text()).get("adapter_sha256") if manifest.exists() else None
-        what = {"adapter": recorded or sha256_dir(info["path"]), "steps": info.get("step")}
+        what = {"adapter": recorded_adapter_sha256(info["path"]), "steps": info.get("step")}
     return digest(what, info.get("system_prompt"))
 
 
@@ -700,7 +698,9 @@ def score(run: RunConfig, cfg: DictConfig, study: Study, place: Place, started: 
     }
     if judge_summary is not None:
         judge_summary["judged"] = len(judged)
-    values = item_values(selected_probes, selected_samples, judged, run.eval.coherence_threshold)
+    values = item_values(
+        selected_probes, selected_samples, judged if run.judge.enabled else None, run.eval.coherence_threshold
+    )
     add_conversation_values(values, conversations.selected(), models)
     add_conversation_values(values, audits.selected(), models)
     write_json(
@@ -715,7 +715,10 @@ def score(run: RunConfig, cfg: DictConfig, study: Study, place: Place, started: 
     )
     finals = only_models(values, {BASE, *prompted, *adapters, *remote})
     every_dimension = load_question_sets(run.eval.questions or [evals_dir()])  # multi-turn may name others
-    scores, comparisons = score_tables(finals, every_dimension, run.eval.control, run.eval.n_boot, run.eval.fdr)
+    trained = {info["condition"] for info in adapters.values()}
+    scores, comparisons = score_tables(
+        finals, every_dimension, run.eval.control, trained, run.eval.n_boot, run.eval.fdr
+    )
     trajectories = None
     if study.checkpoints:
         steps = {name: info["step"] for name, info in models.items()}

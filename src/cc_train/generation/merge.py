@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 from cc_train.config import RunConfig
-from cc_train.files import sha256_dir
+from cc_train.files import recorded_adapter_sha256
 from cc_train.models.loading import load_model, load_tokenizer
 from cc_train.models.lora import load_adapter
 from cc_train.models.registry import architecture, unservable_targets
@@ -33,10 +33,8 @@ def merge_reason(adapter_dir: Path, device: str, arch: str) -> str | None:
 
 
 def merged_copy_path(run: RunConfig, adapter_dir: Path) -> Path:
-    """Where the base with this adapter merged in is cached: ${paths.cache}/merged/<adapter hash>."""
-    manifest = adapter_dir / "manifest.json"
-    digest = json.loads(manifest.read_text()).get("adapter_sha256") if manifest.exists() else None
-    return Path(run.paths.cache) / "merged" / (digest or sha256_dir(adapter_dir))[:16]
+    """Where the base with this adapter merged in is cached: ${paths.cache}/merged/<adapter identity>."""
+    return Path(run.paths.cache) / "merged" / recorded_adapter_sha256(adapter_dir)[:16]
 
 
 def merged_checkpoint(run: RunConfig, adapter_dir: Path) -> Path:

@@ -32,10 +32,10 @@ from cc_train.evaluate.workload import (
     select_scenarios,
     select_seeds,
 )
-from cc_train.launch.plan import GPU_KINDS, GPUS_PER_NODE
-from cc_train.launch.preflight import evaluation_engine, served_merged
+from cc_train.inputs.conditions import trained_conditions
+from cc_train.launch.cards import GPUS_PER_NODE, card_gib
+from cc_train.launch.serving_plan import evaluation_engine, served_merged
 from cc_train.models.shapes import resolve_shape, weight_bytes
-from cc_train.pipeline import trained_conditions
 
 MAX_NODES = 64  # the largest evaluation layout the deadline search considers
 
@@ -101,8 +101,9 @@ def study_targets(run: RunConfig) -> list[Target]:
     they use no GPU)."""
     single, multi = single_turn_work(run), multi_turn_work(run)
     merged = bool(served_merged(run))
-    prompted = [name for name in run.conditions if name not in trained_conditions(run)]
-    adapters = [f"{c}-seed{s}" for c in trained_conditions(run) for s in run.sweep.seeds]
+    trained = trained_conditions(run.conditions, run.condition_dirs)
+    prompted = [name for name in run.conditions if name not in trained]
+    adapters = [f"{c}-seed{s}" for c in trained for s in run.sweep.seeds]
     targets = [Target("base", single + multi, False, False)]
     targets += [Target(name, single + multi, False, False) for name in prompted]
     targets += [Target(name, single + multi, merged, not merged) for name in adapters]
@@ -128,7 +129,7 @@ def engine_shape(run: RunConfig, kind: str, adapters: int) -> tuple[int, int]:
     """(GPUs, LoRA slots) of the smallest engine that fits on `kind`; a CPU engine is the whole machine."""
     if kind == "cpu":
         return 1, adapters
-    _, fitting = evaluation_engine(run, GPU_KINDS[kind], adapters)
+    _, fitting = evaluation_engine(run, card_gib(kind), adapters)
     return (fitting.gpus, fitting.max_loras) if fitting.fits else (0, 0)
 
 

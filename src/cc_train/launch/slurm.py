@@ -34,6 +34,8 @@ def executor_parameters(params: dict) -> dict:
 
 def stage_output(stage: str, cfg: DictConfig) -> Path:
     """Where a finished run of `stage` leaves its manifest (an evaluation shard: in its shard's folder)."""
+    if stage == "data":
+        return Path(cfg.data.dir) / f"{cfg.condition}.manifest.json"
     if stage == "train":
         return Path(cfg.train.dir) / "adapter" / "manifest.json"
     if stage == "eval" and cfg.eval.shard not in (None, MERGE):

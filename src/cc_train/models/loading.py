@@ -14,6 +14,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from cc_train.config import BuildKind, ConfigError, DType, ModelConfig
+from cc_train.hardware import why_no_cuda
 from cc_train.models.registry import architecture
 
 log = logging.getLogger(__name__)
@@ -122,10 +123,15 @@ def load_tokenizer(model: ModelConfig) -> PreTrainedTokenizerBase:
 
 
 def resolve_device(device: str) -> str:
+    """`auto`: a GPU where torch sees one, else the CPU (the embedded recipe). `cuda` (the paper recipes, which never
+    fall back to a CPU): a GPU, or an error that says why there is none."""
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device=cuda but no CUDA device is visible; expected device=cpu or auto")
+        raise ConfigError(
+            f"device=cuda but there is no usable CUDA device: {why_no_cuda()}. `cc-train doctor` checks this node; "
+            "device=cpu runs on the CPU instead (tiny models only)"
+        )
     return device
 
 

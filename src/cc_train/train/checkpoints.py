@@ -12,6 +12,8 @@ from pathlib import Path
 from transformers import TrainerCallback
 from trl import SFTTrainer
 
+from cc_train.files import write_canonical_adapter_config
+
 
 def newest_complete_checkpoint(directory: Path) -> Path | None:
     """The highest `checkpoint-N/` whose trainer_state.json parses and says step N (written last by the Trainer).
@@ -60,6 +62,7 @@ def write_adapter(trainer: SFTTrainer, directory: Path) -> None:
     elif trainer.is_world_process_zero():
         model.save_pretrained(str(directory))
     if trainer.is_world_process_zero():
+        write_canonical_adapter_config(directory)  # PEFT lists target_modules in per-process hash order
         check_saved(model, directory)
 
 

@@ -28,7 +28,16 @@ from cc_train.config import ConfigError, DType, RunConfig, Tracker
 from cc_train.data import build as data_build
 from cc_train.data.chat import load_chat_jsonl
 from cc_train.errors import UserError
-from cc_train.files import changed_keys, fingerprint_sha256, sha256_dir, sha256_file, write_json, write_manifest
+from cc_train.files import (
+    ADAPTER_SHA256_FORM,
+    adapter_sha256,
+    changed_keys,
+    fingerprint_sha256,
+    sha256_dir,
+    sha256_file,
+    write_json,
+    write_manifest,
+)
 from cc_train.models.export import export_per_expert
 from cc_train.models.loading import (
     checkpoint_revision,
@@ -238,15 +247,23 @@ def loss_summary(log_history: list[dict]) -> dict:
 
 
 def dataset_of_this_rank(run: RunConfig, cfg: DictConfig) -> Path:
-    """Rank 0 builds the dataset (or rebuilds it, when its inputs changed); the other ranks of a launch wait until
-    it matches the config, instead of all generating the same self-distilled answers at once."""
-    if int(os.environ.get("RANK", "0")) == 0:
+    """The dataset, built here when one process trains; under a launcher (WORLD_SIZE > 1) it must exist already.
+
+    Building it means self-distilling with the base model, which one rank cannot do on its GPU while the others wait
+    with no process group (hence no timeout) around them: every rank refuses instead, at once, and names the command
+    (slurm/train.sbatch and `cc-train sweep` run it before the ranks start)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
         return data_build.ensure_dataset(run, cfg)
-    if data_build.stale_keys(run) != []:
-        print(f"train: rank {os.environ['RANK']} waits for rank 0 to build {data_build.dataset_path(run)}")
-        while data_build.stale_keys(run) != []:
-            time.sleep(2)
-    return data_build.dataset_path(run)
+    changed = data_build.stale_keys(run)
+    if changed == []:
+        return data_build.dataset_path(run)
+    why = "is missing" if changed is None else f"was built from other inputs ({'; '.join(changed)})"
+    raise ConfigError(
+        f"train: {data_build.dataset_path(run)} {why}, and under a launcher of {world} ranks the dataset is built "
+        f"before they start: run `cc-train data` with the same overrides first (condition={run.condition}), then "
+        "launch training again"
+    )
 
 
 def setup(run: RunConfig, current: dict):
@@ -347,8 +364,11 @@ def save(
         steps=trainer.state.global_step,
         resumed_from=str(resume) if resume else None,
         loss=loss_summary(trainer.state.log_history),
-        adapter_sha256=sha256_dir(staging),
-        vllm_export={"path": export.name, "format": "per_expert_2d", "sha256": sha256_dir(export)} if export else None,
+        adapter_sha256=adapter_sha256(staging),  # its content in canonical form: the same adapter, the same identity
+        adapter_sha256_form=ADAPTER_SHA256_FORM,
+        vllm_export={"path": export.name, "format": "per_expert_2d", "sha256": adapter_sha256(export)}
+        if export
+        else None,
     )
     if out.exists():
         shutil.rmtree(out)
