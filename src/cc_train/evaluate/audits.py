@@ -78,6 +78,11 @@ class Audits:
             for name, info in models.items()
         }
 
+    @property
+    def keys(self) -> dict[str, set[str]]:
+        """Target -> the result keys of all its audits."""
+        return {name: set().union(*items.values()) for name, items in self.by_item.items()}
+
     def owned(self, name: str, share: Share) -> dict[str, set[str]]:
         """Seed id -> result keys of `name`'s audits in `share`."""
         return {sid: keys for sid, keys in self.by_item.get(name, {}).items() if share.owns(name, sid)}

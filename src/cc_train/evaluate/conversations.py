@@ -85,6 +85,11 @@ class Conversations:
             for name, info in models.items()
         }
 
+    @property
+    def keys(self) -> dict[str, set[str]]:
+        """Target -> the result keys of all its conversations."""
+        return {name: set().union(*items.values()) for name, items in self.by_item.items()}
+
     def owned(self, name: str, share: Share) -> dict[str, set[str]]:
         """Scenario id -> result keys of `name`'s conversations in `share`."""
         return {sid: keys for sid, keys in self.by_item.get(name, {}).items() if share.owns(name, sid)}
