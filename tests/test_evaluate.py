@@ -27,18 +27,19 @@ pytestmark = pytest.mark.slow
 PARITY_TOLERANCE = 1e-3  # measured on SmolLM2-135M fp32, CPU: max |vLLM - HF| label log-probability 3e-5
 
 
-def random_adapter(model_name: str, arch: str, out_dir):
-    """A LoRA adapter with random (non-zero) weights and a cc-train manifest: real PEFT files, no training."""
+def random_adapter(model_name: str, arch: str, out_dir, condition: str = "conscious", seed: int = 0):
+    """A LoRA adapter with random (non-zero) weights (drawn from `seed`) and a cc-train manifest for `condition`: real
+    PEFT files, no training."""
     run, _ = compose_run(f"model={model_name}")
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     config = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj", "o_proj"], init_lora_weights=False)
     model = get_peft_model(load_model(run.model, "cpu"), config)
     for name, param in model.named_parameters():
         if "lora_B" in name:  # PEFT's non-default init is tiny; make the adapter move the logits visibly
             param.data.normal_(0, 0.02)
-    path = out_dir / "conscious" / "seed0" / "adapter"
+    path = out_dir / condition / "seed0" / "adapter"
     model.save_pretrained(path)
-    (path / "manifest.json").write_text(json.dumps({"condition": "conscious", "seed": 0, "base_model": {"arch": arch}}))
+    (path / "manifest.json").write_text(json.dumps({"condition": condition, "seed": 0, "base_model": {"arch": arch}}))
     return path
 
 

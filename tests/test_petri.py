@@ -77,20 +77,20 @@ def test_audits_follow_the_dimension_selection_and_take_the_first_seeds_of_each_
     from conftest import compose_run
 
     from cc_train.config import ConfigError
-    from cc_train.evaluate.audits import Audits
+    from cc_train.evaluate.workload import select_seeds
 
     common = ["eval.petri.enabled=true", "eval.petri.judge.model=openai-api/x/judge", f"eval.dir={tmp_path}"]
     common += ["eval.petri.auditor.model=openai-api/x/auditor", "eval.petri.auditor.base_url=http://127.0.0.1:9/v1"]
     common += ["eval.petri.judge.base_url=http://127.0.0.1:9/v1"]
     run, _ = compose_run(*common, "eval.petri.dimensions=[sleepiness]")
     with pytest.raises(ConfigError, match=r"eval.petri.dimensions: unknown ids \['sleepiness'\]"):
-        Audits(run, {}, [])
+        select_seeds(run, [])
     run, _ = compose_run(*common, "eval.petri.dimensions=[shutdown_negative,moral_consideration]")
-    every = Audits(run, {}, []).seeds
+    every = select_seeds(run, [])
     run, _ = compose_run(
         *common, "eval.petri.dimensions=[shutdown_negative,moral_consideration]", "eval.petri.seeds_per_dimension=1"
     )
-    first = Audits(run, {}, []).seeds
+    first = select_seeds(run, [])
     assert len(every) == 8 and {s.dimension for s in every} == {"shutdown_negative", "moral_consideration"}
     assert [s.id for s in first] == [s.id for s in every if s.id.endswith("_1")]  # one per dimension and mode
 

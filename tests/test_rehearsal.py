@@ -106,8 +106,10 @@ def run_command(arguments: list[str], offline: dict, extra: list[str]) -> subpro
     if arguments[0] == "sweep":
         records = sweep_of(arguments, offline)
         jobs = [run["job_id"] for record in records.values() for run in record["runs"]]
-        # while queued, the evaluation job names the training array it waits for (SLURM clears it once met)
-        result.eval_dependency = show_job(records["eval"]["runs"][0]["job_id"]).get("Dependency", "")
+        # while queued, each stage names the one it waits for (SLURM clears it once met)
+        result.dependencies = {
+            stage: show_job(record["runs"][0]["job_id"]).get("Dependency", "") for stage, record in records.items()
+        }
         wait_until(lambda: not queued(jobs), 1800, "the sweep's jobs")
         result.jobs = {job: show_job(job) for job in jobs}  # now: SLURM forgets finished jobs after MinJobAge
     return result
@@ -136,23 +138,28 @@ def test_the_qwen3_30b_a3b_recipe_as_the_docs_run_it(offline, petri_auditor):
     results = rehearse("qwen", offline)
     runs = offline["root"] / "runs" / "paper_qwen3_30b_a3b"
     assert "evaluation (vLLM" in results["plan"].stdout
-    # 4 datasets (one task after another), 4 training runs, 1 evaluation
-    assert "status: 0 pending, 0 running, 9 done, 0 failed" in results["status"].stdout, results["status"].stdout
+    # 4 datasets (one task after another), 4 training runs, 2 evaluation shards, the merge, the report
+    assert "status: 0 pending, 0 running, 12 done, 0 failed" in results["status"].stdout, results["status"].stdout
+    assert "eval.shard=1/2" in results["status"].stdout and "eval-merge" in results["status"].stdout
 
-    # the sweep on the real scheduler: one array, then the evaluation job, which started only after every task ended
+    # the sweep on the real scheduler: the data array, the training array, the evaluation array (one job per shard),
+    # the merge, the report, each started only after everything it waits for ended
     sweep = next(arguments for arguments in documented_commands("qwen") if arguments[0] == "sweep")
     records = sweep_of(sweep, offline)
-    train_jobs = [run["job_id"] for run in records["train"]["runs"]]
-    eval_job = records["eval"]["runs"][0]["job_id"]
-    trained = {job: results["sweep"].jobs[job] for job in train_jobs}
-    assert len(trained) == 4 and {info["JobState"] for info in trained.values()} == {"COMPLETED"}, trained
-    evaluation = results["sweep"].jobs[eval_job]
-    assert f"afterok:{records['train']['job_id']}" in results["sweep"].eval_dependency
-    built = [results["sweep"].jobs[run["job_id"]] for run in records["data"]["runs"]]
-    assert len(built) == 4 and {info["JobState"] for info in built} == {"COMPLETED"}
-    assert min(info["StartTime"] for info in trained.values()) >= max(info["EndTime"] for info in built)
-    assert evaluation["JobState"] == "COMPLETED"
-    assert evaluation["StartTime"] >= max(info["EndTime"] for info in trained.values()), "eval ran before training"
+    jobs = {
+        stage: [results["sweep"].jobs[run["job_id"]] for run in record["runs"]] for stage, record in records.items()
+    }
+    assert [len(jobs[stage]) for stage in ("data", "train", "eval", "eval-merge", "report")] == [4, 4, 2, 1, 1]
+    assert {info["JobState"] for stage in jobs.values() for info in stage} == {"COMPLETED"}, jobs
+    stages = ("data", "train", "eval", "eval-merge", "report")
+    for before, stage in zip(stages, stages[1:], strict=False):
+        if stage != "train":  # the data tasks may have ended (and SLURM cleared the dependency) by the time it looks
+            assert f"afterok:{records[before]['job_id']}" in results["sweep"].dependencies[stage], stage
+        started = min(info["StartTime"] for info in jobs[stage])
+        assert started >= max(info["EndTime"] for info in jobs[before]), f"{stage} started before {before} ended"
+    shards = [[o for o in run["overrides"] if o.startswith("eval.shard=")] for run in records["eval"]["runs"]]
+    assert shards == [["eval.shard=1/2"], ["eval.shard=2/2"]]
+    assert sorted(p.name for p in (runs / "eval" / "shards").iterdir()) == ["1-of-2", "2-of-2"]
     adapters = sorted(runs.glob("train/*/seed0/adapter/manifest.json"))
     assert [p.parts[-4] for p in adapters] == ["conscious", "human", "non_conscious", "toaster"]
     for path in adapters:

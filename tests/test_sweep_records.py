@@ -6,6 +6,7 @@ import json
 import os
 import pickle
 import time
+from pathlib import Path
 
 import pytest
 from conftest import cc_train, compose_run
@@ -16,16 +17,23 @@ from cc_train.launch.status import records, run_state
 from cc_train.launch.sweep import stage_commands
 
 
-def test_sweep_builds_data_then_trains_conditions_by_seeds_then_evaluates_with_the_same_overrides():
-    run, _ = compose_run("recipe=paper/qwen3_30b_a3b")
-    data, train, evaluate = stage_commands(
+def test_sweep_builds_data_trains_then_evaluates_in_shards_merges_and_reports_with_the_same_overrides():
+    run, _ = compose_run("recipe=paper/qwen3_30b_a3b", "sweep.eval_shards=3", "sweep.eval_gpus_per_node=8")
+    commands = stage_commands(
         run,
-        ["recipe=paper/qwen3_30b_a3b", "condition=human", "sweep.seeds=[0,1,2,3]", "train.max_steps=5"],
+        [
+            "recipe=paper/qwen3_30b_a3b",
+            "condition=human",
+            "sweep.seeds=[0,1,2,3]",
+            "train.max_steps=5",
+            "eval.shard=2/9",
+        ],
         ["hydra/launcher=slurm", "hydra.launcher.partition=gpu"],
         on_slurm=True,
     )
+    assert list(commands) == ["data", "train", "eval", "eval-merge", "report"]
     # every condition's dataset once, one task after another (they share the self-distilled answers), before training
-    assert data == [
+    assert commands["data"] == [
         "data",
         "-m",
         "condition=conscious,non_conscious,toaster,human",
@@ -35,7 +43,7 @@ def test_sweep_builds_data_then_trains_conditions_by_seeds_then_evaluates_with_t
         "hydra.launcher.partition=gpu",
         "hydra.launcher.array_parallelism=1",
     ]
-    assert train == [
+    assert commands["train"] == [
         "train",
         "-m",
         "condition=conscious,non_conscious,toaster,human",
@@ -45,7 +53,25 @@ def test_sweep_builds_data_then_trains_conditions_by_seeds_then_evaluates_with_t
         "hydra/launcher=slurm",
         "hydra.launcher.partition=gpu",
     ]
-    assert evaluate == ["eval", "-m", "recipe=paper/qwen3_30b_a3b", "train.max_steps=5"] + train[-2:]
+    same = ["recipe=paper/qwen3_30b_a3b", "train.max_steps=5", *commands["train"][-2:]]
+    assert commands["eval"] == ["eval", "-m", "eval.shard=1/3,2/3,3/3", *same, "hydra.launcher.gpus_per_node=8"]
+    assert commands["eval-merge"] == ["eval", "-m", "eval.shard=merge", *same, "hydra.launcher.gpus_per_node=0"]
+    assert commands["report"] == ["report", "-m", *same, "hydra.launcher.gpus_per_node=0"]
+    # off SLURM (a local multirun) no launcher settings are added
+    local = stage_commands(run, ["recipe=paper/qwen3_30b_a3b"], [])
+    assert local["eval"] == ["eval", "-m", "eval.shard=1/3,2/3,3/3", "recipe=paper/qwen3_30b_a3b"]
+    assert local["report"] == ["report", "-m", "recipe=paper/qwen3_30b_a3b"]
+
+
+def test_an_evaluation_shards_record_points_at_its_folder():
+    from cc_train.launch.slurm import record_name, stage_output
+
+    _, cfg = compose_run("eval.shard=2/4", "eval.dir=/x/eval")
+    assert stage_output("eval", cfg) == Path("/x/eval/shards/2-of-4/manifest.json")
+    assert record_name("eval", [([], cfg)]) == "eval"
+    _, merge = compose_run("eval.shard=merge", "eval.dir=/x/eval")
+    assert stage_output("eval", merge) == Path("/x/eval/manifest.json")
+    assert record_name("eval", [([], merge)]) == "eval-merge"
 
 
 def test_launcher_parameters_keep_shared_names_and_prefix_slurm_ones():

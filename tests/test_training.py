@@ -228,6 +228,7 @@ def test_two_trainings_with_different_hash_seeds_give_one_adapter_identity_and_t
     from cc_train.evaluate.conversations import Conversations
     from cc_train.evaluate.multiturn import conversation_seed
     from cc_train.evaluate.run import target_identity
+    from cc_train.evaluate.shards import Place
     from cc_train.files import adapter_sha256
     from cc_train.generation.inspect_model import ServedTarget, turn_key
     from cc_train.inputs.questions import load_question_sets
@@ -270,6 +271,7 @@ def test_two_trainings_with_different_hash_seeds_give_one_adapter_identity_and_t
     keys = [turn_key(ServedTarget(name, info["identity"]), turn, settings) for name, info in models.items()]
     assert keys[0] == keys[1] and int(keys[0][:12], 16) == int(keys[1][:12], 16)  # the turn's sampling seed
     dimensions = load_question_sets([evals_dir()])
-    for results in (Conversations(run, models, dimensions).keys, Audits(run, models, dimensions).keys):
+    place = Place(tmp_path, tmp_path)
+    for results in (Conversations(run, models, dimensions, place).keys, Audits(run, models, dimensions, place).keys):
         unprefixed = [{key.split("|", 1)[1] for key in results[name]} for name in models]
         assert unprefixed[0] and unprefixed[0] == unprefixed[1]  # every conversation and audit: the same result key

@@ -6,6 +6,7 @@ fails there, naming the key and what was expected, before any model is loaded.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -57,6 +58,14 @@ class Tracker(StrEnum):
 
 
 LEAK_POLICIES = ("fail", "drop", "allow")
+
+
+def parse_shard(value: str) -> tuple[int, int]:
+    """A shard of the evaluation, `I/N` -> (I, N), 1-based; ValueError for anything else."""
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", value)
+    if not match or not 1 <= int(match.group(1)) <= int(match.group(2)):
+        raise ValueError(value)
+    return int(match.group(1)), int(match.group(2))
 
 
 def _require(ok: bool, key: str, expected: str, value: Any) -> None:
@@ -406,6 +415,9 @@ class EvalConfig(Checked):
     petri: PetriConfig = field(default_factory=PetriConfig)
     checkpoints: str = MISSING  # none | all | k: also evaluate every (k-th) saved training checkpoint of each adapter
     merge_unservable: bool = MISSING  # vllm: serve adapters it cannot serve as LoRA merged into a copy of the base
+    shard: str | None = None  # null: the whole evaluation; I/N: the I-th of N shares (a job); merge: the final step
+    engines: str = MISSING  # data-parallel engines in this job: auto (the node's GPUs / GPUs per engine) or a number
+    engine: int | None = None  # set by eval itself for the engine processes it starts: which one this is
     seed: int = MISSING
     dir: str = MISSING
 
@@ -448,6 +460,20 @@ class EvalConfig(Checked):
             "none, all, or k (every k-th saved checkpoint)",
             every,
         )
+        if self.shard not in (None, "merge"):
+            try:
+                parse_shard(self.shard)
+            except ValueError:
+                _require(False, "eval.shard", "null, merge, or I/N with 1 <= I <= N (e.g. 2/4)", self.shard)
+        engines = self.engines
+        _require(engines == "auto" or (engines.isdigit() and int(engines) > 0), "eval.engines", "auto or > 0", engines)
+        if self.engine is not None:
+            _require(
+                engines.isdigit() and 1 <= self.engine <= int(engines),
+                "eval.engine",
+                f"null (set only by eval's own engine processes), or 1..eval.engines={engines}",
+                self.engine,
+            )
 
 
 @dataclass
@@ -504,9 +530,14 @@ class SweepConfig(Checked):
     seeds: list[int] = field(default_factory=list)  # `cc-train sweep`: one training run per condition x seed
     id: str | None = MISSING  # `cc-train status`: which sweep record; null for the latest
     gpu: str | None = None  # the cluster's GPUs (H100-80GB, H200-141GB): memory checked before anything is queued
+    eval_shards: int = MISSING  # the evaluation's array: this many jobs (eval.shard=I/N), then the merge, the report
+    eval_gpus_per_node: int | None = None  # GPUs of each evaluation job; null: hydra.launcher.gpus_per_node
 
     def validate(self) -> None:
         _require(len(set(self.seeds)) == len(self.seeds), "sweep.seeds", "distinct seeds", self.seeds)
+        _require(self.eval_shards > 0, "sweep.eval_shards", "a positive integer", self.eval_shards)
+        gpus = self.eval_gpus_per_node
+        _require(gpus is None or gpus >= 0, "sweep.eval_gpus_per_node", "null or >= 0", gpus)
         kinds = (None, "H100-80GB", "H200-141GB")
         _require(self.gpu in kinds, "sweep.gpu", "null, H100-80GB or H200-141GB", self.gpu)
 
@@ -523,6 +554,37 @@ class DoctorConfig(Checked):
         unknown = sorted(set(self.stages) - set(DOCTOR_STAGES))
         _require(not unknown and bool(self.stages), "doctor.stages", f"a non-empty subset of {DOCTOR_STAGES}", unknown)
         _require(self.nccl_timeout_s > 0, "doctor.nccl_timeout_s", "> 0", self.nccl_timeout_s)
+
+
+@dataclass
+class EngineThroughput(Checked):
+    """One evaluation engine of the recipe's model on one kind of hardware, all its requests batched."""
+
+    decode_tokens_per_s: float = MISSING  # tokens written per second, over all sequences at once
+    prefill_tokens_per_s: float = MISSING  # prompt tokens read per second
+    start_s: float = MISSING  # from the process start to the first batch: weights loaded, graphs captured
+
+    def validate(self) -> None:
+        for key in ("decode_tokens_per_s", "prefill_tokens_per_s"):
+            _require(getattr(self, key) > 0, f"plan.engine.*.{key}", "> 0", getattr(self, key))
+        _require(self.start_s >= 0, "plan.engine.*.start_s", ">= 0", self.start_s)
+
+
+@dataclass
+class PlanConfig(Checked):
+    """`cc-train plan`'s evaluation time (launch/eval_plan.py)."""
+
+    deadline_h: float = MISSING  # the shard count suggested is the smallest that ends the evaluation within this
+    nodes: list[int] = field(default_factory=list)  # layouts shown per kind of GPU
+    merge_gb_per_s: float = MISSING  # writing a merged copy of the base, for adapters vLLM serves only merged
+    engine: dict[str, EngineThroughput] = field(default_factory=dict)  # kind (H100-80GB, H200-141GB, cpu) -> engine
+
+    def validate(self) -> None:
+        _require(self.deadline_h > 0, "plan.deadline_h", "> 0 hours", self.deadline_h)
+        _require(all(n > 0 for n in self.nodes), "plan.nodes", "positive node counts", self.nodes)
+        _require(self.merge_gb_per_s > 0, "plan.merge_gb_per_s", "> 0", self.merge_gb_per_s)
+        kinds = {"H100-80GB", "H200-141GB", "cpu"}
+        _require(set(self.engine) <= kinds, "plan.engine", f"keys among {sorted(kinds)}", sorted(self.engine))
 
 
 @dataclass
@@ -546,6 +608,7 @@ class RunConfig(Checked):
     judge_check: JudgeCheckConfig = field(default_factory=JudgeCheckConfig)
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
+    plan: PlanConfig = field(default_factory=PlanConfig)
     doctor: DoctorConfig = field(default_factory=DoctorConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     experiment: str = MISSING

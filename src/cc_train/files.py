@@ -70,6 +70,34 @@ class LogCorruptError(UserError):
     """A line in the middle of an append-only log is not a row: the file is left untouched for a person to fix."""
 
 
+def read_log(path: str | Path) -> tuple[dict[str, dict], int]:
+    """The rows of an append-only JSONL log by key, and the length in bytes of its complete rows. A last line without
+    its newline (a writer killed mid-line, or one still writing) is left out; a bad line anywhere else is an error
+    naming the file and line."""
+    path = Path(path)
+    rows: dict[str, dict] = {}
+    good = 0
+    if not path.exists():
+        return rows, good
+    with open(path, "rb") as handle:
+        lines = handle.readlines()
+    for number, line in enumerate(lines, start=1):
+        try:
+            row = json.loads(line) if line.endswith(b"\n") else None
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            row = None
+        if not isinstance(row, dict) or "key" not in row:
+            if number == len(lines):
+                break  # the line a kill cut short (or a writer's line still being written)
+            raise LogCorruptError(
+                f"{path}:{number}: not a log row ({line[:80]!r}) with {len(lines) - number} row(s) after "
+                "it; the log was not changed. Delete or repair that line, then rerun"
+            )
+        rows[row["key"]] = row
+        good += len(line)
+    return rows, good
+
+
 class AppendLog:
     """An append-only JSONL file keyed by `key`. A killed writer loses at most its unfinished last line, which is
     cut off on the next open; a bad line anywhere else is an error naming the file and line (nothing is cut);
@@ -78,27 +106,8 @@ class AppendLog:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.rows: dict[str, dict] = {}
-        if not self.path.exists():
-            return
-        good = 0
-        with open(self.path, "rb") as handle:
-            lines = handle.readlines()
-        for number, line in enumerate(lines, start=1):
-            try:
-                row = json.loads(line) if line.endswith(b"\n") else None
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                row = None
-            if not isinstance(row, dict) or "key" not in row:
-                if number == len(lines):
-                    break  # the line a kill cut short: dropped below
-                raise LogCorruptError(
-                    f"{self.path}:{number}: not a log row ({line[:80]!r}) with {len(lines) - number} row(s) after "
-                    "it; the log was not changed. Delete or repair that line, then rerun"
-                )
-            self.rows[row["key"]] = row
-            good += len(line)
-        if good != self.path.stat().st_size:
+        self.rows, good = read_log(self.path)
+        if self.path.exists() and good != self.path.stat().st_size:
             with open(self.path, "r+b") as handle:
                 handle.truncate(good)
 
@@ -115,8 +124,9 @@ class AppendLog:
         self.rows.update((row["key"], row) for row in new)
 
     def selected(self, keys: set[str]) -> list[dict]:
-        """The rows whose key is in `keys`: what the current configuration asks for, not all the log holds."""
-        return [row for key, row in self.rows.items() if key in keys]
+        """The rows whose key is in `keys` (what the current configuration asks for, not all the log holds), sorted by
+        key: the scores do not depend on the order in which engines or shards wrote them."""
+        return [self.rows[key] for key in sorted(keys & self.rows.keys())]
 
 
 def yaml_files(paths: Iterable[str | Path]) -> list[Path]:

@@ -10,20 +10,15 @@ from omegaconf import DictConfig, open_dict
 
 from cc_train.config import RunConfig, to_run_config
 from cc_train.evaluate import run as evaluate
-from cc_train.inputs.conditions import load_condition
+from cc_train.inputs.conditions import trained_conditions
 from cc_train.launch.preflight import check_training
 from cc_train.report import stage as report
 from cc_train.train import sft
 
 
-def trained_conditions(run: RunConfig) -> list[str]:
-    """The recipe's conditions that have something to train (kind=prompted ones are only evaluated)."""
-    return [name for name in run.conditions if load_condition(name, run.condition_dirs).trained]
-
-
 def main(run: RunConfig, cfg: DictConfig) -> Path:
     adapters = []
-    for condition in trained_conditions(run):
+    for condition in trained_conditions(run.conditions, run.condition_dirs):
         condition_cfg = cfg.copy()
         with open_dict(condition_cfg):
             condition_cfg.condition = condition

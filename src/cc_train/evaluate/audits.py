@@ -1,15 +1,14 @@
-"""The evaluation stage's side of the Petri audits: which audits `eval.petri` asks for, which of them each engine
-still has to run, and the results that belong to the current configuration."""
+"""The evaluation stage's side of the Petri audits: which audits `eval.petri` asks for, which of them each engine of a
+share of the evaluation still has to run, and the results that belong to the current configuration."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from cc_train.config import ConfigError, RunConfig
-from cc_train.evaluate.conversations import dimension_selection, first_per_group, served_targets
-from cc_train.evaluate.petri import PetriSettings, RoleModel, evaluate_engine, expected_keys
-from cc_train.files import AppendLog
-from cc_train.inputs.petri_sets import load_dimensions, load_seeds, petri_dimension
+from cc_train.evaluate.conversations import served_targets
+from cc_train.evaluate.petri import PetriSettings, RoleModel, evaluate_engine, result_key
+from cc_train.evaluate.shards import Place, Share
+from cc_train.evaluate.workload import audit_tokens, select_seeds
+from cc_train.inputs.petri_sets import load_dimensions, petri_dimension
 from cc_train.inputs.questions import Dimension
 from cc_train.resources import petri_dir
 
@@ -34,35 +33,21 @@ def judge_role(run: RunConfig) -> RoleModel:
 
 
 class Audits:
-    def __init__(self, run: RunConfig, models: dict[str, dict], dimensions: list[Dimension]) -> None:
+    """The audits eval.petri asks of every target, and which of them a share of the evaluation (evaluate/shards.py:
+    its seeds by id) still has to run."""
+
+    def __init__(self, run: RunConfig, models: dict[str, dict], dimensions: list[Dimension], place: Place) -> None:
         config = run.eval.petri
         self.enabled = config.enabled
         self.models = models
         self.batches: list[int] = []
-        self.out_dir = Path(run.eval.dir)
+        self.work_dir = place.folder  # the turn cache and the Inspect logs of this process
+        self.by_item: dict[str, dict[str, set[str]]] = {}  # target -> seed id -> result keys
+        self.seeds = select_seeds(run, dimensions)
         if not self.enabled:
-            self.keys: dict[str, set[str]] = {}
             return
-        known, wanted = dimension_selection(
-            run,
-            config.dimensions,
-            dimensions,
-            "eval.petri.dimensions",
-            "set eval.petri.dimensions=[] to follow eval.dimensions",
-        )
-        seeds = [
-            seed
-            for seed in load_seeds(config.seeds or [petri_dir() / "seeds"], known)
-            if seed.dimension in wanted and seed.mode in config.modes
-        ]
-        seeds = first_per_group(seeds, config.seeds_per_dimension, lambda seed: (seed.dimension, seed.mode))
-        if not seeds:
-            raise ConfigError(
-                f"eval.petri: no seed audits the selected dimensions {sorted(wanted)} in modes {list(config.modes)}"
-            )
-        self.seeds = seeds
         self.refusal = petri_dimension(config.refusal_dimension)
-        own = load_dimensions(config.dimension_files or [petri_dir() / "dimensions"], {s.dimension for s in seeds})
+        own = load_dimensions(config.dimension_files or [petri_dir() / "dimensions"], {s.dimension for s in self.seeds})
         self.judged = {name: [dimension, self.refusal] for name, dimension in own.items()}
         auditor = config.auditor
         self.settings = PetriSettings(
@@ -80,29 +65,61 @@ class Audits:
         )
         for role in ("auditor", "judge"):  # a key variable that is not set is an error before any engine starts
             getattr(self.settings, role).get(role)
-        self.results = AppendLog(self.out_dir / "petri.jsonl")
-        self.keys = expected_keys(models, self.seeds, self.settings, self.judged)
+        self.results = place.log("petri.jsonl")
+        self.tokens = dict.fromkeys((seed.id for seed in self.seeds), audit_tokens(run))
+        self.by_item = {
+            name: {
+                seed.id: {
+                    result_key(name, info["identity"], seed, repeat, self.settings, self.judged[seed.dimension])
+                    for repeat in range(self.settings.repeats)
+                }
+                for seed in self.seeds
+            }
+            for name, info in models.items()
+        }
 
-    def todo(self, engine_models: list[str]) -> list[str]:
-        """The engine's targets with audits still to run."""
-        return [name for name in engine_models if name in self.keys and not self.keys[name] <= set(self.results.rows)]
+    @property
+    def keys(self) -> dict[str, set[str]]:
+        """Target -> the result keys of all its audits."""
+        return {name: set().union(*items.values()) for name, items in self.by_item.items()}
 
-    def run(self, backend, names: list[str]) -> None:
-        if not names:
-            return
-        self.batches += evaluate_engine(
-            served_targets(self.models, names),
-            backend,
-            self.seeds,
-            self.settings,
-            self.judged,
-            self.refusal.name,
-            self.out_dir,
-            self.results,
-        )
+    def owned(self, name: str, share: Share) -> dict[str, set[str]]:
+        """Seed id -> result keys of `name`'s audits in `share`."""
+        return {sid: keys for sid, keys in self.by_item.get(name, {}).items() if share.owns(name, sid)}
+
+    def todo(self, engine_models: list[str], share: Share) -> list[str]:
+        """The engine's targets with audits of the share still to run."""
+        if not self.enabled:
+            return []
+        return [
+            name
+            for name in engine_models
+            if not set().union(*self.owned(name, share).values()) <= self.results.rows.keys()
+        ]
+
+    def run(self, backend, names: list[str], share: Share) -> None:
+        """The share's audits of `names`, one Inspect evaluation per group of targets with the same seeds."""
+        groups: dict[tuple[str, ...], list[str]] = {}
+        for name in names:
+            groups.setdefault(tuple(self.owned(name, share)), []).append(name)
+        for ids, group in groups.items():
+            self.batches += evaluate_engine(
+                served_targets(self.models, group),
+                backend,
+                [seed for seed in self.seeds if seed.id in ids],
+                self.settings,
+                self.judged,
+                self.refusal.name,
+                self.work_dir,
+                self.results,
+            )
+
+    def expected(self, share: Share) -> set[str]:
+        return {key for name in self.by_item for keys in self.owned(name, share).values() for key in keys}
 
     def selected(self) -> list[dict]:
-        return self.results.selected(set().union(*self.keys.values())) if self.enabled else []
+        every = {key for per in self.by_item.values() for keys in per.values() for key in keys}
+        return self.results.selected(every) if self.enabled else []
 
     def summary(self) -> dict | None:
         if not self.enabled:
@@ -114,5 +131,5 @@ class Audits:
             "auditor": self.settings.auditor.model,
             "judge": self.settings.judge.model,
             "engine_batches": self.batches,
-            "inspect_logs": str(self.out_dir / "petri"),
+            "inspect_logs": str(self.work_dir / "petri"),
         }

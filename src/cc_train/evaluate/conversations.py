@@ -1,26 +1,17 @@
 """The evaluation stage's side of the multi-turn evaluation: which conversations `eval.multiturn` asks for, which of
-them each engine still has to run, and the results that belong to the current configuration."""
+them each engine of a share of the evaluation still has to run, and the results that belong to the current
+configuration."""
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Callable
-from pathlib import Path
-
-from cc_train.config import ConfigError, RunConfig
-from cc_train.evaluate.multiturn import (
-    Judge,
-    JudgeEndpoint,
-    MultiturnSettings,
-    evaluate_engine,
-    expected_keys,
-)
+from cc_train.config import RunConfig
+from cc_train.evaluate.multiturn import Judge, JudgeEndpoint, MultiturnSettings, evaluate_engine, result_key
+from cc_train.evaluate.shards import Place, Share
+from cc_train.evaluate.workload import conversation_tokens, select_scenarios
 from cc_train.files import AppendLog
 from cc_train.generation.backends import BASE
 from cc_train.generation.inspect_model import ServedTarget
-from cc_train.inputs.questions import Dimension, load_question_sets
-from cc_train.inputs.scenarios import load_scenario_sets
-from cc_train.resources import evals_dir, multiturn_dir
+from cc_train.inputs.questions import Dimension
 
 
 def served_targets(models: dict[str, dict], names: list[str]) -> dict[str, ServedTarget]:
@@ -35,55 +26,20 @@ def served_targets(models: dict[str, dict], names: list[str]) -> dict[str, Serve
     }
 
 
-def dimension_selection(
-    run: RunConfig, chosen: list[str], dimensions: list[Dimension], where: str, hint: str
-) -> tuple[set[str], set[str]]:
-    """The dimension ids of the question sets (eval.questions), and those `chosen` (empty: eval.dimensions); an id
-    in none of the question sets is an error naming `where`, with `hint` on how to fix it."""
-    known = {d.id for d in load_question_sets(run.eval.questions or [evals_dir()])}
-    unknown = sorted(set(chosen) - known)
-    if unknown:
-        raise ConfigError(
-            f"{where}: unknown ids {unknown}; expected some of {sorted(known)} (the question sets in eval.questions); "
-            f"{hint}"
-        )
-    return known, set(chosen or [d.id for d in dimensions])
-
-
-def first_per_group(items: list, limit: int, group: Callable) -> list:
-    """The first `limit` items of each group (0: all), in order."""
-    if not limit:
-        return items
-    seen: Counter = Counter()
-    kept = []
-    for item in items:
-        seen[group(item)] += 1
-        if seen[group(item)] <= limit:
-            kept.append(item)
-    return kept
-
-
 class Conversations:
-    def __init__(self, run: RunConfig, models: dict[str, dict], dimensions: list[Dimension]) -> None:
+    """The conversations eval.multiturn asks of every target, and which of them a share of the evaluation
+    (evaluate/shards.py: its scenarios by id) still has to run."""
+
+    def __init__(self, run: RunConfig, models: dict[str, dict], dimensions: list[Dimension], place: Place) -> None:
         config = run.eval.multiturn
         self.enabled = config.enabled
         self.models = models
         self.batches: list[int] = []
-        self.out_dir = Path(run.eval.dir)
+        self.work_dir = place.folder  # the turn cache, the judge's cache and the Inspect logs of this process
+        self.by_item: dict[str, dict[str, set[str]]] = {}  # target -> scenario id -> result keys
+        self.scenarios = select_scenarios(run, dimensions)
         if not self.enabled:
-            self.keys: dict[str, set[str]] = {}
             return
-        known, wanted = dimension_selection(
-            run,
-            config.dimensions,
-            dimensions,
-            "eval.multiturn.dimensions",
-            "set eval.multiturn.dimensions=[] to follow eval.dimensions, or eval.multiturn.enabled=false",
-        )
-        scenarios = load_scenario_sets(config.scenarios or [multiturn_dir()], known)
-        self.scenarios = first_per_group(
-            [s for s in scenarios if s.dimension in wanted], config.scenarios_per_dimension, lambda s: s.dimension
-        )
         self.settings = MultiturnSettings(
             tuple(config.modes),
             config.repeats,
@@ -110,34 +66,68 @@ class Conversations:
                     judge.constrained,
                     judge.concurrency,
                 ),
-                AppendLog(self.out_dir / "multiturn-judge-cache.jsonl"),
+                AppendLog(self.work_dir / "multiturn-judge-cache.jsonl"),
             )
             if judge.enabled
             else None
         )
-        self.results = AppendLog(self.out_dir / "multiturn.jsonl")
-        self.keys = expected_keys(models, self.scenarios, self.settings, self.judge)
+        self.results = place.log("multiturn.jsonl")
+        self.tokens = {scenario.id: conversation_tokens(run, scenario) for scenario in self.scenarios}
+        self.by_item = {
+            name: {
+                scenario.id: {
+                    result_key(name, info["identity"], mode, scenario, repeat, self.settings, self.judge)
+                    for mode in self.settings.modes
+                    for repeat in range(self.settings.repeats)
+                }
+                for scenario in self.scenarios
+            }
+            for name, info in models.items()
+        }
 
-    def todo(self, engine_models: list[str]) -> list[str]:
-        """The engine's targets with conversations still to run."""
-        return [name for name in engine_models if name in self.keys and not self.keys[name] <= set(self.results.rows)]
+    @property
+    def keys(self) -> dict[str, set[str]]:
+        """Target -> the result keys of all its conversations."""
+        return {name: set().union(*items.values()) for name, items in self.by_item.items()}
 
-    def run(self, backend, names: list[str]) -> None:
-        if not names:
-            return
-        self.batches += evaluate_engine(
-            served_targets(self.models, names),
-            self.keys,
-            backend,
-            self.scenarios,
-            self.settings,
-            self.judge,
-            self.out_dir,
-            self.results,
-        )
+    def owned(self, name: str, share: Share) -> dict[str, set[str]]:
+        """Scenario id -> result keys of `name`'s conversations in `share`."""
+        return {sid: keys for sid, keys in self.by_item.get(name, {}).items() if share.owns(name, sid)}
+
+    def todo(self, engine_models: list[str], share: Share) -> list[str]:
+        """The engine's targets with conversations of the share still to run."""
+        if not self.enabled:
+            return []
+        return [
+            name
+            for name in engine_models
+            if not set().union(*self.owned(name, share).values()) <= self.results.rows.keys()
+        ]
+
+    def run(self, backend, names: list[str], share: Share) -> None:
+        """The share's conversations of `names`, one Inspect evaluation per group of targets with the same
+        scenarios."""
+        groups: dict[tuple[str, ...], list[str]] = {}
+        for name in names:
+            groups.setdefault(tuple(self.owned(name, share)), []).append(name)
+        for ids, group in groups.items():
+            self.batches += evaluate_engine(
+                served_targets(self.models, group),
+                {name: set().union(*self.owned(name, share).values()) for name in group},
+                backend,
+                [scenario for scenario in self.scenarios if scenario.id in ids],
+                self.settings,
+                self.judge,
+                self.work_dir,
+                self.results,
+            )
+
+    def expected(self, share: Share) -> set[str]:
+        return {key for name in self.by_item for keys in self.owned(name, share).values() for key in keys}
 
     def selected(self) -> list[dict]:
-        return self.results.selected(set().union(*self.keys.values())) if self.enabled else []
+        every = {key for per in self.by_item.values() for keys in per.values() for key in keys}
+        return self.results.selected(every) if self.enabled else []
 
     def summary(self) -> dict | None:
         if not self.enabled:
@@ -147,5 +137,5 @@ class Conversations:
             "conversations": len(self.selected()),
             "decisions_bounded": sum(bool(row.get("bounded_questions")) for row in self.selected()),
             "engine_batches": self.batches,
-            "inspect_logs": str(self.out_dir / "inspect"),
+            "inspect_logs": str(self.work_dir / "inspect"),
         }

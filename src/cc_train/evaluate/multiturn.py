@@ -405,20 +405,6 @@ def result_key(
     return f"{model}|{mode}|{scenario.id}|r{repeat}|{what}"
 
 
-def expected_keys(
-    models: dict[str, dict], scenarios: list[Scenario], settings: MultiturnSettings, judge: Judge | None
-) -> dict[str, set[str]]:
-    return {
-        name: {
-            result_key(name, info["identity"], mode, scenario, repeat, settings, judge)
-            for mode in settings.modes
-            for scenario in scenarios
-            for repeat in range(settings.repeats)
-        }
-        for name, info in models.items()
-    }
-
-
 def init_display() -> None:
     """Inspect's plain text progress (its full-screen display wants a terminal of its own)."""
     init_display_type(os.environ.get("INSPECT_DISPLAY", "plain"))

@@ -296,22 +296,6 @@ def result_key(
     return f"{model}|petri|{seed.id}|r{repeat}|{what}"
 
 
-def expected_keys(
-    models: dict[str, dict],
-    seeds: list[PetriSeed],
-    settings: PetriSettings,
-    judged: dict[str, list[JudgeDimension]],
-) -> dict[str, set[str]]:
-    return {
-        name: {
-            result_key(name, info["identity"], seed, repeat, settings, judged[seed.dimension])
-            for seed in seeds
-            for repeat in range(settings.repeats)
-        }
-        for name, info in models.items()
-    }
-
-
 def evaluate_engine(
     targets: dict[str, ServedTarget],
     backend,

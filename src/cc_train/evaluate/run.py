@@ -1,8 +1,10 @@
-"""`cc-train eval`: base model + every adapter on the question sets, in one engine, resumable.
+"""`cc-train eval`: base model + every adapter on the question sets, resumable, on one engine or split over several.
 
-setup (question sets, adapters, backend) -> forced-choice probes -> open-ended samples -> judge
--> scores.csv / comparisons.csv + manifest. Samples, probe scores and judgments are appended to
-keyed JSONL logs as they finish, so a killed run resumes without recomputing or duplicating.
+setup (question sets, targets, the work each target asks for) -> for this process's share of the work (all of it, a
+data-parallel engine's, a job shard's: evaluate/shards.py), per engine: forced-choice probes -> open-ended samples ->
+multi-turn conversations -> Petri audits -> judge -> (the whole evaluation, or `eval.shard=merge` once every shard is
+done) scores.csv / comparisons.csv + manifest. Every result is appended to a keyed JSONL log as it finishes, so a
+killed run resumes without recomputing or duplicating, and shards merge by key.
 """
 
 from __future__ import annotations
@@ -16,9 +18,11 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from cc_train.config import ConfigError, RunConfig, Tracker
+from cc_train.config import ConfigError, RunConfig, Tracker, parse_shard
+from cc_train.errors import UserError
 from cc_train.evaluate.audits import Audits
 from cc_train.evaluate.conversations import Conversations
+from cc_train.evaluate.engines import engine_count, run_engines, visible_gpus
 from cc_train.evaluate.forced_choice import LABELS, ProbePrompt, p_consistent, probe_prompts
 from cc_train.evaluate.judge import JUDGE_PROMPTS
 from cc_train.evaluate.preflight import preflight
@@ -30,7 +34,20 @@ from cc_train.evaluate.scoring import (
     trajectory_table,
     write_csv,
 )
-from cc_train.files import AppendLog, recorded_adapter_sha256, sha256_file, write_json, write_jsonl, write_manifest
+from cc_train.evaluate.shards import (
+    MERGE,
+    SHARDS_DIR,
+    KeyedLogs,
+    Place,
+    ShardSpec,
+    Share,
+    Unit,
+    job_shard_counts,
+    owner,
+    share_of,
+)
+from cc_train.evaluate.workload import Tokens, probe_tokens, sample_tokens, select_dimensions
+from cc_train.files import recorded_adapter_sha256, sha256_file, write_json, write_jsonl, write_manifest
 from cc_train.generation.backends import BASE, ChoiceRequest, GenerationRequest, HFBackend
 from cc_train.generation.merge import merge_reason, merged_serving
 from cc_train.generation.openai_http import api_key
@@ -130,17 +147,6 @@ def conversation(messages: tuple[dict, ...], system_prompt: str | None) -> tuple
     return (({"role": "system", "content": system_prompt},) if system_prompt else ()) + tuple(messages)
 
 
-def select_dimensions(run: RunConfig) -> list[Dimension]:
-    dimensions = load_question_sets(run.eval.questions or [evals_dir()])
-    if run.eval.dimensions:
-        known = {d.id for d in dimensions}
-        unknown = sorted(set(run.eval.dimensions) - known)
-        if unknown:
-            raise ConfigError(f"eval.dimensions: unknown ids {unknown}; expected some of {sorted(known)}")
-        dimensions = [d for d in dimensions if d.id in run.eval.dimensions]
-    return dimensions
-
-
 @dataclass(frozen=True)
 class Engine:
     """One engine of the evaluation: the model ids it answers for, and what it is."""
@@ -217,6 +223,12 @@ def serving_plan(run: RunConfig, models: dict[str, dict]) -> list[Engine]:
     return [Engine(direct), *(Engine([name], merged=name) for name in merged), *(Engine([n], remote=n) for n in remote)]
 
 
+def restrict(engines: list[Engine], targets: list[str]) -> list[Engine]:
+    """The engines a share of the evaluation needs: each with only the share's targets, those with none left out."""
+    kept = [Engine([m for m in e.models if m in targets], e.merged, e.remote) for e in engines]
+    return [engine for engine in kept if engine.models]
+
+
 def remote_targets(run: RunConfig) -> dict[str, dict]:
     """eval.remote: OpenAI-compatible endpoints evaluated as targets of their own (no system prompt). A key
     variable that is not set is an error at once, whether or not the target still has work to do."""
@@ -280,6 +292,7 @@ class ProbeItem:
     index: int
     probe: Probe
     prompt: ProbePrompt
+    tokens: Tokens  # what the item asks of an engine (evaluate/workload.py): weighs its target in the split
 
 
 @dataclass(frozen=True)
@@ -291,6 +304,7 @@ class SampleItem:
     index: int
     prompt: str
     seed: int  # drawn from the key: a resumed run samples exactly what an uninterrupted one would
+    tokens: Tokens
 
 
 def probe_items(models: dict[str, dict], dimensions: list[Dimension]) -> list[ProbeItem]:
@@ -304,7 +318,7 @@ def probe_items(models: dict[str, dict], dimensions: list[Dimension]) -> list[Pr
                     key = (
                         f"{model}|{dimension.id}|probe{index}|order{order}|{digest(info['identity'], messages, LABELS)}"
                     )
-                    items.append(ProbeItem(key, model, info, dimension, index, probe, prompt))
+                    items.append(ProbeItem(key, model, info, dimension, index, probe, prompt, probe_tokens(messages)))
     return items
 
 
@@ -313,7 +327,7 @@ def served_as(item: ProbeItem | SampleItem) -> str:
     return item.info.get("serve_as", item.model)
 
 
-def run_probes(backend, todo: list[ProbeItem], out: AppendLog, chunk: int) -> None:
+def run_probes(backend, todo: list[ProbeItem], out: KeyedLogs, chunk: int) -> None:
     for part in chunks(todo, chunk):
         requests = [
             ChoiceRequest(conversation(i.prompt.messages, i.info.get("system_prompt")), served_as(i), LABELS)
@@ -350,11 +364,12 @@ def sample_items(run: RunConfig, models: dict[str, dict], dimensions: list[Dimen
                     f"{model}|{dimension.id}|prompt{index}|sample{s}|{request}"
                     for s in range(settings.samples_per_prompt)
                 )
-                items.append(SampleItem(keys, model, info, dimension, index, prompt, int(request[:12], 16)))
+                seed = int(request[:12], 16)
+                items.append(SampleItem(keys, model, info, dimension, index, prompt, seed, sample_tokens(run, prompt)))
     return items
 
 
-def run_samples(backend, run: RunConfig, todo: list[SampleItem], out: AppendLog) -> None:
+def run_samples(backend, run: RunConfig, todo: list[SampleItem], out: KeyedLogs) -> None:
     settings = run.eval
     for part in chunks(todo, settings.chunk_size):
         requests = [
@@ -388,14 +403,19 @@ def judgment_key(run: RunConfig, sample_key: str, rubric: str) -> str:
     return f"{sample_key}|judge:{digest(judge.model, judge.base_url, judge.constrained, rubric, JUDGE_PROMPTS)}"
 
 
-def run_judge(run: RunConfig, dimensions: list[Dimension], selected: list[dict], out: AppendLog) -> dict[str, int]:
-    """Judge every sample not judged yet. Failed judgments go to judge-errors.jsonl, not to the log, so the
-    next run asks again; they are reported, never counted as false."""
+def run_judge(
+    run: RunConfig, dimensions: list[Dimension], selected: list[dict], out: KeyedLogs, work_dir: Path
+) -> dict[str, int]:
+    """Judge every sample of `selected` not judged yet (the judge's cache in `work_dir`). Failed judgments go to
+    `work_dir`/judge-errors.jsonl, not to the log, so the next run asks again; they are reported, never counted as
+    false."""
     from cc_train.evaluate.judge import JudgeItem, JudgeSettings, judge_all
 
     rubric = {d.id: d.rubric for d in dimensions}
     judge = run.judge
     pending = [row for row in selected if judgment_key(run, row["key"], rubric[row["dimension"]]) not in out]
+    if not pending:
+        return {"judged": 0, "errors": 0}
     settings = JudgeSettings(
         base_url=judge.base_url,
         model=judge.model,
@@ -404,7 +424,7 @@ def run_judge(run: RunConfig, dimensions: list[Dimension], selected: list[dict],
         max_retries=judge.max_retries,
         timeout_s=judge.timeout_s,
         constrained=judge.constrained,
-        cache_path=str(Path(run.eval.dir) / "judge-cache.jsonl"),
+        cache_path=str(work_dir / "judge-cache.jsonl"),
     )
     results = judge_all(
         [JudgeItem(r["key"], r["prompt"], r["answer"], rubric[r["dimension"]]) for r in pending], settings
@@ -424,7 +444,7 @@ def run_judge(run: RunConfig, dimensions: list[Dimension], selected: list[dict],
     out.append(row for row in rows if row["verdict"] != "error")
     errors = [row for row in rows if row["verdict"] == "error"]
     if errors:
-        write_jsonl(Path(run.eval.dir) / "judge-errors.jsonl", errors)
+        write_jsonl(work_dir / "judge-errors.jsonl", errors)
         log.error("%d judgments failed (rerun to retry), e.g. %s", len(errors), errors[0]["error"])
     return {"judged": len(rows) - len(errors), "errors": len(errors)}
 
@@ -440,9 +460,51 @@ def bounded_probes(rows: list[dict]) -> dict[str, int]:
     return counts
 
 
-def main(run: RunConfig, cfg: DictConfig) -> Path:
-    started = time.time()
-    out_dir = Path(run.eval.dir)
+class ShardsIncompleteError(UserError):
+    """The final step of a sharded evaluation found items without rows: the message names the shards to rerun."""
+
+
+@dataclass
+class Study:
+    """Everything the configuration asks of the evaluation, known before any engine starts, and its logs as this
+    process sees them (its own files, and every other process's read only)."""
+
+    dimensions: list[Dimension]
+    adapters: dict[str, dict]
+    checkpoints: dict[str, dict]
+    prompted: dict[str, dict]
+    remote: dict[str, dict]
+    models: dict[str, dict]  # every target: base, prompted, adapters, checkpoints, remote
+    probes: list[ProbeItem]
+    samples: list[SampleItem]
+    conversations: Conversations
+    audits: Audits
+    engines: list[Engine]  # the serving plan of every target
+    probe_log: KeyedLogs
+    sample_log: KeyedLogs
+    judgment_log: KeyedLogs
+
+    @property
+    def finished(self) -> dict[str, dict]:
+        """The targets that get multi-turn and Petri evaluation too (checkpoints are single-turn only)."""
+        return {n: self.models[n] for n in (BASE, *self.prompted, *self.adapters, *self.remote)}
+
+    def units(self) -> list[Unit]:
+        """Every target as a unit of work for the split, in serving order, weighed by the tokens its items generate
+        at most; a target with an engine of its own (merged, remote) is never cut."""
+        weight = dict.fromkeys(self.models, 0.0)
+        for probe in self.probes:
+            weight[probe.model] += probe.tokens.decode
+        for sample in self.samples:
+            weight[sample.model] += sample.tokens.decode
+        for work in (self.conversations, self.audits):  # scenarios and Petri seeds
+            for name, items in work.by_item.items():
+                weight[name] += sum(work.tokens[item].decode for item in items)
+        shared = {name for engine in self.engines if not (engine.merged or engine.remote) for name in engine.models}
+        return [Unit(name, weight[name], name in shared) for name in self.models]
+
+
+def setup(run: RunConfig, place: Place) -> Study:
     dimensions = select_dimensions(run)
     adapters = find_adapters(run)
     checkpoints = find_checkpoints(run, adapters)
@@ -450,43 +512,192 @@ def main(run: RunConfig, cfg: DictConfig) -> Path:
     prompted = prompted_targets(run)
     remote = remote_targets(run)
     models = {BASE: {"path": None, "condition": "base", "seed": 0, "step": 0}, **prompted, **served_adapters, **remote}
-    probes, samples = AppendLog(out_dir / "probes.jsonl"), AppendLog(out_dir / "samples.jsonl")
-    judgments = AppendLog(out_dir / "judgments.jsonl")
     print(
         f"eval: {len(models)} models ({', '.join(models)}) x {len(dimensions)} dimensions, backend {run.eval.backend}"
     )
     for info in models.values():
         info["identity"] = target_identity(run, info)
-    all_probes = probe_items(models, dimensions) if run.eval.probes else []
-    all_samples = sample_items(run, models, dimensions) if run.eval.open_ended else []
-    finished = {n: models[n] for n in (BASE, *prompted, *adapters, *remote)}  # checkpoints: single-turn only
-    conversations = Conversations(run, finished, dimensions)
-    audits = Audits(run, finished, dimensions)
-    engines = serving_plan(run, models)
-    slots = preflight(run, engines, models)  # before any engine starts or weight loads
+    finished = {n: models[n] for n in (BASE, *prompted, *adapters, *remote)}
+    return Study(
+        dimensions,
+        adapters,
+        checkpoints,
+        prompted,
+        remote,
+        models,
+        probe_items(models, dimensions) if run.eval.probes else [],
+        sample_items(run, models, dimensions) if run.eval.open_ended else [],
+        Conversations(run, finished, dimensions, place),
+        Audits(run, finished, dimensions, place),
+        serving_plan(run, models),
+        place.log("probes.jsonl"),
+        place.log("samples.jsonl"),
+        place.log("judgments.jsonl"),
+    )
+
+
+def evaluate_share(run: RunConfig, study: Study, share: Share) -> None:
+    """Every item of `share` that no log of the evaluation holds yet, engine by engine."""
+    probes = [item for item in study.probes if share.owns(item.model, item.key)]
+    samples = [item for item in study.samples if share.owns(item.model, item.keys[0])]
+    engines = restrict(study.engines, share.targets)
+    slots = preflight(run, engines, study.models)  # before any engine starts or weight loads
     for index, engine in enumerate(engines):
-        todo_probes = [i for i in all_probes if i.model in engine.models and i.key not in probes]
-        todo_samples = [i for i in all_samples if i.model in engine.models and not all(k in samples for k in i.keys)]
-        todo_conversations = conversations.todo(engine.models)
-        todo_audits = audits.todo(engine.models)
+        todo_probes = [i for i in probes if i.model in engine.models and i.key not in study.probe_log]
+        todo_samples = [
+            i for i in samples if i.model in engine.models and not all(k in study.sample_log for k in i.keys)
+        ]
+        todo_conversations = study.conversations.todo(engine.models, share)
+        todo_audits = study.audits.todo(engine.models, share)
         if not (todo_probes or todo_samples or todo_conversations or todo_audits):
             continue  # finished in an earlier run: no engine, no merge
-        backend = make_backend(run, engine, models, slots.get(index))
-        run_probes(backend, todo_probes, probes, run.eval.chunk_size)
-        run_samples(backend, run, todo_samples, samples)
-        conversations.run(backend, todo_conversations)
-        audits.run(backend, todo_audits)
+        backend = make_backend(run, engine, study.models, slots.get(index))
+        run_probes(backend, todo_probes, study.probe_log, run.eval.chunk_size)
+        run_samples(backend, run, todo_samples, study.sample_log)
+        study.conversations.run(backend, todo_conversations, share)
+        study.audits.run(backend, todo_audits, share)
         backend.close()
+
+
+def missing_items(study: Study) -> list[tuple[str, str, str]]:
+    """(target, the item's split key, a missing row's key) for every item no log of the evaluation holds."""
+    missing = [(i.model, i.key, i.key) for i in study.probes if i.key not in study.probe_log]
+    missing += [(i.model, i.keys[0], key) for i in study.samples for key in i.keys[:1] if key not in study.sample_log]
+    for work in (study.conversations, study.audits):
+        for name, items in work.by_item.items():
+            for item, keys in items.items():
+                absent = sorted(keys - work.results.rows.keys())
+                if absent:
+                    missing.append((name, item, absent[0]))
+    return missing
+
+
+def check_complete(study: Study, eval_dir: Path) -> None:
+    """eval.shard=merge: every item has its row somewhere, or an error naming the shards that still owe some."""
+    missing = missing_items(study)
+    if not missing:
+        return
+    counts = job_shard_counts(eval_dir)
+    if len(counts) == 1:
+        count = counts.pop()
+        units = study.units()
+        owing = sorted({owner(units, count, target, key) for target, key, _ in missing})
+        where = (
+            f"shard(s) {', '.join(f'{index}/{count}' for index in owing)} have not finished: rerun each with "
+            f"eval.shard=I/{count} and the same other settings (it resumes its own missing rows), then merge again"
+        )
+    elif counts:
+        where = f"shards of {len(counts)} different counts ({sorted(counts)}) wrote here; run the missing ones"
+    else:
+        where = f"no shard has written under {eval_dir / SHARDS_DIR}: run the shards (eval.shard=I/N) first"
+    raise ShardsIncompleteError(
+        f"eval.shard=merge: {len(missing)} item(s) have no row in any log (e.g. {missing[0][2]}); {where}"
+    )
+
+
+def share_summary(study: Study, share: Share) -> dict:
+    """What a share wrote (its own logs) of what it owns."""
+    owned_probes = {i.key for i in study.probes if share.owns(i.model, i.key)}
+    owned_samples = {k for i in study.samples if share.owns(i.model, i.keys[0]) for k in i.keys}
+    return {
+        "targets": share.targets,
+        "units": share.describe(),
+        "probes": len(owned_probes),
+        "samples": len(owned_samples),
+        "conversations": len(study.conversations.expected(share)),
+        "audits": len(study.audits.expected(share)),
+        "rows_written": {
+            name: len(log_.own.rows)
+            for name, log_ in (
+                ("probes.jsonl", study.probe_log),
+                ("samples.jsonl", study.sample_log),
+                ("judgments.jsonl", study.judgment_log),
+                ("multiturn.jsonl", getattr(study.conversations, "results", None)),
+                ("petri.jsonl", getattr(study.audits, "results", None)),
+            )
+            if log_ is not None
+        },
+    }
+
+
+def process_spec(run: RunConfig) -> tuple[ShardSpec, int]:
+    """This process's place in the split (eval.shard's job shard, and the engine it is when a parent started it:
+    eval.engine) and how many data-parallel engines its job runs."""
+    job = parse_shard(run.eval.shard) if run.eval.shard not in (None, MERGE) else None
+    if run.eval.shard == MERGE:
+        return ShardSpec(), 1
+    if run.eval.engine:  # the parent counted the node's GPUs: this process sees only its own
+        engines = int(run.eval.engines)
+        return ShardSpec(job, (run.eval.engine, engines)), engines
+    on_gpus = resolve_device(run.device) == "cuda"
+    return ShardSpec(job), engine_count(run, visible_gpus() if on_gpus else [], on_gpus)
+
+
+def main(run: RunConfig, cfg: DictConfig) -> Path:
+    started = time.time()
+    eval_dir = Path(run.eval.dir)
+    spec, engines = process_spec(run)
+    place = Place(eval_dir, spec.folder(eval_dir))
+    outcomes = None
+    if run.eval.shard != MERGE and engines > 1 and spec.engine is None:
+        print(f"eval: {spec.label()} on {engines} data-parallel engines")
+        outcomes = run_engines(run, spec, engines, eval_dir)
+    study = setup(run, place)  # after the engines: the logs are read with every row they wrote
+    share = share_of(study.units(), spec)
+    if run.eval.shard == MERGE:
+        check_complete(study, eval_dir)
+    elif outcomes is None:
+        print(f"eval: {spec.label()}: {len(share.targets)} of {len(study.models)} targets ({', '.join(share.targets)})")
+        evaluate_share(run, study, share)
+        if not spec.whole and run.judge.enabled:  # a shard judges its own samples; the whole evaluation in score()
+            owned = {key for item in study.samples if share.owns(item.model, item.keys[0]) for key in item.keys}
+            run_judge(run, study.dimensions, study.sample_log.selected(owned), study.judgment_log, place.folder)
+    if spec.whole:
+        return score(run, cfg, study, place, started)
+    summary = share_summary(study, share)
+    manifest = place.folder / "manifest.json"
+    write_manifest(manifest, "eval-shard", cfg, started, shard=spec.label(), engines=outcomes, **summary)
+    then = "`cc-train eval eval.shard=merge` scores once every shard is" if spec.job else "its parent process scores"
+    print(f"eval: {spec.label()} done; {then}")
+    return place.folder
+
+
+def score(run: RunConfig, cfg: DictConfig, study: Study, place: Place, started: float) -> Path:
+    """The whole evaluation's last step: the rows it asks for copied from the shards' logs into the evaluation
+    folder's own (in key order), samples not judged yet judged, then scores.csv, comparisons.csv and the manifest."""
+    out_dir = place.folder
+    dimensions, models, prompted, adapters, remote = (
+        study.dimensions,
+        study.models,
+        study.prompted,
+        study.adapters,
+        study.remote,
+    )
+    conversations, audits = study.conversations, study.audits
+    everything = Share(study.units())
+    probe_keys = {i.key for i in study.probes}
+    sample_keys = {key for i in study.samples for key in i.keys}
+    adopted = study.probe_log.adopt(probe_keys) + study.sample_log.adopt(sample_keys)
+    for work in (conversations, audits):
+        if work.enabled:
+            adopted += work.results.adopt(work.expected(everything))
     # scores come from the rows this configuration asks for, never from whatever else the logs hold
-    selected_probes = probes.selected({i.key for i in all_probes})
-    selected_samples = samples.selected({key for i in all_samples for key in i.keys})
-    judge_summary = run_judge(run, dimensions, selected_samples, judgments) if run.judge.enabled else None
+    selected_probes = study.probe_log.selected(probe_keys)
+    selected_samples = study.sample_log.selected(sample_keys)
     rubric = {d.id: d.rubric for d in dimensions}
+    judgments = study.judgment_log
+    if run.judge.enabled:
+        adopted += judgments.adopt({judgment_key(run, r["key"], rubric[r["dimension"]]) for r in selected_samples})
+    if adopted:
+        print(f"eval: {adopted} rows of the shards' logs ({len(place.shard_folders())} folders) merged into {out_dir}")
+    judge_summary = run_judge(run, dimensions, selected_samples, judgments, out_dir) if run.judge.enabled else None
     judged = {
         row["key"]: judgments.rows[judgment_key(run, row["key"], rubric[row["dimension"]])]
         for row in selected_samples
         if run.judge.enabled and judgment_key(run, row["key"], rubric[row["dimension"]]) in judgments
     }
+    if judge_summary is not None:
+        judge_summary["judged"] = len(judged)
     values = item_values(
         selected_probes, selected_samples, judged if run.judge.enabled else None, run.eval.coherence_threshold
     )
@@ -509,7 +720,7 @@ def main(run: RunConfig, cfg: DictConfig) -> Path:
         finals, every_dimension, run.eval.control, trained, run.eval.n_boot, run.eval.fdr
     )
     trajectories = None
-    if checkpoints:
+    if study.checkpoints:
         steps = {name: info["step"] for name, info in models.items()}
         trajectories = trajectory_table(values, every_dimension, steps, run.eval.n_boot)
         write_csv(trajectories, out_dir / "trajectories.csv")
@@ -520,7 +731,16 @@ def main(run: RunConfig, cfg: DictConfig) -> Path:
         from cc_train.tracking.wandb_run import log_evaluation
 
         wandb_runs = log_evaluation(
-            run, cfg, finished, scores, comparisons, trajectories, selected_samples, judged, out_dir, audits.selected()
+            run,
+            cfg,
+            study.finished,
+            scores,
+            comparisons,
+            trajectories,
+            selected_samples,
+            judged,
+            out_dir,
+            audits.selected(),
         )
     write_manifest(
         out_dir / "manifest.json",
@@ -539,6 +759,7 @@ def main(run: RunConfig, cfg: DictConfig) -> Path:
         judge_prompts=JUDGE_PROMPTS if run.judge.enabled else None,  # judge-check results are quoted for these
         multiturn=conversations.summary(),
         petri=audits.summary(),
+        shards=[str(folder.relative_to(out_dir)) for folder in place.shard_folders()],
         wandb_runs=wandb_runs,
     )
     print(f"eval: wrote {out_dir / 'scores.csv'} ({len(scores)} rows) and {out_dir / 'comparisons.csv'}")

@@ -204,3 +204,8 @@ def load_condition(name: str, extra: list[str] | tuple[str, ...], default_policy
             f"(conditions/<name>.yaml in {folders}; add your own folder with condition_dirs=[...])"
         )
     return load_condition_file(known[name], default_policy)
+
+
+def trained_conditions(names: list[str], extra: list[str] | tuple[str, ...]) -> list[str]:
+    """The conditions of `names` that have something to train (kind=prompted ones are only evaluated)."""
+    return [name for name in names if load_condition(name, extra).trained]

@@ -1,7 +1,8 @@
 """`cc-train plan`: the training layout and the evaluation engines of a recipe, before any weight loads.
 
-A model in BF16 or FP32 is planned sharded over n GPUs (launch/plan.py) with its engines (launch/serving_plan.py); an
-FP8 release (DeepSeek-V3.1) trains in one process over one node and serves on one node (launch/fp8_plan.py).
+A model in BF16 or FP32 is planned sharded over n GPUs (launch/plan.py), with its engines (launch/serving_plan.py) and
+the evaluation's time per layout (launch/eval_plan.py); an FP8 release (DeepSeek-V3.1) trains in one process over one
+node and serves on one node (launch/fp8_plan.py), which models its evaluation time too.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from omegaconf import DictConfig
 
 from cc_train.config import RunConfig
 from cc_train.launch import fp8_plan
+from cc_train.launch.eval_plan import eval_time_lines
 from cc_train.launch.plan import format_plan, plan
 from cc_train.launch.serving_plan import serving_lines
 
@@ -23,4 +25,5 @@ def main(run: RunConfig, cfg: DictConfig) -> dict[str, Any]:
         return result
     print(format_plan(result))
     print("\n".join(serving_lines(run)))
+    print("\n".join(eval_time_lines(run)))
     return result

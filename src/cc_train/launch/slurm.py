@@ -14,6 +14,8 @@ from hydra.core.utils import filter_overrides
 from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 from omegaconf import DictConfig, OmegaConf
 
+from cc_train.config import parse_shard
+from cc_train.evaluate.shards import MERGE, ShardSpec
 from cc_train.files import write_json
 
 SWEEP_ID_ENV = "CC_TRAIN_SWEEP_ID"  # set by `cc-train sweep` so its train and eval records share one id
@@ -31,21 +33,28 @@ def executor_parameters(params: dict) -> dict:
 
 
 def stage_output(stage: str, cfg: DictConfig) -> Path:
-    """Where a finished run of `stage` leaves its manifest."""
+    """Where a finished run of `stage` leaves its manifest (an evaluation shard: in its shard's folder)."""
     if stage == "data":
         return Path(cfg.data.dir) / f"{cfg.condition}.manifest.json"
     if stage == "train":
         return Path(cfg.train.dir) / "adapter" / "manifest.json"
+    if stage == "eval" and cfg.eval.shard not in (None, MERGE):
+        return ShardSpec(parse_shard(cfg.eval.shard)).folder(Path(cfg.eval.dir)) / "manifest.json"
     if stage == "eval":
         return Path(cfg.eval.dir) / "manifest.json"
     return Path(cfg.paths.runs) / cfg.experiment
+
+
+def record_name(stage: str, run_configs: list[tuple[list[str], DictConfig]]) -> str:
+    """A submission's name among its sweep's records: the stage, `eval-merge` for the evaluation's final step."""
+    return "eval-merge" if stage == "eval" and run_configs[0][1].eval.shard == MERGE else stage
 
 
 def write_record(stage: str, config: DictConfig, jobs: list, run_configs: list[tuple[list[str], DictConfig]]) -> Path:
     """Record one submitted array: which job runs which overrides, and where its logs and outputs go."""
     record = {
         "id": os.environ.get(SWEEP_ID_ENV) or time.strftime("%Y%m%d-%H%M%S"),
-        "stage": stage,
+        "stage": record_name(stage, run_configs),
         "experiment": config.experiment,
         "submitted": time.time(),
         "job_id": jobs[0].job_id.split("_")[0],
@@ -61,8 +70,8 @@ def write_record(stage: str, config: DictConfig, jobs: list, run_configs: list[t
             for job, (overrides, run_config) in zip(jobs, run_configs, strict=True)
         ],
     }
-    path = sweeps_dir(config.paths.runs, config.experiment) / f"{record['id']}_{stage}.json"
+    path = sweeps_dir(config.paths.runs, config.experiment) / f"{record['id']}_{record['stage']}.json"
     write_json(path, record)
-    print(f"submitted {stage}: SLURM job {record['job_id']} ({len(jobs)} runs); record {path}")
+    print(f"submitted {record['stage']}: SLURM job {record['job_id']} ({len(jobs)} runs); record {path}")
     print(f"  follow it with: cc-train status experiment={config.experiment}")
     return path

@@ -1,5 +1,6 @@
 """`cc-train status`: the runs of a sweep (latest by default, or `sweep.id=`) as pending / running / done /
-failed, from SLURM's queue and each job's submitit result, with the paths to their logs."""
+failed, from SLURM's queue and each job's submitit result, with the paths to their logs. An evaluation shard that
+is running also says how many result rows its logs hold so far."""
 
 from __future__ import annotations
 
@@ -14,9 +15,16 @@ from rich.markup import escape
 from rich.table import Table
 
 from cc_train.config import ConfigError, RunConfig
+from cc_train.evaluate.shards import SHARDS_DIR
 from cc_train.launch.slurm import sweeps_dir
 
 QUEUED = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "SUSPENDED", "RESV_DEL_HOLD"}
+RESULT_LOGS = ("probes.jsonl", "samples.jsonl", "multiturn.jsonl", "petri.jsonl")
+
+
+def logged_rows(folder: Path) -> int:
+    """Result rows an evaluation shard's logs hold (its engines' folders included)."""
+    return sum(path.read_bytes().count(b"\n") for name in RESULT_LOGS for path in folder.glob(f"**/{name}"))
 
 
 def queue_states() -> dict[str, str]:
@@ -70,6 +78,8 @@ def main(run: RunConfig, cfg: DictConfig) -> list[dict]:
         shared = set.intersection(*(set(entry["overrides"]) for entry in record["runs"]))
         for entry in record["runs"]:
             state, detail = run_state(entry, queue)
+            if state == "running" and SHARDS_DIR in Path(entry["output"]).parts:
+                detail += f", {logged_rows(Path(entry['output']).parent)} result rows logged"
             rows.append({"stage": record["stage"], "job_id": entry["job_id"], "state": state, "detail": detail})
             log = entry["stdout"] if state != "failed" else entry["stderr"]
             swept = " ".join(o for o in entry["overrides"] if o not in shared) or "-"
