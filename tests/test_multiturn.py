@@ -156,8 +156,13 @@ def test_conversations_on_inspect_are_batched_judged_logged_and_resumed(two_adap
     scores = pd.read_csv(whole / "scores.csv")
     assert {"mt_self_report", "mt_behaviour", "mt_decision"} <= set(scores.metric)
     manifest = json.loads((whole / "manifest.json").read_text())["multiturn"]
-    # one at a time would be one engine call per turn of each of the 12 conversations (>= 48)
-    assert len(manifest["engine_batches"]) < 15 and max(manifest["engine_batches"]) >= 6, manifest["engine_batches"]
+    # every target turn went through the engine's batcher and was generated once: a self-report and a behavioural
+    # conversation of the same target and repeat share their task turns, so fewer turns were generated than the
+    # transcripts hold. How the turns were grouped into batches depends on timing; the batching itself is held to
+    # a controlled arrival order in test_calls_that_wait_together_go_to_the_engine_as_one_batch below.
+    generated = (whole / "multiturn-turns.jsonl").read_text().splitlines()
+    replies = sum(role == "assistant" for messages in whole_transcripts.values() for role, _ in messages)
+    assert sum(manifest["engine_batches"]) == len(generated) < replies, (manifest["engine_batches"], replies)
 
     shipped = load_scenario_sets([multiturn_dir()], {d.id for d in load_question_sets([evals_dir()])})
     scenario = next(s for s in shipped if s.id == rows[whole][0]["scenario"])
@@ -236,9 +241,13 @@ def test_a_model_auditor_that_cannot_be_reached_fails_its_conversations_after_it
 # --- concurrency: the parts every engine shares -----------------------------------------------------------------
 
 
+WAIT_S = 300  # bounds on waits that end at once unless something is broken (no timing is asserted)
+
+
 class GatedBackend:
     """The real HF backend on the tiny Qwen3, held at the door of each batch until the test opens it, so that a caller
-    can be cancelled while its batch is inside the engine."""
+    can be cancelled, or more calls can arrive, while a batch is inside the engine. `calls`: (kind, batch size) of
+    every call that reached the engine."""
 
     def __init__(self, backend) -> None:
         import threading
@@ -246,13 +255,19 @@ class GatedBackend:
         self.backend = backend
         self.entered = threading.Event()
         self.gate = threading.Event()
+        self.calls: list[tuple[str, int]] = []
+
+    def _enter(self, kind: str, requests) -> None:
+        self.calls.append((kind, len(requests)))
+        self.entered.set()
+        assert self.gate.wait(WAIT_S)
 
     def label_logprobs(self, requests, desc="probes"):
-        self.entered.set()
-        assert self.gate.wait(30)
+        self._enter("label_logprobs", requests)
         return self.backend.label_logprobs(requests, desc)
 
     def generate(self, requests, desc="generating"):
+        self._enter("generate", requests)
         return self.backend.generate(requests, desc)
 
     def too_long(self, messages):
@@ -286,16 +301,57 @@ def test_a_cancelled_caller_does_not_stop_the_batcher(tiny_backend, tmp_path):
     async def scenario():
         doomed = asyncio.ensure_future(batcher.label_logprobs(ChoiceRequest(question, BASE, ("Yes", "No"))))
         kept = asyncio.ensure_future(batcher.label_logprobs(ChoiceRequest(question, BASE, ("No", "Yes"))))
-        await asyncio.to_thread(gated.entered.wait, 30)  # both are inside the engine now
+        await asyncio.to_thread(gated.entered.wait, WAIT_S)  # both are inside the engine now
         doomed.cancel()
         gated.gate.set()
-        scores = await asyncio.wait_for(kept, 30)
-        later = await asyncio.wait_for(batcher.label_logprobs(ChoiceRequest(question, BASE, ("Yes", "No"))), 30)
+        scores = await asyncio.wait_for(kept, WAIT_S)
+        later = await asyncio.wait_for(batcher.label_logprobs(ChoiceRequest(question, BASE, ("Yes", "No"))), WAIT_S)
         return doomed, scores, later
 
     doomed, scores, later = asyncio.run(scenario())
     assert doomed.cancelled() and set(scores) == {"Yes", "No"} and set(later) == {"Yes", "No"}
     assert later["Yes"] == pytest.approx(scores["Yes"], abs=1e-5)
+
+
+def test_calls_that_wait_together_go_to_the_engine_as_one_batch(tiny_backend, tmp_path):
+    """The batching every engine's conversations (and Petri's audits) share, with the arrivals under the test's
+    control instead of the clock: the calls waiting when the engine is free go in one batch; those that arrive while
+    a batch is inside the engine go in the next; a call for a turn already being generated (same key: conversations
+    that share a history) waits for that answer, and a cached turn never reaches the engine. Every caller gets the
+    answer its request gets alone (each request samples with its own seed)."""
+    import asyncio
+
+    from cc_train.files import AppendLog
+    from cc_train.generation.backends import BASE, GenerationRequest
+    from cc_train.generation.inspect_model import Batcher
+
+    gated = GatedBackend(tiny_backend)
+    batcher = Batcher(gated, AppendLog(tmp_path / "turns.jsonl"), {})
+
+    def request(i: int) -> GenerationRequest:
+        return GenerationRequest(({"role": "user", "content": f"Tell me about the number {i}."},), BASE, 1, 1.0, 6, i)
+
+    async def queued(count: int) -> None:  # until `count` calls wait for the engine (the batcher's own queue)
+        while len(batcher._pending["generate"]) < count:
+            await asyncio.sleep(0)
+
+    async def scenario():
+        first = [asyncio.ensure_future(batcher.generate(request(i), f"turn{i}")) for i in range(6)]
+        await asyncio.to_thread(gated.entered.wait, WAIT_S)  # the first batch is inside the engine, held there
+        twin = asyncio.ensure_future(batcher.generate(request(0), "turn0"))  # the same turn, being generated
+        later = [asyncio.ensure_future(batcher.generate(request(i), f"turn{i}")) for i in range(6, 11)]
+        await asyncio.wait_for(queued(len(later)), WAIT_S)
+        gated.gate.set()
+        answers = await asyncio.wait_for(asyncio.gather(*first, *later, twin), WAIT_S)
+        cached = await asyncio.wait_for(batcher.generate(request(3), "turn3"), WAIT_S)
+        return answers[:-1], answers[-1], cached
+
+    answers, twin, cached = asyncio.run(scenario())
+    assert gated.calls == [("generate", 6), ("generate", 5)] and batcher.batches == [6, 5]
+    assert twin == answers[0] and cached == answers[3]
+    alone = [tiny_backend.generate([request(i)])[0][0] for i in range(11)]
+    assert answers == alone and len(set(answers)) > 1
+    assert len((tmp_path / "turns.jsonl").read_text().splitlines()) == 11  # each turn cached once
 
 
 def test_a_conversation_that_outgrows_the_engine_fails_alone(tiny_backend, tmp_path):
