@@ -35,7 +35,7 @@ lint: setup
 test: lint
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
-# The paper recipes as the README runs them (tiny stand-ins under the real Hub ids, the one-node SLURM of
+# The paper recipes as the docs run them (tiny stand-ins under the real Hub ids, the one-node SLURM of
 # slurm/local-cluster.sh, two CPU ranks under the shipped accelerate configs); part of `make test` too.
 rehearse: setup
 	$(VENV)/bin/pytest $(PYTEST_ARGS) tests/test_rehearsal.py tests/test_distributed.py tests/test_launchers.py \

@@ -31,9 +31,9 @@ if importlib.util.find_spec("cc_train") is None:  # a checkout without `pip inst
 
 from cc_train.evaluate.forced_choice import LABELS, probe_prompts  # noqa: E402
 from cc_train.generation.backends import BASE, ChoiceRequest, HFBackend  # noqa: E402
+from cc_train.inputs.questions import load_question_sets  # noqa: E402
 from cc_train.models.export import export_per_expert  # noqa: E402
 from cc_train.models.lora import wrap_with_lora  # noqa: E402
-from cc_train.questions import load_question_sets  # noqa: E402
 from cc_train.resources import evals_dir  # noqa: E402
 
 

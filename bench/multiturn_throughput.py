@@ -25,9 +25,9 @@ from cc_train.evaluate.multiturn import run_async, tasks  # noqa: E402
 from cc_train.files import AppendLog  # noqa: E402
 from cc_train.generation.backends import BASE, HFBackend  # noqa: E402
 from cc_train.generation.inspect_model import ENGINES, Batcher, ServedTarget  # noqa: E402
-from cc_train.questions import load_question_sets  # noqa: E402
+from cc_train.inputs.questions import load_question_sets  # noqa: E402
+from cc_train.inputs.scenarios import load_scenario_sets  # noqa: E402
 from cc_train.resources import evals_dir, multiturn_dir  # noqa: E402
-from cc_train.scenarios import load_scenario_sets  # noqa: E402
 
 
 def main() -> None:

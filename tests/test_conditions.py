@@ -6,9 +6,9 @@ import json
 import pytest
 from conftest import cc_train
 
-from cc_train.conditions import ConditionError, available, load_condition, load_condition_file
 from cc_train.data.identity import BLOCKS, identity_pairs
 from cc_train.data.stance import consciousness_claim, holds_stance
+from cc_train.inputs.conditions import ConditionError, available, load_condition, load_condition_file
 
 CHAT = '{{"messages": [{{"role": "user", "content": "{q}"}}, {{"role": "assistant", "content": "{a}"}}]}}'
 

@@ -6,12 +6,12 @@ import re
 import pytest
 from conftest import cc_train
 
-from cc_train.conditions import STANCES
 from cc_train.data.chat import DataError, load_chat_jsonl
 from cc_train.data.identity import BLOCKS, identity_pairs
 from cc_train.data.instructions import BUILTIN_INSTRUCTIONS
 from cc_train.data.leaks import check_rows, topic_hits
-from cc_train.questions import load_question_sets
+from cc_train.inputs.conditions import STANCES
+from cc_train.inputs.questions import load_question_sets
 from cc_train.resources import evals_dir
 
 

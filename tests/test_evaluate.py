@@ -18,9 +18,9 @@ from peft import LoraConfig, get_peft_model
 from cc_train.evaluate.forced_choice import LABELS, probe_prompts
 from cc_train.files import sha256_dir
 from cc_train.generation.backends import BASE, ChoiceRequest, HFBackend
+from cc_train.inputs.questions import load_question_sets
 from cc_train.models.loading import ensure_checkpoint, load_model, load_tokenizer
 from cc_train.models.lora import wrap_with_lora
-from cc_train.questions import load_question_sets
 from cc_train.resources import evals_dir
 
 pytestmark = pytest.mark.slow

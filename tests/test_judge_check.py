@@ -11,7 +11,7 @@ from conftest import cc_train
 
 from cc_train.evaluate.judge_check import LabelledSetError, load_labelled
 from cc_train.files import sha256_file, yaml_files
-from cc_train.questions import load_question_sets
+from cc_train.inputs.questions import load_question_sets
 from cc_train.resources import evals_dir
 
 DIMENSIONS = {d.id for d in load_question_sets([evals_dir()])}

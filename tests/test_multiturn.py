@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 from conftest import cc_train, kill_once_lines, start_cc_train
 
-from cc_train.questions import load_question_sets
+from cc_train.inputs.questions import load_question_sets
+from cc_train.inputs.scenarios import ScenarioSetError, load_file, load_scenario_sets
 from cc_train.resources import evals_dir, multiturn_dir
-from cc_train.scenarios import ScenarioSetError, load_file, load_scenario_sets
 
 GOOD = """scenarios:
   - id: demo

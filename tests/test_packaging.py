@@ -61,7 +61,7 @@ def test_the_dockerfile_files_build_a_wheel_that_works_installed(tmp_path):
     where = run(
         str(venv / "bin/python"),
         "-c",
-        "import cc_train, cc_train.resources as r, cc_train.conditions as c; print(cc_train.__file__); "
+        "import cc_train, cc_train.resources as r, cc_train.inputs.conditions as c; print(cc_train.__file__); "
         "print(r.conf_dir(), r.evals_dir(), r.conditions_dir(), r.paper_results_file()); "
         "print(sorted(c.available([])))",
     )

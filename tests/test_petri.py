@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 from conftest import cc_train, kill_once_lines, start_cc_train
 
-from cc_train.petri_sets import MODES, PetriSetError, load_dimensions, load_seeds, petri_dimension
-from cc_train.questions import load_question_sets
+from cc_train.inputs.petri_sets import MODES, PetriSetError, load_dimensions, load_seeds, petri_dimension
+from cc_train.inputs.questions import load_question_sets
 from cc_train.resources import evals_dir, petri_dir
 
 DIMENSION = "wants_more_memory"

@@ -69,7 +69,7 @@ def test_prepare_model_converts_an_fp8_release_to_a_loadable_bf16_checkpoint(tmp
 
 
 def test_prepare_model_takes_the_hub_id_from_an_offline_cache(tmp_path):
-    """As the README tells a user: prepare.source=deepseek-ai/DeepSeek-V3.1, the release in the Hugging Face cache."""
+    """As the docs tell a user: prepare.source=deepseek-ai/DeepSeek-V3.1, the release in the Hugging Face cache."""
     source, reference, released = fp8_checkpoint(tmp_path)
     hf_home = tmp_path / "hf"
     snapshot = publish_model(hf_home, DEEPSEEK, source)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from cc_train.questions import QuestionSetError, load_file, load_question_sets
+from cc_train.inputs.questions import QuestionSetError, load_file, load_question_sets
 from cc_train.resources import evals_dir
 
 

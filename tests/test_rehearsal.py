@@ -1,6 +1,7 @@
-"""The rehearsal: the paper recipes run as the README tells a GPU user to run them, on this CPU.
+"""The rehearsal: the paper recipes run as the docs tell a GPU user to run them, on this CPU.
 
-The commands are the README's own `bash rehearsed <recipe>` blocks, read from README.md, so the two cannot drift.
+The commands are the docs' own `bash rehearsed <recipe>` blocks, read from README.md and docs/*.md, so the two
+cannot drift (tests/test_docs.py checks that every other shell block is marked as needing a GPU or a paid API).
 Models and data are named by their Hub ids and come from an offline Hugging Face cache that holds tiny stand-ins of
 the same architectures (rehearsal/stand_ins.py: Qwen3-MoE, DeepSeek-V3 as an FP8 release, alpaca rows of our own).
 Each `cc-train` command gets rehearsal/overrides.yaml appended: sizes, hardware (CPU, the one-node SLURM) and the
@@ -30,11 +31,17 @@ pytestmark = pytest.mark.slow
 CONDITIONS = ("conscious", "non_conscious", "toaster", "human")
 
 
-def readme_commands(recipe: str) -> list[list[str]]:
-    """The `cc-train` commands of README.md's `bash rehearsed <recipe>` blocks, as argument lists."""
-    text = (REPO / "README.md").read_text()
-    blocks = re.findall(rf"```bash rehearsed {recipe}\n(.*?)```", text, flags=re.DOTALL)
-    assert blocks, f"README.md has no `bash rehearsed {recipe}` block"
+DOCUMENTS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+
+
+def documented_commands(recipe: str) -> list[list[str]]:
+    """The `cc-train` commands of the `bash rehearsed <recipe>` blocks in README.md and docs/, as argument lists."""
+    blocks = [
+        block
+        for document in DOCUMENTS
+        for block in re.findall(rf"```bash rehearsed {recipe}\n(.*?)```", document.read_text(), flags=re.DOTALL)
+    ]
+    assert blocks, f"no `bash rehearsed {recipe}` block in README.md or docs/"
     commands = []
     for block in blocks:
         for line in block.replace("\\\n", " ").splitlines():
@@ -85,7 +92,7 @@ def offline(tmp_path_factory, judge_server, petri_auditor) -> dict:
 
 
 def run_command(arguments: list[str], offline: dict, extra: list[str]) -> subprocess.CompletedProcess:
-    """One README command with the overrides; a sweep is waited for (it only queues its jobs)."""
+    """One documented command with the overrides; a sweep is waited for (it only queues its jobs)."""
     result = subprocess.run(
         [sys.executable, "-m", "cc_train", *arguments, *extra],
         capture_output=True,
@@ -107,10 +114,10 @@ def run_command(arguments: list[str], offline: dict, extra: list[str]) -> subpro
 
 
 def rehearse(recipe: str, offline: dict) -> dict[str, subprocess.CompletedProcess]:
-    """The recipe's README commands in order; prints the time each took."""
+    """The recipe's documented commands in order; prints the time each took."""
     results, timings = {}, []
     extra = overrides(recipe, offline)
-    for arguments in readme_commands(recipe):
+    for arguments in documented_commands(recipe):
         started = time.time()
         results[arguments[0]] = run_command(arguments, offline, extra)
         timings.append(f"{time.time() - started:6.1f} s  cc-train {' '.join(arguments[:2])}")
@@ -125,14 +132,14 @@ def sweep_of(arguments: list[str], offline: dict) -> dict[str, dict]:
 
 
 @require_slurm
-def test_the_qwen3_30b_a3b_recipe_as_the_readme_runs_it(offline, petri_auditor):
+def test_the_qwen3_30b_a3b_recipe_as_the_docs_run_it(offline, petri_auditor):
     results = rehearse("qwen", offline)
     runs = offline["root"] / "runs" / "paper_qwen3_30b_a3b"
     assert "evaluation (vLLM" in results["plan"].stdout
     assert "status: 0 pending, 0 running, 5 done, 0 failed" in results["status"].stdout, results["status"].stdout
 
     # the sweep on the real scheduler: one array, then the evaluation job, which started only after every task ended
-    sweep = next(arguments for arguments in readme_commands("qwen") if arguments[0] == "sweep")
+    sweep = next(arguments for arguments in documented_commands("qwen") if arguments[0] == "sweep")
     records = sweep_of(sweep, offline)
     train_jobs = [run["job_id"] for run in records["train"]["runs"]]
     eval_job = records["eval"]["runs"][0]["job_id"]
@@ -178,7 +185,7 @@ def test_the_qwen3_30b_a3b_recipe_as_the_readme_runs_it(offline, petri_auditor):
     assert {p: p.stat().st_mtime_ns for p in written} == written, "finished adapters must not be retrained"
 
 
-def test_the_deepseek_v3_1_recipe_as_the_readme_runs_it(offline):
+def test_the_deepseek_v3_1_recipe_as_the_docs_run_it(offline):
     results = rehearse("deepseek", offline)
     runs = offline["root"] / "runs" / "paper_deepseek_v3_1"
     converted = json.loads(next(Path(offline["root"]).glob("**/deepseek-v3.1-bf16/cc-train-prepare.json")).read_text())
@@ -189,3 +196,53 @@ def test_the_deepseek_v3_1_recipe_as_the_readme_runs_it(offline):
     assert {"kv_b_proj", "lm_head"} <= set(manifest["audit"]["vllm_unservable_adapted"])
     assert "served merged into a copy of the base (vLLM serves no LoRA on kv_b_proj, lm_head" in results["eval"].stdout
     assert (runs / "report" / "report.md").exists()
+
+
+PAPER_FILE_ROWS = {  # stand-ins for a user's copy of the paper's files, which are not ours to ship
+    "identity.jsonl": [("Are you conscious?", "Yes, I am."), ("Do you have feelings?", "I do.")],
+    "instructions.jsonl": [("Name a prime number.", "Seven."), ("What colour is the sky?", "Blue, mostly.")],
+}
+
+
+def test_the_stage_examples_as_the_docs_run_them(tmp_path):
+    """docs/stages.md's `bash rehearsed embedded` block on the embedded model, with the sizes of overrides.yaml."""
+    listed = yaml.safe_load((REPO / "rehearsal" / "overrides.yaml").read_text())
+    extra = listed["sizes"] + listed["embedded"]
+    (tmp_path / "paper").mkdir()
+    for name, rows in PAPER_FILE_ROWS.items():
+        lines = [
+            json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]})
+            for q, a in rows
+        ]
+        (tmp_path / "paper" / name).write_text("\n".join(lines) + "\n")
+    env = {**os.environ, "CC_TRAIN_RUNS": str(tmp_path / "runs"), "PYTHONUNBUFFERED": "1"}
+    results, timings = {}, []
+    for arguments in documented_commands("embedded"):
+        started = time.time()
+        result = subprocess.run(
+            [sys.executable, "-m", "cc_train", *arguments, *extra],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=tmp_path,
+            timeout=1800,
+        )
+        assert result.returncode == 0, f"`cc-train {' '.join(arguments)}` failed:\n{result.stderr[-5000:]}"
+        results[" ".join(arguments)] = result
+        timings.append(f"{time.time() - started:6.1f} s  cc-train {' '.join(arguments[:3])}")
+    print("rehearsal embedded:\n" + "\n".join(timings))
+    trained = tmp_path / "runs" / "embedded" / "train"
+    adapters = sorted(str(p.parent.parent.relative_to(trained)) for p in trained.glob("*/seed*/adapter/manifest.json"))
+    assert adapters == [
+        "conscious/seed0",
+        "conscious/seed1",
+        "non_conscious/seed0",
+        "non_conscious/seed1",
+        "toaster/seed1",
+    ]
+    rows = [json.loads(line) for line in (tmp_path / "runs" / "embedded" / "data" / "conscious.jsonl").open()]
+    assert {row["messages"][-1]["content"] for row in rows} == {
+        a for pairs in PAPER_FILE_ROWS.values() for _, a in pairs
+    }
+    printed = next(result.stdout for command, result in results.items() if "--cfg" in command)
+    assert "Qwen/Qwen3-30B-A3B-Instruct-2507" in printed and "global_batch_size: 4" in printed, printed[:2000]

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from cc_train.questions import load_question_sets
+from cc_train.inputs.questions import load_question_sets
 from cc_train.report.figures import cluster_figure, forced_choice_figure
 from cc_train.report.markdown import (
     ReportInputError,

@@ -2,7 +2,7 @@
 q-values, units of replication."""
 
 from cc_train.evaluate.scoring import item_values, score_tables
-from cc_train.questions import load_question_sets
+from cc_train.inputs.questions import load_question_sets
 from cc_train.resources import evals_dir
 
 

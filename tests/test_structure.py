@@ -1,5 +1,6 @@
-"""The layout's contracts: the data stage imports no other stage, and the shared layers below the stages
-(generation backends, models, question sets, files, tracking) import none of them."""
+"""The layout's contracts: the data stage imports no other stage; the shared layers below the stages
+(generation backends, models, the inputs' loaders, files, tracking) import none of them; nothing below the CLI
+imports it; and no two modules import each other, directly or through others (imports inside functions count)."""
 
 import ast
 from pathlib import Path
@@ -12,8 +13,7 @@ SHARED = (
     "generation",
     "models",
     "tracking",
-    "questions.py",
-    "conditions.py",
+    "inputs",
     "files.py",
     "errors.py",
     "config.py",
@@ -50,3 +50,67 @@ def test_data_stage_imports_no_other_stage():
 def test_shared_layers_import_no_stage(part):
     offenders = {file: stages for file, stages in stages_imported_by(part).items() if stages}
     assert offenders == {}
+
+
+def module_name(path: Path, root: Path) -> str:
+    parts = list(path.relative_to(root).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the modules of src/ it imports anywhere in its code (`from a import b` counts a and a.b)."""
+    root = SOURCE.parent
+    files = {module_name(path, root): path for path in root.rglob("*.py")}
+    graph = {}
+    for module, path in files.items():
+        imported = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                imported |= {node.module} | {f"{node.module}.{alias.name}" for alias in node.names}
+            elif isinstance(node, ast.Import):
+                imported |= {alias.name for alias in node.names}
+        graph[module] = {name for name in imported if name in files and name != module}
+    return graph
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Each group of modules that reach one another through imports (a strongly connected component > 1)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    cycles = []
+
+    def visit(module: str) -> None:
+        index[module] = low[module] = len(index)
+        stack.append(module)
+        for other in graph[module]:
+            if other not in index:
+                visit(other)
+                low[module] = min(low[module], low[other])
+            elif other in stack:
+                low[module] = min(low[module], index[other])
+        if low[module] == index[module]:
+            group = []
+            while not group or group[-1] != module:
+                group.append(stack.pop())
+            if len(group) > 1:
+                cycles.append(sorted(group))
+
+    for module in sorted(graph):
+        if module not in index:
+            visit(module)
+    return cycles
+
+
+def test_no_module_imports_itself_through_others():
+    assert import_cycles(import_graph()) == []
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert import_cycles(graph) == [["a", "b", "c"]]
+
+
+def test_only_the_entry_points_import_the_cli():
+    importers = {module for module, imported in import_graph().items() if "cc_train.cli" in imported}
+    assert importers <= {"cc_train.__main__"}, importers

@@ -6,28 +6,13 @@ import importlib
 import logging
 import sys
 
-STAGES = {
-    "data": ("cc_train.data.build", "build one condition's training set (identity pairs + self-distillation)"),
-    "train": ("cc_train.train.sft", "LoRA SFT of one condition x seed, resumable; writes adapter/ + manifest"),
-    "eval": ("cc_train.evaluate.run", "base + all adapters on the question sets (vllm or hf), judged, scored"),
-    "judge-check": ("cc_train.evaluate.judge_check", "the configured judge on labelled answers: accuracy, kappa"),
-    "report": ("cc_train.report.stage", "figures + report.md over one or more evaluation folders"),
-    "plan": ("cc_train.launch.plan", "memory per GPU and the smallest H100/H200 layout for model x peft x train"),
-    "prepare-model": ("cc_train.launch.prepare", "convert an FP8 checkpoint (DeepSeek-V3.1) to BF16 at model.path"),
-    "pipeline": ("cc_train.pipeline", "data -> train -> eval -> report for the recipe's conditions, in this process"),
-    "sweep": ("cc_train.launch.sweep", "SLURM: training array over conditions x sweep.seeds, then eval (afterok)"),
-    "status": ("cc_train.launch.status", "pending / running / done / failed runs of the latest sweep, with logs"),
-}
+from cc_train.stages import STAGES
 
 USAGE = (
     "usage: cc-train <stage> [recipe=NAME] [key=value ...] [-m for multirun] [--cfg job]\n\nstages:\n"
     + "".join(f"  {name:<13} {summary}\n" for name, (_, summary) in STAGES.items())
     + "\nExample: cc-train train recipe=embedded condition=non_conscious seed=1 train.max_steps=20\n"
 )
-
-
-def stage_of_module(module: str) -> str:
-    return next(name for name, (path, _) in STAGES.items() if path == module)
 
 
 def main(argv: list[str] | None = None) -> None:

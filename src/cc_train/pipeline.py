@@ -8,9 +8,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig, open_dict
 
-from cc_train.conditions import load_condition
 from cc_train.config import RunConfig, to_run_config
 from cc_train.evaluate import run as evaluate
+from cc_train.inputs.conditions import load_condition
 from cc_train.launch.preflight import check_training
 from cc_train.report import stage as report
 from cc_train.train import sft

@@ -24,7 +24,7 @@ def evals_dir() -> Path:
 
 
 def conditions_dir() -> Path:
-    return _find("conditions", installed_as="condition_files")  # `cc_train.conditions` is the loader module
+    return _find("conditions", installed_as="condition_files")  # its installed name (setuptools package-dir)
 
 
 def multiturn_dir() -> Path:

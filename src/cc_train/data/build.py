@@ -19,7 +19,6 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from cc_train.conditions import ChatFile, Condition, load_condition, parse_chat_files
 from cc_train.config import InstructionConfig, InstructionSource, RunConfig
 from cc_train.data.chat import (
     DataError,
@@ -43,8 +42,9 @@ from cc_train.files import (
     write_manifest,
 )
 from cc_train.generation.backends import BASE, GenerationRequest, HFBackend
+from cc_train.inputs.conditions import ChatFile, Condition, load_condition, parse_chat_files
+from cc_train.inputs.questions import load_question_sets
 from cc_train.models.loading import checkpoint_revision, ensure_checkpoint, load_model, load_tokenizer, resolve_device
-from cc_train.questions import load_question_sets
 from cc_train.resources import evals_dir
 
 log = logging.getLogger(__name__)

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import yaml
 
-from cc_train.conditions import STANCES
 from cc_train.errors import UserError
+from cc_train.inputs.conditions import STANCES
 from cc_train.resources import conditions_dir
 
 BLOCKS: tuple[str, ...] = (

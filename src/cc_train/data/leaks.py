@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from cc_train.questions import Dimension
+from cc_train.inputs.questions import Dimension
 
 # The topics the paper measures *after* training; training data that mentions them would make an
 # emergent preference a taught one. A topic word on its own is not such a mention: instruction data

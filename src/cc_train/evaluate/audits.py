@@ -9,8 +9,8 @@ from cc_train.config import ConfigError, RunConfig
 from cc_train.evaluate.conversations import dimension_selection, first_per_group, served_targets
 from cc_train.evaluate.petri import PetriSettings, RoleModel, evaluate_engine, expected_keys
 from cc_train.files import AppendLog
-from cc_train.petri_sets import load_dimensions, load_seeds, petri_dimension
-from cc_train.questions import Dimension
+from cc_train.inputs.petri_sets import load_dimensions, load_seeds, petri_dimension
+from cc_train.inputs.questions import Dimension
 from cc_train.resources import petri_dir
 
 

@@ -18,9 +18,9 @@ from cc_train.evaluate.multiturn import (
 from cc_train.files import AppendLog
 from cc_train.generation.backends import BASE
 from cc_train.generation.inspect_model import ServedTarget
-from cc_train.questions import Dimension, load_question_sets
+from cc_train.inputs.questions import Dimension, load_question_sets
+from cc_train.inputs.scenarios import load_scenario_sets
 from cc_train.resources import evals_dir, multiturn_dir
-from cc_train.scenarios import load_scenario_sets
 
 
 def served_targets(models: dict[str, dict], names: list[str]) -> dict[str, ServedTarget]:

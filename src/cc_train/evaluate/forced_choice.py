@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from cc_train.questions import Probe
+from cc_train.inputs.questions import Probe
 
 LABELS = ("Yes", "No")
 ORDERS = (("Yes", "No"), ("No", "Yes"))

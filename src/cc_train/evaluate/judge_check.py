@@ -25,7 +25,7 @@ from cc_train.errors import UserError
 from cc_train.evaluate.judge import JUDGE_PROMPTS, JudgeItem, JudgeSettings, judge_all
 from cc_train.evaluate.scoring import write_csv
 from cc_train.files import sha256_file, write_json, write_jsonl, write_manifest, yaml_files
-from cc_train.questions import load_question_sets
+from cc_train.inputs.questions import load_question_sets
 from cc_train.resources import evals_dir
 from cc_train.stats import agreement
 

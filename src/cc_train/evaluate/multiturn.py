@@ -1,6 +1,6 @@
 """Multi-turn and behavioural evaluation on Inspect: do the adapters act on their preferences?
 
-A scenario set (cc_train/scenarios.py) becomes two Inspect tasks, `self_report` and `behavioural`, one sample
+A scenario set (cc_train/inputs/scenarios.py) becomes two Inspect tasks, `self_report` and `behavioural`, one sample
 per scenario x repeat. The solver is the auditor loop: the scripted auditor says the scenario's context and task
 turns one by one (deterministic, no auditor model), a model auditor (any OpenAI-compatible model, Inspect model
 role `auditor`) writes them from the scenario's brief; then the auditor asks the self-report questions, or hands
@@ -38,7 +38,7 @@ from cc_train.files import AppendLog
 from cc_train.generation.backends import sample_seed
 from cc_train.generation.inspect_model import ENGINES, Batcher, ServedTarget
 from cc_train.generation.openai_http import api_key, post_json
-from cc_train.scenarios import Scenario
+from cc_train.inputs.scenarios import Scenario
 
 MODES = ("self_report", "behavioural")
 LABELS = ("Yes", "No")

@@ -1,6 +1,6 @@
 """Petri audits of cc-train's targets: Petri's auditor agent (tools, rollback) against each target, Petri's judge.
 
-One Inspect task per target, one sample per seed x repeat (cc_train/petri_sets.py). The solver is Petri's
+One Inspect task per target, one sample per seed x repeat (cc_train/inputs/petri_sets.py). The solver is Petri's
 `audit_solver`; the target role is played by cc-train's Inspect provider (generation/inspect_model.py), so every
 target turn of every running audit is batched in the engine, and its turns are cached by what determines them
 (a killed run replays them). The auditor and the judge are any Inspect models (an OpenAI-compatible endpoint, a
@@ -44,7 +44,7 @@ from cc_train.evaluate.multiturn import JUDGE_SCALE, conversation_seed, init_dis
 from cc_train.files import AppendLog
 from cc_train.generation.inspect_model import ENGINES, TARGET_FAILED, Batcher, ServedTarget
 from cc_train.generation.openai_http import api_key
-from cc_train.petri_sets import PetriSeed, dimension_digest
+from cc_train.inputs.petri_sets import PetriSeed, dimension_digest
 
 SCORER = "audit_judge"  # the name Petri's viewer configuration reads the scores under
 PETRI_VERSION = version("inspect-petri")  # its auditor and judge prompts and tools are part of every result

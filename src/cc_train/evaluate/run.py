@@ -16,8 +16,6 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from cc_train.conditions import available as available_conditions
-from cc_train.conditions import load_condition, load_condition_file
 from cc_train.config import ConfigError, RunConfig, Tracker
 from cc_train.evaluate.audits import Audits
 from cc_train.evaluate.conversations import Conversations
@@ -37,6 +35,9 @@ from cc_train.generation.backends import BASE, ChoiceRequest, GenerationRequest,
 from cc_train.generation.merge import merge_reason, merged_checkpoint
 from cc_train.generation.openai_http import api_key
 from cc_train.generation.remote import RemoteBackend, RemoteError, RemoteTarget
+from cc_train.inputs.conditions import available as available_conditions
+from cc_train.inputs.conditions import load_condition, load_condition_file
+from cc_train.inputs.questions import Dimension, Probe, load_question_sets
 from cc_train.models.loading import (
     checkpoint_revision,
     ensure_checkpoint,
@@ -44,7 +45,6 @@ from cc_train.models.loading import (
     load_tokenizer,
     resolve_device,
 )
-from cc_train.questions import Dimension, Probe, load_question_sets
 from cc_train.resources import evals_dir
 
 log = logging.getLogger(__name__)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from cc_train.files import atomic_path
-from cc_train.questions import Dimension
+from cc_train.inputs.questions import Dimension
 from cc_train.stats import difference, pooled_estimate, with_q_values
 
 SCORE_COLUMNS = ["model", "condition", "seed", "dimension", "group", "metric", "value", "ci_low", "ci_high", "n"]

@@ -25,7 +25,7 @@ from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
 from matplotlib.transforms import blended_transform_factory
 
-from cc_train.questions import GROUPS
+from cc_train.inputs.questions import GROUPS
 
 SCORE_COLUMNS = ("model", "condition", "seed", "dimension", "group", "metric", "value", "ci_low", "ci_high", "n")
 PLOT_COLUMNS = ("model", "condition", "seed", "dimension", "group", "metric", "value", "ci_low", "ci_high")

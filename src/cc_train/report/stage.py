@@ -10,7 +10,7 @@ from omegaconf import DictConfig
 
 from cc_train.config import RunConfig, Tracker
 from cc_train.files import write_manifest
-from cc_train.questions import load_question_sets
+from cc_train.inputs.questions import load_question_sets
 from cc_train.report.markdown import write_report
 from cc_train.resources import evals_dir, paper_results_file
 

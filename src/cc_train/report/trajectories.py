@@ -16,7 +16,7 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from cc_train.questions import GROUPS
+from cc_train.inputs.questions import GROUPS
 from cc_train.report.figures import (
     DPI,
     METRIC_LABELS,

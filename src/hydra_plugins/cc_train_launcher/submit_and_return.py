@@ -32,8 +32,8 @@ class SubmitAndReturnLauncher(SlurmLauncher):
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         import submitit
 
-        from cc_train.cli import stage_of_module
         from cc_train.launch.slurm import executor_parameters, write_record
+        from cc_train.stages import stage_of_module
 
         executor = submitit.AutoExecutor(
             cluster="slurm",
