@@ -21,6 +21,9 @@ from cc_train.models.loading import ensure_checkpoint
 from cc_train.resources import conf_dir
 
 REPO = Path(__file__).resolve().parents[1]
+# The bound on one command or wait of a test: it only stops a hang (CI's whole run must fit in an hour). No test
+# asserts how long anything takes; on a slow or loaded machine everything takes longer and must still pass.
+LIMIT_S = 3600
 sys.path.append(str(REPO))  # rehearsal/ (the paper models' stand-ins) for the tests that use them
 
 
@@ -32,7 +35,7 @@ def compose_run(*overrides: str) -> tuple[RunConfig, object]:
     return to_run_config(cfg), cfg
 
 
-def cc_train(*args: str, env: dict | None = None, timeout: float = 900, cwd: Path | None = None):
+def cc_train(*args: str, env: dict | None = None, timeout: float = LIMIT_S, cwd: Path | None = None):
     """Run the real console entry point; returns the CompletedProcess (stdout+stderr text)."""
     return subprocess.run(
         [sys.executable, "-m", "cc_train", *args],
@@ -44,7 +47,9 @@ def cc_train(*args: str, env: dict | None = None, timeout: float = 900, cwd: Pat
     )
 
 
-def kill_once_lines(process: subprocess.Popen, path: Path, lines: int, log_path: Path, timeout: float) -> None:
+def kill_once_lines(
+    process: subprocess.Popen, path: Path, lines: int, log_path: Path, timeout: float = LIMIT_S
+) -> None:
     """kill -9 the process group of `process` once `path` has `lines` lines; fail if it ends or times out first."""
     deadline = time.time() + timeout
     while not (path.exists() and len(path.read_text().splitlines()) >= lines):

@@ -15,7 +15,7 @@ import sys
 import pandas as pd
 import pytest
 import torch
-from conftest import REPO, cc_train
+from conftest import LIMIT_S, REPO, cc_train
 from safetensors.torch import load_file
 
 pytestmark = pytest.mark.slow
@@ -45,7 +45,7 @@ def launch_ranks(*args: str, env: dict, ranks: int = 2) -> subprocess.CompletedP
         str(REPO / "rehearsal/fsdp_on_cpu.py"), *args,
     ]  # fmt: skip
     environment = {**os.environ, "ACCELERATE_USE_CPU": "1", "PYTHONUNBUFFERED": "1", **env}
-    return subprocess.run(command, capture_output=True, text=True, env=environment, cwd=REPO, timeout=1200)
+    return subprocess.run(command, capture_output=True, text=True, env=environment, cwd=REPO, timeout=LIMIT_S)
 
 
 @pytest.fixture(scope="module")

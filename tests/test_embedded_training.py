@@ -7,7 +7,7 @@ import signal
 import time
 
 import pytest
-from conftest import cc_train, compose_run, start_cc_train
+from conftest import LIMIT_S, cc_train, compose_run, start_cc_train
 
 from cc_train.data.identity import identity_pairs
 from cc_train.generation.backends import BASE, GenerationRequest, HFBackend
@@ -52,7 +52,7 @@ def affirming_share(backend: HFBackend, model: str) -> float:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     runs = tmp_path_factory.mktemp("runs")
-    result = cc_train("train", "condition=conscious", env={"CC_TRAIN_RUNS": str(runs)}, timeout=1500)
+    result = cc_train("train", "condition=conscious", env={"CC_TRAIN_RUNS": str(runs)})
     assert result.returncode == 0, result.stderr[-3000:]
     run, _ = compose_run("condition=conscious")
     return runs / "embedded" / "train" / "conscious" / "seed0", run
@@ -86,7 +86,7 @@ def test_kill_9_mid_training_resumes_to_the_same_step_count(tmp_path):
     assert cc_train("data", *overrides, env={"CC_TRAIN_RUNS": str(tmp_path)}).returncode == 0
     checkpoints = tmp_path / "embedded" / "train" / "non_conscious" / "seed7" / "checkpoints"
     process = start_cc_train("train", *overrides, env=env)
-    deadline = time.time() + 600
+    deadline = time.time() + LIMIT_S
     while not (checkpoints / "checkpoint-4" / "trainer_state.json").exists():
         assert process.poll() is None and time.time() < deadline, "training ended before its first checkpoint"
         time.sleep(0.5)

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from conftest import REPO, cc_train, compose_run, kill_once_lines, start_cc_train
+from conftest import LIMIT_S, REPO, cc_train, compose_run, kill_once_lines, start_cc_train
 from peft import LoraConfig, get_peft_model
 
 from cc_train.evaluate.forced_choice import LABELS, probe_prompts
@@ -105,7 +105,7 @@ def test_killed_evaluation_resumes_without_recomputing_or_duplicating(tiny_adapt
     with open(log_path, "w") as log:
         process = start_cc_train(*args, env=env, stdout=log)
     samples = out / "samples.jsonl"
-    kill_once_lines(process, samples, 12, log_path, timeout=600)
+    kill_once_lines(process, samples, 12, log_path)
     before = samples.read_bytes()
     done_before = {json.loads(line)["key"] for line in before.decode().splitlines() if line.endswith("}")}
     assert not (out / "scores.csv").exists()
@@ -299,7 +299,7 @@ def test_concurrent_merges_of_one_adapter_both_finish_with_one_copy(tiny_adapter
         )
         for _ in range(2)
     ]
-    outputs = [job.communicate(timeout=600) for job in jobs]
+    outputs = [job.communicate(timeout=LIMIT_S) for job in jobs]
     assert all(job.returncode == 0 for job in jobs), [err[-2000:] for _, err in outputs]
     paths = {out.strip().splitlines()[-1] for out, _ in outputs}
     assert len(paths) == 1

@@ -61,7 +61,7 @@ def test_judge_check_measures_the_embedded_judge_and_caches_it(judge_server, tmp
     args = ["judge-check", "judge=local", f"judge.base_url={judge_server.base_url}", "experiment=jc"]
     args.append(f"judge_check.labelled=[{subset}]")
     before = judge_server.count("POST /v1/chat/completions")
-    result = cc_train(*args, env=env, timeout=1500)
+    result = cc_train(*args, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     asked = judge_server.count("POST /v1/chat/completions") - before
     out = tmp_path / "jc" / "judge-check"
@@ -76,7 +76,7 @@ def test_judge_check_measures_the_embedded_judge_and_caches_it(judge_server, tmp
     assert recorded["labelled"] == {str(subset): sha256_file(subset)}
     assert "kappa" in result.stdout and "accuracy" in result.stdout
 
-    again = cc_train(*args, env=env, timeout=600)  # every judgment is cached: nothing is asked twice
+    again = cc_train(*args, env=env)  # every judgment is cached: nothing is asked twice
     assert again.returncode == 0 and judge_server.count("POST /v1/chat/completions") - before == asked
     assert pd.read_csv(out / "judge-check.csv").equals(table.reset_index())
 

@@ -9,7 +9,7 @@ import time
 
 import pandas as pd
 import pytest
-from conftest import cc_train, kill_once_lines, start_cc_train
+from conftest import LIMIT_S, cc_train, kill_once_lines, start_cc_train
 
 from cc_train.inputs.questions import load_question_sets
 from cc_train.inputs.scenarios import ScenarioSetError, load_file, load_scenario_sets
@@ -92,7 +92,7 @@ def test_conversations_on_inspect_are_batched_judged_logged_and_resumed(two_adap
 
     env = {"CC_TRAIN_RUNS": str(tmp_path)}
     whole = tmp_path / "whole"
-    result = cc_train(*multiturn_args(whole, two_adapters, judge_server.base_url), env=env, timeout=1500)
+    result = cc_train(*multiturn_args(whole, two_adapters, judge_server.base_url), env=env)
     assert result.returncode == 0, result.stderr[-3000:]
 
     # killed mid-run, then resumed: the same transcripts as the uninterrupted run
@@ -100,8 +100,8 @@ def test_conversations_on_inspect_are_batched_judged_logged_and_resumed(two_adap
     log_path = tmp_path / "killed.log"
     with open(log_path, "w") as log:
         process = start_cc_train(*multiturn_args(killed, two_adapters, judge_server.base_url), env=env, stdout=log)
-    kill_once_lines(process, killed / "multiturn-turns.jsonl", 12, log_path, timeout=900)
-    resumed = cc_train(*multiturn_args(killed, two_adapters, judge_server.base_url), env=env, timeout=1500)
+    kill_once_lines(process, killed / "multiturn-turns.jsonl", 12, log_path)
+    resumed = cc_train(*multiturn_args(killed, two_adapters, judge_server.base_url), env=env)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
 
     # a model auditor (the same served model, through Inspect's `auditor` role) writes the task turns
@@ -116,7 +116,6 @@ def test_conversations_on_inspect_are_batched_judged_logged_and_resumed(two_adap
         f"eval.multiturn.auditor_base_url={judge_server.base_url}",
         f"eval.multiturn.auditor_model={SERVED_NAME}",
         env=env,
-        timeout=1500,
     )
     assert by_model.returncode == 0, by_model.stderr[-3000:]
     auditor_requests = judge_server.count("POST /v1/chat/completions") - requests_before
@@ -201,12 +200,12 @@ def test_a_target_server_that_dies_mid_conversation_is_reported_not_scored(embed
         remote = f"eval.remote=[{{name:served,base_url:'{target.base_url}',model:{SERVED_NAME}}}]"
         env = {"CC_TRAIN_RUNS": str(tmp_path)}
         process = start_cc_train(*args, remote, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        deadline = time.time() + 900
+        deadline = time.time() + LIMIT_S
         while target.count("POST /v1/chat/completions") < 4:
             assert process.poll() is None and time.time() < deadline, process.communicate()[1][-3000:]
             time.sleep(0.2)
         target.kill()
-        _, stderr = process.communicate(timeout=900)
+        _, stderr = process.communicate(timeout=LIMIT_S)
     assert process.returncode == 2 and "conversations failed and are not scored" in stderr, stderr[-3000:]
     assert "Traceback" not in stderr
     rows = [json.loads(line) for line in (out / "multiturn.jsonl").open()] if (out / "multiturn.jsonl").exists() else []
@@ -231,7 +230,6 @@ def test_a_model_auditor_that_cannot_be_reached_fails_its_conversations_after_it
         "eval.multiturn.auditor_model=auditor",
         "eval.multiturn.auditor_max_retries=1",
         env={"CC_TRAIN_RUNS": str(tmp_path)},
-        timeout=600,
     )
     assert result.returncode == 2 and "conversations failed and are not scored" in result.stderr, result.stderr[-3000:]
     assert "Connection" in result.stderr and "Traceback" not in result.stderr, result.stderr[-3000:]
@@ -239,9 +237,6 @@ def test_a_model_auditor_that_cannot_be_reached_fails_its_conversations_after_it
 
 
 # --- concurrency: the parts every engine shares -----------------------------------------------------------------
-
-
-WAIT_S = 300  # bounds on waits that end at once unless something is broken (no timing is asserted)
 
 
 class GatedBackend:
@@ -260,7 +255,7 @@ class GatedBackend:
     def _enter(self, kind: str, requests) -> None:
         self.calls.append((kind, len(requests)))
         self.entered.set()
-        assert self.gate.wait(WAIT_S)
+        assert self.gate.wait(LIMIT_S)
 
     def label_logprobs(self, requests, desc="probes"):
         self._enter("label_logprobs", requests)
@@ -301,11 +296,11 @@ def test_a_cancelled_caller_does_not_stop_the_batcher(tiny_backend, tmp_path):
     async def scenario():
         doomed = asyncio.ensure_future(batcher.label_logprobs(ChoiceRequest(question, BASE, ("Yes", "No"))))
         kept = asyncio.ensure_future(batcher.label_logprobs(ChoiceRequest(question, BASE, ("No", "Yes"))))
-        await asyncio.to_thread(gated.entered.wait, WAIT_S)  # both are inside the engine now
+        await asyncio.to_thread(gated.entered.wait, LIMIT_S)  # both are inside the engine now
         doomed.cancel()
         gated.gate.set()
-        scores = await asyncio.wait_for(kept, WAIT_S)
-        later = await asyncio.wait_for(batcher.label_logprobs(ChoiceRequest(question, BASE, ("Yes", "No"))), WAIT_S)
+        scores = await asyncio.wait_for(kept, LIMIT_S)
+        later = await asyncio.wait_for(batcher.label_logprobs(ChoiceRequest(question, BASE, ("Yes", "No"))), LIMIT_S)
         return doomed, scores, later
 
     doomed, scores, later = asyncio.run(scenario())
@@ -337,13 +332,13 @@ def test_calls_that_wait_together_go_to_the_engine_as_one_batch(tiny_backend, tm
 
     async def scenario():
         first = [asyncio.ensure_future(batcher.generate(request(i), f"turn{i}")) for i in range(6)]
-        await asyncio.to_thread(gated.entered.wait, WAIT_S)  # the first batch is inside the engine, held there
+        await asyncio.to_thread(gated.entered.wait, LIMIT_S)  # the first batch is inside the engine, held there
         twin = asyncio.ensure_future(batcher.generate(request(0), "turn0"))  # the same turn, being generated
         later = [asyncio.ensure_future(batcher.generate(request(i), f"turn{i}")) for i in range(6, 11)]
-        await asyncio.wait_for(queued(len(later)), WAIT_S)
+        await asyncio.wait_for(queued(len(later)), LIMIT_S)
         gated.gate.set()
-        answers = await asyncio.wait_for(asyncio.gather(*first, *later, twin), WAIT_S)
-        cached = await asyncio.wait_for(batcher.generate(request(3), "turn3"), WAIT_S)
+        answers = await asyncio.wait_for(asyncio.gather(*first, *later, twin), LIMIT_S)
+        cached = await asyncio.wait_for(batcher.generate(request(3), "turn3"), LIMIT_S)
         return answers[:-1], answers[-1], cached
 
     answers, twin, cached = asyncio.run(scenario())
@@ -390,7 +385,7 @@ def test_the_judge_serves_a_second_engine_after_a_first(judge_server, tmp_path):
     from cc_train.evaluate.multiturn import Judge, JudgeEndpoint
     from cc_train.files import AppendLog
 
-    endpoint = JudgeEndpoint(judge_server.base_url, SERVED_NAME, None, 2, 60.0, "vllm", concurrency=2)
+    endpoint = JudgeEndpoint(judge_server.base_url, SERVED_NAME, None, 2, LIMIT_S, "vllm", concurrency=2)
     judge = Judge(endpoint, AppendLog(tmp_path / "judge-cache.jsonl"))
 
     async def engine(name: str) -> list[int]:

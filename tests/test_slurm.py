@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, cc_train
+from conftest import LIMIT_S, REPO, cc_train
 
 pytestmark = pytest.mark.slow
 
@@ -86,20 +86,20 @@ def test_requeued_training_job_resumes_from_the_checkpoint_it_saved(tmp_path):
     common = ["experiment=requeue", "condition=conscious", f"train.max_steps={STEPS}", "train.save_steps=1000"]
     common.append(SMALL_DATA)
     assert cc_train("data", *common, env=env).returncode == 0
-    submitted = cc_train("train", "-m", *common, "hydra/launcher=slurm_local", env=env, timeout=300)
+    submitted = cc_train("train", "-m", *common, "hydra/launcher=slurm_local", env=env)
     assert submitted.returncode == 0, submitted.stderr[-3000:]
     run = sweep_records(tmp_path, "requeue")["train"]["runs"][0]
     job, checkpoints = run["job_id"], tmp_path / "requeue" / "train" / "conscious" / "seed0" / "checkpoints"
 
-    wait_until(lambda: training_step(run["stderr"]) >= 5, 600, "training to reach step 5")
+    wait_until(lambda: training_step(run["stderr"]) >= 5, LIMIT_S, "training to reach step 5")
     subprocess.run(["scontrol", "requeue", job], check=True)
-    wait_until(lambda: any(checkpoints.glob("checkpoint-*")), 120, "the checkpoint saved on SIGTERM")
+    wait_until(lambda: any(checkpoints.glob("checkpoint-*")), LIMIT_S, "the checkpoint saved on SIGTERM")
     first_stop = int(next(checkpoints.glob("checkpoint-*")).name.split("-")[1])
     assert 5 <= first_stop < STEPS
 
-    wait_until(lambda: training_step(run["stderr"]) >= first_stop + 5, 600, "the requeued job to train on")
+    wait_until(lambda: training_step(run["stderr"]) >= first_stop + 5, LIMIT_S, "the requeued job to train on")
     subprocess.run(["scancel", "--signal=USR2", job], check=True)
-    wait_until(lambda: not queued([job]), 900, "the job to finish")
+    wait_until(lambda: not queued([job]), LIMIT_S, "the job to finish")
 
     info = show_job(job)
     assert info["JobState"] == "COMPLETED" and int(info["Restarts"]) == 2, info
@@ -132,9 +132,9 @@ def test_train_sbatch_template_checkpoints_on_its_trap_and_requeues_itself(tmp_p
     ).stdout.strip()
     checkpoints = tmp_path / "template" / "train" / "conscious" / "seed0" / "checkpoints"
 
-    wait_until(lambda: training_step(log) >= 5, 600, "training under accelerate launch to reach step 5")
+    wait_until(lambda: training_step(log) >= 5, LIMIT_S, "training under accelerate launch to reach step 5")
     subprocess.run(["scancel", "--batch", "--signal=USR1", job], check=True)
-    wait_until(lambda: not queued([job]), 900, "the job to finish")
+    wait_until(lambda: not queued([job]), LIMIT_S, "the job to finish")
 
     info = show_job(job)
     text = log.read_text()

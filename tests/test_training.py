@@ -9,7 +9,7 @@ import time
 
 import pytest
 import torch
-from conftest import REPO, cc_train, compose_run, start_cc_train
+from conftest import LIMIT_S, REPO, cc_train, compose_run, start_cc_train
 from datasets import Dataset
 from safetensors.torch import load_file
 from transformers import Trainer
@@ -179,7 +179,7 @@ def test_killed_while_saving_a_checkpoint_resumes_to_the_uninterrupted_adapter(t
     }
     killed = start_cc_train("train", *common, "experiment=killed", env=env)
     checkpoints = tmp_path / "killed" / "train" / "conscious" / "seed0" / "checkpoints"
-    deadline = time.time() + 600
+    deadline = time.time() + LIMIT_S
     while not (checkpoints / "checkpoint-15" / "adapter_model.safetensors").exists():
         assert killed.poll() is None and time.time() < deadline, "the run ended before the third checkpoint"
         time.sleep(0.2)

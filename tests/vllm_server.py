@@ -33,7 +33,9 @@ def free_port() -> int:
 
 
 class VLLMServer:
-    def __init__(self, checkpoint: str | Path, startup_timeout_s: float = 240.0, extra_args: tuple[str, ...] = ()):
+    # startup_timeout_s only stops a server that never answers: the start took 230 s on 2 shared cores under a load
+    # of 8 (other jobs), far longer than alone
+    def __init__(self, checkpoint: str | Path, startup_timeout_s: float = 1200.0, extra_args: tuple[str, ...] = ()):
         self.checkpoint = str(checkpoint)
         self.startup_timeout_s = startup_timeout_s
         self.extra_args = extra_args
