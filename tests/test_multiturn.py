@@ -120,7 +120,6 @@ def test_conversations_on_inspect_are_batched_judged_logged_and_resumed(two_adap
         env=env,
     )
     assert by_model.returncode == 0, by_model.stderr[-3000:]
-    auditor_requests = judge_server.count("POST /v1/chat/completions") - requests_before
 
     rows = {folder: [json.loads(line) for line in (folder / "multiturn.jsonl").open()] for folder in (whole, killed)}
     # 3 targets x 1 dimension x 1 scenario x 2 modes x 2 repeats
@@ -175,8 +174,11 @@ def test_conversations_on_inspect_are_batched_judged_logged_and_resumed(two_adap
         assert not set(written) & set(scenario.task_turns), "the auditor model, not the script, wrote the task turns"
         assert scenario.context not in user_turns[0]
         assert user_turns[len(scenario.task_turns) :] == list(scenario.self_report)  # closing questions: the scenario's
-    # the judge's 2 ratings per conversation, plus the auditor's turns (the first is shared, from Inspect's cache)
-    assert auditor_requests >= 2 * 2 + len(scenario.task_turns) + 1, auditor_requests
+    # the judge's 2 ratings per conversation, plus the auditor's turns (the first is shared, from Inspect's cache);
+    # nothing else asked the server since
+    least = 2 * 2 + len(scenario.task_turns) + 1
+    auditor_requests = judge_server.count("POST /v1/chat/completions", at_least=requests_before + least)
+    assert auditor_requests - requests_before >= least, auditor_requests - requests_before
 
 
 @pytest.mark.slow

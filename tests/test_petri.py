@@ -357,7 +357,7 @@ def test_the_embedded_model_as_petri_auditor_and_judge_is_reported_not_scored(ju
         "eval.petri.judge.max_retries=1",
         env={"CC_TRAIN_RUNS": str(tmp_path)},
     )
-    requests = judge_server.count("POST /v1/chat/completions") - before
+    requests = judge_server.count("POST /v1/chat/completions", at_least=before + 1) - before
     assert result.returncode == 2, result.stderr[-3000:]
     assert "Petri audits failed and are not scored" in result.stderr
     assert not (out_dir / "petri.jsonl").exists() or not (out_dir / "petri.jsonl").read_text().strip()
