@@ -83,6 +83,9 @@ class VLLMServer:
             "DO_NOT_TRACK": "1",
         }
         cmd = [
+            # SIGTERM when the test process dies, even killed (a test run stopped by `timeout`), so that no server
+            # outlives its tests on a shared machine
+            "setpriv", "--pdeathsig", "TERM",
             sys.executable, "-m", "cc_train.launch.vllm_cli", "serve", self.checkpoint,
             "--host", "127.0.0.1",
             "--port", str(self.port),
