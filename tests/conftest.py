@@ -131,9 +131,10 @@ def holding(tmp_path_factory):
 
 
 def start_cc_train(*args: str, env: dict, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT) -> subprocess.Popen:
-    """Start the console entry point in a session of its own, so that a test can kill -9 the whole process group."""
+    """Start the console entry point in a session of its own, so that a test can kill -9 the whole process group; it
+    is killed too if the test process dies first (a held process would otherwise wait for an hour)."""
     return subprocess.Popen(
-        [sys.executable, "-m", "cc_train", *args],
+        ["setpriv", "--pdeathsig", "KILL", sys.executable, "-m", "cc_train", *args],
         cwd=REPO,
         env={**os.environ, "PYTHONUNBUFFERED": "1", **env},
         stdout=stdout,
