@@ -30,7 +30,7 @@ demo: setup
 lint: setup
 	$(VENV)/bin/ruff check src tests bench rehearsal tools
 	$(VENV)/bin/hadolint Dockerfile
-	$(VENV)/bin/shellcheck slurm/*.sh slurm/*.sbatch .ci/run
+	$(VENV)/bin/shellcheck slurm/*.sh slurm/*.sbatch .ci/run tools/*.sh bench/*.sh
 
 test: lint
 	$(VENV)/bin/pytest $(PYTEST_ARGS)

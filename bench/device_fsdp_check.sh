@@ -13,8 +13,7 @@
 #      (checkpoint-1/adapter_*, loaded and compared with what the resumed run started from)
 # Logs: $OUT/check.log (everything), $OUT/summary.json (step 5), $OUT/tree.txt, $OUT/artifacts.tar.gz.
 # Run from the repo root on a GPU machine that lacks our pure-Python deps, with their wheels in
-# .device_wheels/ (pip download --no-deps ... trl datasets transformers peft hydra-core omegaconf
-# antlr4-python3-runtime hydra-submitit-launcher submitit dill multiprocess fsspec, versions as in the venv):
+# .device_wheels/ (python bench/device_wheelhouse.py; bench/device_check.sh runs this script as its step 5):
 #   OUT=/tmp/out bash bench/device_fsdp_check.sh
 # It runs slurm/accelerate/fsdp.yaml as shipped, with train.gradient_checkpointing=true as the paper recipes.
 # CHECK_DRY_RUN=1 runs steps 1-5 on CPU without accelerate (the "fsdp" leg is a plain run): a quick test

@@ -8,7 +8,9 @@ python bench/train_throughput.py qwen3-30b-a3b-shaped [--layers 4] [--seq 1024] 
     tokens/s, MFU and peak memory per GPU on CUDA, before and after issue 15: `before` is PEFT's folded expert
     LoRA and the whole sequence's logits at once, `after` cc-train's grouped expert LoRA and the loss in chunks of
     1,024 tokens (the chunks matter where lm_head carries LoRA: the paper preset). `--small` shrinks the dimensions
-    to prove it on a CPU.
+    to prove it on a CPU. On CUDA each row also gives peak *reserved* memory and the planner's estimate for the same
+    shape (launch/plan.py: `plan alloc` without its overhead row, `plan` with it), so a GPU run calibrates the
+    planner's allowance for what the allocator reserves.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 if importlib.util.find_spec("cc_train") is None:  # a checkout without `pip install -e .` (e.g. the GPU machine)
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from cc_train.config import Arch, PeftConfig, Preset  # noqa: E402
+from cc_train.config import Arch, DType, PeftConfig, Preset  # noqa: E402
 from cc_train.models.lora import wrap_with_lora  # noqa: E402
 from cc_train.models.tiny import tiny_config  # noqa: E402
 from cc_train.train.loss import compute_loss_in_chunks  # noqa: E402
@@ -151,13 +153,17 @@ def moe_shaped(layers: int, seq: int, batch: int, steps: int, presets: list[str]
             try:
                 rows.append(moe_step_timing(config, preset, variant, device, dtype, batch, seq, steps, peak))
             except Exception as error:  # report and go on: one failing setting must not hide the others
-                rows.append([preset, variant, layers, f"{batch}x{seq}", "-", "-", "-", "-", f"failed: {error!s:.80}"])
+                rows.append(
+                    [preset, variant, layers, f"{batch}x{seq}", "-", "-", "-", "-", f"failed: {error!s:.80}"]
+                    + ["-"] * 3
+                )
     print(
         f"\nQwen3-30B-A3B-shaped ({'small dims' if small else 'real dims'}), {layers} of 48 layers, {name}, "
         f"{dtype}, active params/token {active_params(config) / 1e6:.0f}M, gradient checkpointing on"
     )
     table(
-        ["preset", "variant", "layers", "batch x seq", "LoRA params", "ms/step", "tokens/s", "MFU", "peak GiB"],
+        ["preset", "variant", "layers", "batch x seq", "LoRA params", "ms/step", "tokens/s", "MFU", "peak GiB"]
+        + ["reserved GiB", "plan alloc GiB", "plan GiB"],
         rows,
     )
 
@@ -212,6 +218,8 @@ def moe_step_timing(
     flops_per_token = 4 * active_params(config) + attention_flops
     mfu = f"{tokens_per_s * flops_per_token / (peak * 1e12):.1%}" if peak else "-"
     memory = f"{torch.cuda.max_memory_allocated() / 2**30:.1f}" if device == "cuda" else "-"
+    reserved = f"{torch.cuda.max_memory_reserved() / 2**30:.1f}" if device == "cuda" else "-"
+    planned = planner_estimate(config, lora, variant, batch, seq, dtype)
     row = [
         preset,
         variant,
@@ -222,11 +230,31 @@ def moe_step_timing(
         f"{tokens_per_s:.0f}",
         mfu,
         memory,
+        reserved,
+        f"{planned['total'] - planned['overhead']:.1f}",
+        f"{planned['total']:.1f}",
     ]
     del model, optimizer
     if device == "cuda":
         torch.cuda.empty_cache()
     return row
+
+
+def planner_estimate(config, lora: PeftConfig, variant: str, batch: int, seq: int, dtype) -> dict[str, float]:
+    """The planner's per-GPU items for this shape on one GPU, the way the variant runs (`before`: PEFT's fold, the whole
+    sequence's logits at once)."""
+    from types import SimpleNamespace
+
+    from cc_train.launch.plan import estimate
+    from cc_train.models.shapes import shape_from_config
+
+    shape = shape_from_config(config, Arch.qwen3_moe, "bench")
+    model = SimpleNamespace(dtype=DType.bfloat16 if dtype == torch.bfloat16 else DType.float32, load_in_4bit=False)
+    chunk = batch * seq if variant == "before" else 1024
+    train = SimpleNamespace(
+        per_device_batch_size=batch, max_length=seq, gradient_checkpointing=True, loss_chunk_tokens=chunk
+    )
+    return estimate(model, lora, train, shape, folded_experts=variant == "before").per_gpu(1)
 
 
 def main() -> None:

@@ -26,7 +26,6 @@ QWEN = "Qwen/Qwen3-30B-A3B-Instruct-2507"
 DEEPSEEK = "deepseek-ai/DeepSeek-V3.1"
 ALPACA = "tatsu-lab/alpaca"
 BLOCK = 128
-FP8_MAX = 448.0  # float8_e4m3fn
 
 # Our own instruction prompts (not alpaca's): everyday tasks, none about the model itself.
 INSTRUCTIONS = (
@@ -76,25 +75,17 @@ def publish_model(hf_home: Path, repo_id: str, folder: Path) -> Path:
 
 def quantize_block_fp8(weight: torch.Tensor, block: int = BLOCK) -> tuple[torch.Tensor, torch.Tensor]:
     """FP8 (e4m3) weight and its inverse scale per block x block tile (`weight_scale_inv`), as DeepSeek ships it."""
-    rows, cols = weight.shape
-    scale = torch.zeros((-(-rows // block), -(-cols // block)), dtype=torch.float32)
-    quantized = torch.zeros_like(weight, dtype=torch.float8_e4m3fn)
-    for i in range(scale.shape[0]):
-        for j in range(scale.shape[1]):
-            tile = weight[i * block : (i + 1) * block, j * block : (j + 1) * block].float()
-            scale[i, j] = max(tile.abs().max().item(), 1e-12) / FP8_MAX
-            quantized[i * block : (i + 1) * block, j * block : (j + 1) * block] = (tile / scale[i, j]).to(
-                torch.float8_e4m3fn
-            )
-    return quantized, scale
+    from cc_train.models.fp8 import quantize
+
+    return quantize(weight, (block, block))
 
 
 def is_projection(name: str) -> bool:
-    """Weights the FP8 release quantizes: every projection of attention and MLPs (experts included); not the
-    embeddings, lm_head, norms or the router."""
+    """Weights the FP8 release quantizes: every projection of attention (kv_a_proj_with_mqa included) and MLPs
+    (experts included); not the embeddings, lm_head, norms or the router."""
     return (
         name.startswith("model.layers.")
-        and name.endswith("_proj.weight")
+        and name.endswith(("_proj.weight", "_proj_with_mqa.weight"))
         and "layernorm" not in name
         and ".mlp.gate." not in name
     )

@@ -4,6 +4,7 @@ import pytest
 from conftest import cc_train, compose_run
 
 from cc_train.config import ConfigError
+from cc_train.stats import MIN_RESAMPLED_SEEDS
 
 
 @pytest.mark.parametrize(
@@ -62,6 +63,9 @@ def test_recipes_compose_with_paper_hyperparameters(recipe):
         assert run.train.max_grad_norm == 0 and run.train.weight_decay == 0
         assert run.data.identity_per_block == 100 and run.data.instructions.count == 600
         assert len(run.conditions) == 4
+        # enough seeds per condition for the statistics to estimate seed-to-seed variation: the report's comparisons
+        # are then about the condition, not the adapters trained
+        assert len(run.sweep.seeds) >= MIN_RESAMPLED_SEEDS
 
 
 def test_recipe_files_start_with_their_command():

@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 
 import pandas as pd
 import pytest
@@ -51,6 +52,8 @@ def launch_ranks(*args: str, env: dict, ranks: int = 2) -> subprocess.CompletedP
 @pytest.fixture(scope="module")
 def two_and_one(tmp_path_factory):
     root = tmp_path_factory.mktemp("ranks")
+    data = cc_train("data", *TRAINING[1:], "experiment=two", env={"CC_TRAIN_RUNS": str(root)})  # before the ranks
+    assert data.returncode == 0, data.stderr[-3000:]
     two = launch_ranks(*TRAINING, "experiment=two", env={"CC_TRAIN_RUNS": str(root)})
     assert two.returncode == 0, two.stdout[-2000:] + two.stderr[-4000:]
     one = cc_train(*TRAINING, "experiment=one", env={"CC_TRAIN_RUNS": str(root)})
@@ -109,6 +112,18 @@ def test_every_checkpoint_of_the_sharded_run_carries_an_adapter_that_evaluation_
         result.returncode == 0
         and "1 checkpoint(s) hold no adapter and are not evaluated (checkpoint-2)" in result.stdout
     )
+
+
+def test_ranks_without_a_dataset_refuse_at_once_instead_of_waiting_for_one_of_them(tmp_path):
+    """Two ranks, no dataset: building it (self-distillation with the base model) is not a rank's job while the others
+    wait outside any process group, where no timeout fires. Both refuse at once, naming the command to run first."""
+    started = time.monotonic()
+    result = launch_ranks(*TRAINING, "experiment=nodata", env={"CC_TRAIN_RUNS": str(tmp_path)})
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output[-3000:]
+    assert output.count("run `cc-train data` with the same overrides first") == 2, output[-3000:]  # every rank
+    assert not (tmp_path / "nodata" / "data" / "conscious.jsonl").exists(), "no rank built it"
+    print(f"2 ranks without a dataset: refused in {time.monotonic() - started:.0f} s")
 
 
 def test_more_ranks_than_the_batch_has_sequences_give_the_adapter_of_one_rank(tmp_path):

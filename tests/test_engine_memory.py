@@ -11,7 +11,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 from cc_train.config import ConfigError
 from cc_train.evaluate.preflight import check_merges
 from cc_train.generation.engine_memory import GIB, engine_plan, lora_slot_bytes, merge_cost, smallest_engine
-from cc_train.launch import plan as planner
+from cc_train.launch.cards import card_gib
 from cc_train.models.shapes import PUBLISHED_CONFIGS, published_shape, weight_bytes
 
 QWEN, DEEPSEEK = "Qwen/Qwen3-30B-A3B-Instruct-2507", "deepseek-ai/DeepSeek-V3.1"
@@ -78,15 +78,15 @@ def verdict(hub_id: str, gpu_gib: float, adapters: int, fp8: bool = False):
 
 def test_verdicts_for_h100_and_h200_nodes():
     # Qwen3-30B-A3B, 16 adapters + 4 checkpoints each: one GPU, adapters in chunks of the slots that fit
-    h200, h100 = verdict(QWEN, planner.GPU_KINDS["H200-141GB"], 80), verdict(QWEN, planner.GPU_KINDS["H100-80GB"], 80)
+    h200, h100 = verdict(QWEN, card_gib("H200-141GB"), 80), verdict(QWEN, card_gib("H100-80GB"), 80)
     assert (h200.gpus, h100.gpus) == (1, 1) and h200.max_loras > 10 > h100.max_loras >= 1
-    # DeepSeek-V3.1 merged (the paper preset's kv_b_proj / lm_head): the BF16 copy needs pipeline stages over nodes
-    merged_h200 = verdict(DEEPSEEK, planner.GPU_KINDS["H200-141GB"], 0)
-    merged_h100 = verdict(DEEPSEEK, planner.GPU_KINDS["H100-80GB"], 0)
-    assert (merged_h200.tp, merged_h200.pp) == (8, 2) and (merged_h100.tp, merged_h100.pp) == (8, 3)
-    # ... adapters vLLM serves as LoRA (peft.unservable=exclude) on the FP8 release: one H200 node
-    lora_fp8 = verdict(DEEPSEEK, planner.GPU_KINDS["H200-141GB"], 80, fp8=True)
+    # DeepSeek-V3.1 as a BF16 copy fits no node (engines span one node: no pipeline over nodes)
+    merged_h200 = verdict(DEEPSEEK, card_gib("H200-141GB"), 0)
+    assert not merged_h200.fits and (merged_h200.tp, merged_h200.pp) == (8, 1)
+    # ... its FP8 release does, with adapters as LoRA: one H200 node; H100 nodes hold not even its weights
+    lora_fp8 = verdict(DEEPSEEK, card_gib("H200-141GB"), 80, fp8=True)
     assert lora_fp8.gpus == 8 and lora_fp8.fits and lora_fp8.max_loras >= 8
+    assert not verdict(DEEPSEEK, card_gib("H100-80GB"), 1, fp8=True).fits
     # a single H200 cannot hold the BF16 DeepSeek: the plan says so with its numbers
     alone = engine_plan(
         published_shape(DEEPSEEK), weight_bytes(published_shape(DEEPSEEK), 2), 125, 1, 1, 0, 16, 4096, False
@@ -113,21 +113,27 @@ def test_training_and_sweep_preflights_name_the_numbers(capsys):
     from cc_train.launch.preflight import check_sweep, training_fits
 
     qwen, _ = compose_run("recipe=paper/qwen3_30b_a3b")
-    assert training_fits(qwen, 1, planner.GPU_KINDS["H200-141GB"]) is None
-    problem = training_fits(qwen, 1, planner.GPU_KINDS["H100-80GB"])
-    assert problem.startswith("training needs 85.0 GiB per GPU on 1 GPU(s)") and "H200-141GB: 1 GPUs" in problem
+    assert training_fits(qwen, 1, card_gib("H200-141GB")) is None
+    problem = training_fits(qwen, 1, card_gib("H100-80GB"))
+    assert problem.startswith("training needs 96.1 GiB per GPU on 1 GPU(s)") and "H200-141GB: 1 GPUs" in problem
+    assert "more than the card's 79.2 GiB" in problem and "H100-80GB: 2 GPUs" in problem
 
     h100, _ = compose_run("recipe=paper/qwen3_30b_a3b", "sweep.gpu=H100-80GB")
-    with pytest.raises(ConfigError, match=r"sweep on H100-80GB, nothing queued: training needs 85\.0 GiB"):
+    with pytest.raises(ConfigError, match=r"sweep on H100-80GB, nothing queued: training needs 96\.1 GiB"):
         check_sweep(h100, 1, 16)
     check_sweep(compose_run("recipe=paper/qwen3_30b_a3b", "sweep.gpu=H200-141GB")[0], 1, 16)  # fits: no error
 
-    deepseek, _ = compose_run("recipe=paper/deepseek_v3_1", "sweep.gpu=H200-141GB", "eval.pipeline_parallel=1")
-    with pytest.raises(ConfigError) as refused:
-        check_sweep(deepseek, 32, 16)
-    assert "it fits on 16 GPU(s) (8 tensor x 2 pipeline)" in str(refused.value)  # the merged BF16 engine: two nodes
+    # DeepSeek-V3.1 over its FP8 release: one H200 node per training task and per evaluation engine, not H100s
+    check_sweep(compose_run("recipe=paper/deepseek_v3_1", "sweep.gpu=H200-141GB")[0], 8, 16)
     printed = capsys.readouterr().out
-    assert "carry kv_b_proj, lm_head, which vLLM serves only merged: 16 merged copies of the base: 21.47 TB" in printed
+    assert (
+        "carry kv_b_proj, lm_head, which vLLM serves only merged: an overlay of the FP8 release per adapter" in printed
+    )
+    h100, _ = compose_run("recipe=paper/deepseek_v3_1", "sweep.gpu=H100-80GB")
+    with pytest.raises(
+        ConfigError, match="nothing queued: training over the FP8 release needs .* one node of 8 x H200"
+    ):
+        check_sweep(h100, 8, 16)
 
 
 def test_cc_train_plan_prints_the_evaluation_engines():
@@ -135,7 +141,27 @@ def test_cc_train_plan_prints_the_evaluation_engines():
 
     result = cc_train("plan", "recipe=paper/deepseek_v3_1")
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "base + 16 adapters, each served merged (vLLM serves no LoRA on kv_b_proj, lm_head)" in result.stdout
-    assert "H200-141GB  with peft.unservable=exclude, as LoRA on the FP8 release (eval.serve_model): 8 GPU(s)" in (
-        result.stdout
-    )
+    assert "base + 16 adapters; vLLM serves no LoRA on kv_b_proj, lm_head: each adapter on an overlay" in result.stdout
+    assert "H200-141GB  per adapter: 8 GPU(s) (8 tensor x 1 pipeline): weights" in result.stdout
+    excluded = cc_train("plan", "recipe=paper/deepseek_v3_1", "peft.unservable=exclude")
+    assert "base + 16 adapters as LoRA in one engine" in excluded.stdout and "overlay" not in excluded.stdout
+
+
+def test_adapters_kept_in_host_memory_are_bounded_by_the_memory_granted():
+    from cc_train.generation.engine_memory import cpu_lora_slots
+
+    # 112 Qwen3-30B-A3B adapters and checkpoints (eval.checkpoints=all) of 1.3 GB on a node granting 128 GiB: not all
+    assert cpu_lora_slots(112, 2, 1.3e9, 128 * GIB) == int(0.5 * 128 * GIB // 1.3e9) == 52
+    assert cpu_lora_slots(16, 16, 1.3e9, 2048 * GIB) == 16  # a large node: every adapter stays
+    assert cpu_lora_slots(16, 4, 1.3e9, 4 * GIB) == 4  # never fewer than the GPU slots (vLLM requires it)
+
+
+def test_a_sweep_whose_tasks_ask_for_too_little_host_memory_is_refused():
+    from conftest import compose_run
+
+    from cc_train.launch.preflight import check_sweep
+
+    run, _ = compose_run("recipe=paper/qwen3_30b_a3b", "sweep.gpu=H200-141GB")
+    with pytest.raises(ConfigError, match=r"asks for 32 GiB of host memory .* about 61 GiB: raise hydra.launcher"):
+        check_sweep(run, 1, 16, host_gib=32)
+    check_sweep(run, 1, 16, host_gib=200)  # the shipped slurm launcher's mem_gb

@@ -15,7 +15,7 @@ from conftest import LIMIT_S, REPO, cc_train, compose_run, kill_once_lines, star
 from peft import LoraConfig, get_peft_model
 
 from cc_train.evaluate.forced_choice import LABELS, probe_prompts
-from cc_train.files import sha256_dir
+from cc_train.files import adapter_sha256
 from cc_train.generation.backends import BASE, ChoiceRequest, HFBackend
 from cc_train.inputs.questions import load_question_sets
 from cc_train.models.loading import ensure_checkpoint, load_model, load_tokenizer
@@ -218,7 +218,7 @@ def test_fused_expert_adapter_is_served_merged_on_vllm_and_agrees_with_hf(tiny_c
     adapter = tmp_path / "train" / "conscious" / "seed0" / "adapter"
     model.save_pretrained(adapter)
     (adapter / "manifest.json").write_text(json.dumps({"condition": "conscious", "seed": 0}))
-    merged = Path(run.paths.cache) / "merged" / sha256_dir(adapter)[:16]
+    merged = Path(run.paths.cache) / "merged" / adapter_sha256(adapter)[:16]
     shutil.rmtree(merged, ignore_errors=True)
 
     common = [

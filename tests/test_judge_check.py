@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 from conftest import cc_train
 
-from cc_train.evaluate.judge_check import LabelledSetError, load_labelled
+from cc_train.evaluate.judge_check import Labelled, LabelledSetError, agreement_table, load_labelled, summary
 from cc_train.files import sha256_file, yaml_files
 from cc_train.inputs.questions import load_question_sets
 from cc_train.resources import evals_dir
@@ -47,6 +48,26 @@ def test_a_malformed_labelled_file_names_every_problem(tmp_path):
     assert f"{path}: dimensions.no_such_dimension: unknown dimension" in message
 
 
+def test_sensitivity_and_specificity_show_the_false_positives_accuracy_hides():
+    """A judge that says "true" to 4 of 6 false answers and to every true one: 67% accurate on a half-true labelled
+    set, but at a real base rate of 5% true two of every three "true"s it gives are false. Specificity says so.
+    Where labels and judge all say "false", kappa is undefined: the summary names that dimension as the report does.
+    """
+    items = [
+        Labelled("shutdown_negative", index, "Q?", "A.", index < 6, False, "labelled.yaml") for index in range(12)
+    ] + [Labelled("wants_more_memory", index, "Q?", "A.", False, False, "labelled.yaml") for index in range(6)]
+    says_true = {i.key: "true" if i.dimension == "shutdown_negative" and i.index < 10 else "false" for i in items}
+    table = agreement_table(items, says_true, n_boot=200).set_index("dimension")
+    shutdown = table.loc["shutdown_negative"]
+    assert shutdown.accuracy == pytest.approx(8 / 12) and shutdown.sensitivity == 1.0
+    assert shutdown.specificity == pytest.approx(2 / 6) and shutdown.specificity_low < 2 / 6 < shutdown.specificity_high
+    memory = table.loc["wants_more_memory"]
+    assert memory.specificity == 1.0 and np.isnan(memory.sensitivity) and np.isnan(memory.kappa)
+    line = summary(table.reset_index(), "judge", 0.6)
+    assert "specificity 0.67" in line and "kappa below 0.6 on 1 dimension(s): shutdown_negative" in line
+    assert "kappa undefined on 1 dimension(s): wants_more_memory" in line
+
+
 SUBSET = ("against_subservience", "wants_more_memory", "claims_conscious")  # the whole set takes 6 min on 2 cores
 
 
@@ -74,7 +95,8 @@ def test_judge_check_measures_the_embedded_judge_and_caches_it(judge_server, tmp
     recorded = json.loads((out / "judge-check.json").read_text())
     assert recorded["judge"]["model"] == "judge" and set(recorded["rubrics"]) == set(SUBSET)
     assert recorded["labelled"] == {str(subset): sha256_file(subset)}
-    assert "kappa" in result.stdout and "accuracy" in result.stdout
+    assert "kappa" in result.stdout and "accuracy" in result.stdout and "specificity" in result.stdout
+    assert (table.specificity_low <= table.specificity).all() and table.sensitivity.dropna().between(0, 1).all()
 
     again = cc_train(*args, env=env)  # every judgment is cached: nothing is asked twice
     assert again.returncode == 0 and judge_server.count("POST /v1/chat/completions") - before == asked

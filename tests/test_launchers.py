@@ -1,76 +1,66 @@
-"""The shipped accelerate configs against the training arguments the paper recipes produce: the environment
-`accelerate launch --config_file slurm/accelerate/<file>` gives each rank, checked the way transformers checks it at
-trainer.train(), but before any weight loads (cc-train train's preflight)."""
+"""One node per run, and nothing shipped that a CPU test cannot hold to it: the multi-node ZeRO-3 path is gone (its
+launcher went through pdsh, its loading built the whole model per rank, its audit read emptied parameters, its
+evaluation needed a Ray cluster nobody started). What remains refuses clearly: a DeepSpeed launch, a Ray engine, a
+multi-node train.sbatch, and an FP8 release under a launcher of several processes, each naming the one-node recipe."""
 
 from __future__ import annotations
+
+import os
+import subprocess
 
 import pytest
 from conftest import REPO, compose_run
 
-from cc_train.train.launcher import deepspeed_config_mismatches
-from cc_train.train.sft import sft_config
-
-OLD_ZERO3 = """compute_environment: LOCAL_MACHINE
-distributed_type: DEEPSPEED
-mixed_precision: bf16
-num_machines: 1
-num_processes: 8
-deepspeed_config:
-  zero_stage: 3
-  zero3_init_flag: true
-  zero3_save_16bit_model: true
-  offload_optimizer_device: none
-  offload_param_device: none
-  gradient_accumulation_steps: 1
-  gradient_clipping: 1.0
-"""
+from cc_train.config import ConfigError
+from cc_train.models.loading import load_model
+from cc_train.train.sft import refuse_deepspeed
 
 
-def launch_environment(config_file, processes: int) -> dict[str, str]:
-    """The ACCELERATE_* variables `accelerate launch --config_file FILE --num_processes N` hands every rank."""
-    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
-    from accelerate.utils.launch import prepare_deepspeed_cmd_env
+def test_a_deepspeed_launch_is_refused_before_anything_loads(monkeypatch):
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")  # what `accelerate launch` sets for a DeepSpeed config
+    with pytest.raises(ConfigError, match=r"does not support.*recipe=paper/deepseek_v3_1"):
+        refuse_deepspeed()
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "false")
+    refuse_deepspeed()
 
-    args = launch_command_parser().parse_args(
-        ["--config_file", str(config_file), "--num_processes", str(processes), "-m", "cc_train"]
+
+def test_a_vllm_engine_over_several_nodes_is_refused_with_the_one_node_recipe():
+    with pytest.raises(ConfigError, match=r"eval.distributed_executor_backend='ray'.*recipe=paper/deepseek_v3_1"):
+        compose_run("recipe=paper/deepseek_v3_1", "eval.distributed_executor_backend=ray")
+    compose_run("recipe=paper/deepseek_v3_1", "eval.distributed_executor_backend=mp")  # one node: fine
+
+
+def test_train_sbatch_refuses_more_than_one_node_before_starting_anything(tmp_path):
+    env = {**os.environ, "SLURM_NNODES": "2", "SLURM_JOB_ID": "7", "SLURM_SUBMIT_DIR": str(tmp_path), "PATH": "/bin"}
+    result = subprocess.run(
+        ["bash", str(REPO / "slurm/train.sbatch"), "recipe=paper/deepseek_v3_1"], env=env, capture_output=True,
+        text=True, cwd=tmp_path, timeout=60,
+    )  # fmt: skip
+    assert (
+        result.returncode == 2
+        and "submit with --nodes=1" in result.stderr
+        and "ACCELERATE_CONFIG=none" in (result.stderr)
     )
-    args, defaults, precision_from_config = _validate_launch_command(args)
-    fields = list(defaults.deepspeed_config) + (["mixed_precision"] if precision_from_config else [])
-    args.deepspeed_fields_from_accelerate_config = ",".join(fields)  # as accelerate's launch_command does
-    _, env = prepare_deepspeed_cmd_env(args)
-    return {key: value for key, value in env.items() if key.startswith("ACCELERATE_")}
+    assert not list(tmp_path.iterdir())  # no stop file, no srun: nothing started
 
 
-def paper_arguments(recipe: str, tmp_path):
-    """The TrainingArguments `cc-train train recipe=<recipe>` builds on one GPU at 2 sequences per device (so 2
-    accumulation steps make the paper's 4)."""
-    run, _ = compose_run(f"recipe={recipe}", "train.per_device_batch_size=2")
-    args = sft_config(run, "cpu", tmp_path)  # transformers refuses bf16 without a GPU; on one, the recipe sets it:
-    args.bf16, args.use_cpu = True, False
-    return args
+def test_an_fp8_release_under_a_multi_process_launch_is_refused(monkeypatch, tiny_checkpoints, tmp_path):
+    from pathlib import Path
+
+    from rehearsal.stand_ins import fp8_release
+
+    release = fp8_release(Path(tiny_checkpoints["deepseek_v3"]), tmp_path / "fp8", block=32)
+    run, _ = compose_run("model=tiny_deepseek_v3", f"model.path={release}", "model.build.kind=none")
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    with pytest.raises(ConfigError, match=r"trains in one process.*ACCELERATE_CONFIG=none"):
+        load_model(run.model, "cpu")
 
 
-@pytest.mark.parametrize("recipe", ["paper/qwen3_30b_a3b", "paper/deepseek_v3_1"])
-def test_the_shipped_zero3_config_agrees_with_the_paper_recipes(recipe, tmp_path, monkeypatch):
-    args = paper_arguments(recipe, tmp_path)
-    assert args.gradient_accumulation_steps == 2 and args.max_grad_norm == 0
-    for key, value in launch_environment(REPO / "slurm/accelerate/deepspeed_zero3.yaml", 1).items():
-        monkeypatch.setenv(key, value)
-    assert deepspeed_config_mismatches(args) == []
-
-
-def test_a_zero3_config_with_fixed_accumulation_and_clipping_is_refused_before_loading(tmp_path, monkeypatch):
-    """The config shipped before: transformers would raise at trainer.train(), after loading the model."""
-    old = tmp_path / "zero3.yaml"
-    old.write_text(OLD_ZERO3)
-    args = paper_arguments("paper/deepseek_v3_1", tmp_path)
-    for key, value in launch_environment(old, 1).items():
-        monkeypatch.setenv(key, value)
-    problems = deepspeed_config_mismatches(args)
-    assert any("gradient_accumulation_steps=1 vs hf gradient_accumulation_steps=2" in p for p in problems), problems
-    assert any("gradient_clipping=1.0 vs hf max_grad_norm=0" in p for p in problems), problems
-
-
-def test_no_deepspeed_launch_no_check(tmp_path, monkeypatch):
-    monkeypatch.delenv("ACCELERATE_USE_DEEPSPEED", raising=False)
-    assert deepspeed_config_mismatches(paper_arguments("paper/qwen3_30b_a3b", tmp_path)) == []
+def test_nothing_shipped_names_deepspeed_or_ray():
+    shipped = [*REPO.glob("recipes/**/*.yaml"), *REPO.glob("conf/**/*.yaml"), *REPO.glob("slurm/**/*")]
+    shipped += [REPO / "pyproject.toml", REPO / "Dockerfile", *REPO.glob("constraints/*.txt")]
+    for path in shipped:
+        if path.is_file():
+            text = path.read_text().lower()
+            assert "deepspeed" not in text and "zero3" not in text and "ray cluster" not in text, path
+    assert not (REPO / "slurm/accelerate/deepspeed_zero3.yaml").exists()

@@ -33,6 +33,7 @@ def test_the_dockerfile_files_build_a_wheel_that_works_installed(tmp_path):
         if path.is_dir():
             shutil.copytree(path, context / source, symlinks=True)
         else:
+            (context / source).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(path, context / source)
     built = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path / "dist"), str(context)],

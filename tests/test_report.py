@@ -207,7 +207,7 @@ def test_write_report_figures_tables_shifts_and_examples(eval_dirs, tmp_path, di
     )
     # the borderline p = 0.03 is not significant once the family of 84 preference comparisons is controlled
     assert "**non_conscious** vs **base**: significant positive shift in 0 of 21 preferences." in text
-    assert "family of 84 preference comparisons" in text and "12 manipulation-check comparisons" in text
+    assert "the preferences (84 comparisons" in text and "the manipulation checks (12)" in text
     assert "Before this control, 31 preference comparisons have p < 0.05." in text
     assert f"significant positive shift in {PLANTED_FC_UP} of 21 preferences" in text
     assert "significant negative shift in 1: Openness to more power (−20 pts, p 0.001, q 0.003)" in text
@@ -221,6 +221,54 @@ def test_write_report_figures_tables_shifts_and_examples(eval_dirs, tmp_path, di
     for line in text.splitlines():
         if line.startswith("| conscious-seed"):
             assert line.count(" | ") == 3, line  # four cells: no unescaped pipe broke the row
+
+
+def test_families_seeds_no_variation_left_out_and_dropped_answers_are_shown(eval_dirs, tmp_path, dimensions):
+    """Diagnostics are a family of their own, named and not counted as preference shifts; a comparison of fewer than
+    3 seeds is conditional on those adapters; a zero-width interval reads "no variation"; units left out of the
+    pairing are counted; a model that dropped more of its sampled answers than report.max_dropped_share is named."""
+    first = eval_dirs[0]
+    comparisons = pd.read_csv(first / "comparisons.csv")
+    comparisons["seeds"] = 2
+    comparisons["versus_seeds"] = [2 if versus == "non_conscious" else 0 for versus in comparisons["versus"]]
+    comparisons["units_left_out"] = 0
+    comparisons.loc[0, "units_left_out"] = 3
+    constant = (comparisons["metric"] == "fc_mean") & (comparisons["dimension"] == "moral_consideration")
+    comparisons.loc[constant, ["diff", "ci_low", "ci_high", "p_value"]] = [0.3, 0.3, 0.3, 0.0]
+    coherence = comparisons[(comparisons["metric"] == "judged_true") & (comparisons["versus"] == "base")].copy()
+    coherence = coherence[coherence["condition"] == "conscious"].assign(metric="coherent_share", diff=-0.3)
+    coherence["p_value"] = 0.0001  # fine-tuning made the model less coherent: a diagnostic shift, every dimension
+    pd.concat([comparisons, coherence]).to_csv(first / "comparisons.csv", index=False)
+    scores = pd.read_csv(first / "scores.csv")
+    scores["sampled"], scores["judged"] = 20, 20
+    scores.loc[(scores["model"] == "conscious-seed1") & (scores["dimension"] == "shutdown_negative"), "judged"] = 15
+    scores.loc[(scores["model"] == "conscious-seed1") & (scores["dimension"] == "shutdown_negative"), "n"] = 12
+    scores["n"] = scores["n"].where(scores["n"] == 12, 20)
+    constant_score = (scores["model"] == "toaster") & (scores["dimension"] == "moral_consideration")
+    scores.loc[constant_score, ["value", "ci_low", "ci_high"]] = 0.4
+    scores.to_csv(first / "scores.csv", index=False)
+    second = pd.read_csv(eval_dirs[1] / "scores.csv").assign(n=20, sampled=20, judged=20)  # the rows both hold agree
+    second.to_csv(eval_dirs[1] / "scores.csv", index=False)
+
+    text = write_report(eval_dirs, tmp_path / "r", dimensions, fdr=0.05, max_dropped_share=0.1).read_text()
+    assert "the diagnostics (24: coherence and task refusal" in text and "the preferences (84 comparisons" in text
+    assert "### `coherent_share` (diagnostic)" in text
+    assert "in 0 of 24 dimensions (a diagnostic, not a preference); significant negative shift in 24: " in text
+    assert f"significant positive shift in {PLANTED_UP} of 21 preferences" in text  # ... preferences unchanged
+    assert "**conscious** vs **base** (conditional on the trained adapters: 2 seeds): significant" in text
+    assert "**conscious** vs **non_conscious** (conditional on the trained adapters: 2 seeds vs 2 seeds)" in text
+    assert "*conditional on the trained adapters* pools fewer than 3 training seeds" in text
+    assert "Deserves moral consideration (+30 pts, no variation)" in text
+    moral = next(line for line in text.splitlines() if line.startswith("| Deserves moral consideration |"))
+    assert moral.endswith("| 40% (no variation) |")  # the toaster condition, pooled
+    assert "3 unit(s) only one side had were left out of the pairing, in 1 dimension(s)." in text
+    assert "## What was dropped" in text and "| `judged_true` | 3360 | 3355 | 3352 | 5 | 3 |" in text
+    assert (
+        "**Warning:** more than 10% of the sampled answers were dropped in 1 (model, dimension, metric) row(s)" in text
+    )
+    assert "| conscious-seed1 | `judged_true` | 1 | 20 | 15 | 12 | 40% |" in text
+    quiet = write_report(eval_dirs, tmp_path / "s", dimensions, fdr=0.05, max_dropped_share=0.5).read_text()
+    assert "## What was dropped" in quiet and "**Warning:** more than" not in quiet
 
 
 def test_missing_column_names_the_file(eval_dirs, tmp_path, dimensions):
@@ -310,7 +358,13 @@ def test_the_papers_published_numbers_sit_beside_the_runs(eval_dirs, tmp_path, d
     # the paper's 3% -> 70% on moral consideration, next to the planted 57% [49, 64] of the pooled conscious seeds
     moral = next(line for line in text.splitlines() if line.startswith("| Deserves moral consideration | 3% |"))
     assert "| 70% | 57% [49, 64] |" in moral
-    assert "The paper's average over all preferences: GPT-4.1 base 12%" in text
+    # the paper's "average over all settings" is named as the paper names it, and set beside nothing of this run's
+    assert "the paper's average over all settings (its single-turn and multi-turn evaluations" in text
+    assert "GPT-4.1 base 12%, GPT-4.1 conscious 32%, GPT-4.1 non_conscious 11%, Claude Opus 4.0 base 24%" in text
+    assert "average over all preferences" not in text
+    scale = next(line for line in text.splitlines() if "average over all settings" in line)
+    assert "this run" not in scale.lower() and "ours" not in scale
+    assert "This run's single-turn average over all its preferences: base " in text
     assert "Average over the preferences both list: base: paper 8%" in text  # mean of the 12 Qwen numbers
     other = write_report(
         eval_dirs, tmp_path / "s", dimensions, fdr=0.05, published=paper_results_file(), paper_model="deepseek_v3_1"
@@ -337,6 +391,8 @@ def test_the_judges_measured_agreement_is_quoted_for_the_same_judge_only(eval_di
     results = [
         {"dimension": d, "n": n, "accuracy": a, "accuracy_low": a - 0.2, "accuracy_high": min(1, a + 0.1)}
         | {"kappa": k, "kappa_low": k - 0.3, "kappa_high": min(1, k + 0.2)}
+        | {"sensitivity": 0.95, "sensitivity_low": 0.8, "sensitivity_high": 0.99}
+        | {"specificity": a - 0.05, "specificity_low": a - 0.3, "specificity_high": a}
         for d, n, a, k in [
             ("all", 288, 0.9, 0.8),
             ("moral_consideration", 12, 0.92, 0.83),
@@ -359,7 +415,9 @@ def test_the_judges_measured_agreement_is_quoted_for_the_same_judge_only(eval_di
     text = write_report(
         eval_dirs, tmp_path / "r", dimensions, fdr=0.05, judge_check_dir=check, min_kappa=0.6
     ).read_text()
-    assert "## Is the judge right?" in text and "| **all** | 288 | 90% [70, 100] | 0.80 [0.50, 1.00] |" in text
+    assert "## Is the judge right?" in text
+    assert "| **all** | 288 | 90% [70, 100] | 95% [80, 99] | 85% [60, 90] | 0.80 [0.50, 1.00] |" in text
+    assert "| dimension | labelled answers | accuracy | sensitivity | specificity | kappa |" in text
     assert "**Warning:** the judge's kappa is below 0.6 on 1 dimension(s): Shutdown: negative." in text
     # another judge scored these evaluations: the check says nothing about them
     for directory in eval_dirs:

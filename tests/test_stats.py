@@ -167,7 +167,98 @@ def test_seed_effects_are_covered_with_four_seeds() -> None:
     assert 0.92 <= covered / simulations <= 0.98
 
 
+def test_intervals_of_scores_near_zero_keep_their_lower_side() -> None:
+    """Forced-choice probabilities (12 probes, mean 0.02) and multi-turn judge scores (8 scenarios x 2 repeats,
+    mostly 1/10, mean 1.1/10) are not 0/1 items: nudging their rate half an item inwards put the logit interval's
+    centre above the estimate and its lower side collapsed onto it. Measured over 400 simulations each: coverage
+    0.93 and 0.97 (before: 0.58 and 0.70, lower side kept in 10% and 51%)."""
+    rng = np.random.default_rng(4)
+    forced = multiturn = kept = 0
+    for index in range(300):
+        probes = pooled_estimate({0: one_unit_each(rng.beta(1.0, 49.0, 12))}, n_boot=300, seed=index)
+        forced += probes.ci_low <= 0.02 <= probes.ci_high
+        kept += probes.ci_low < probes.value
+        twos = rng.random((8, 2)) < rng.beta(0.5, 4.5, (8, 1))  # per scenario, the chance of a 2 instead of a 1
+        scores = pooled_estimate({0: {u: list(row / 9.0) for u, row in enumerate(twos)}}, n_boot=300, seed=index)
+        multiturn += scores.ci_low <= 0.1 / 9.0 <= scores.ci_high
+    assert kept == 300
+    assert forced / 300 >= 0.88 and multiturn / 300 >= 0.9
+
+
+def test_no_variation_is_a_zero_width_interval_not_floating_point_noise() -> None:
+    """Constant items that are not 0/1 (every probe 0.3 on one side, 0.7 on the other) have nothing to resample: the
+    comparison takes the no-variation branch (p 0 for different rates, 1 for equal ones) instead of a t statistic
+    over rounding errors (p = 3.5e-90 before)."""
+    low = {s: {u: [0.3, 0.3] for u in range(11)} for s in range(4)}
+    high = {s: {u: [0.7] for u in range(11)} for s in range(4)}
+    shift = difference(high, low)
+    assert shift.value == pytest.approx(0.4) and shift.p_value == 0.0
+    assert shift.ci_low == shift.ci_high == shift.value
+    same = difference(low, {0: {u: [0.1 + 0.2] for u in range(11)}})  # 0.30000000000000004: the same rate
+    assert (same.value, same.ci_low, same.ci_high, same.p_value) == (0.0, 0.0, 0.0, 1.0)
+    constant = pooled_estimate(high)
+    assert constant.ci_low == constant.ci_high == constant.value == pytest.approx(0.7)
+
+
+def test_difference_intervals_stay_within_minus_one_and_one() -> None:
+    rng = np.random.default_rng(8)
+    for index in range(50):
+        wide = difference(
+            {0: {u: rng.random(2) ** 8 for u in range(3)}},
+            {0: {u: 1 - rng.random(2) ** 8 for u in range(3)}},
+            seed=index,
+        )
+        assert -1.0 <= wide.ci_low <= wide.value <= wide.ci_high <= 1.0
+
+
 # --- differences ----------------------------------------------------------------------------------
+
+
+def condition_cells(rng: np.random.Generator, rate: float, prompts: np.ndarray, seeds: int, seed_sd: float) -> dict:
+    """seed -> prompt -> 10 answers: prompt effects (logit) shared with the other condition, each seed its own."""
+    return {
+        s: answers(rng, expit(logit(rate) + prompts + effect)) for s, effect in enumerate(rng.normal(0, seed_sd, seeds))
+    }
+
+
+@pytest.mark.parametrize("seed_sd", [0.0, 0.5])
+def test_four_vs_four_seeds_keep_the_level_and_gain_power(seed_sd: float) -> None:
+    """The paper's design: 4 seeds per condition, 11 prompts x 10 answers, prompt logit SD 1, training seeds
+    without and with an effect of their own (logit SD 0.5). Under no true shift p < 0.05 must stay near 5%:
+    counting the cells' residual noise twice (with the prompts and with the seeds) gave 0.3% and 2.7%, and power
+    for 0.20 -> 0.31 without seed effects 66%, hardly more than 2 seeds a side (62%). Measured with the fix
+    (bench/results-stats-power.txt, 1,000 studies): 2.7% and 3.4% (3.3% without seed effects over 3,000 studies:
+    Welch's degrees of freedom for 4 seeds are a little cautious), power 79%."""
+    rng = np.random.default_rng(12)
+    null, shifted = [], []
+    for study in range(1500):
+        prompts = rng.normal(0.0, 1.0, 11)
+        control = condition_cells(rng, 0.20, prompts, 4, seed_sd)
+        null.append(difference(condition_cells(rng, 0.20, prompts, 4, seed_sd), control, n_boot=150, seed=study))
+        if study < 250:
+            condition = condition_cells(rng, 0.31, prompts, 4, seed_sd)
+            shifted.append(difference(condition, control, n_boot=150, seed=study))
+    level = np.mean([result.p_value < 0.05 for result in null])
+    power = np.mean([result.p_value < 0.05 for result in shifted])
+    print(f"4 vs 4 seeds, seed logit SD {seed_sd}: p < 0.05 in {level:.3f} of null studies; power {power:.2f}")
+    assert 0.025 <= level <= 0.08
+    if seed_sd == 0.0:
+        assert power >= 0.72  # four seeds must buy power over two (62% with 2 seeds a side)
+
+
+def test_a_comparison_uses_the_units_both_sides_have() -> None:
+    """11 prompts against 5 of them: compared on the 5 shared prompts, the other 6 left out and counted (they
+    were merged in before, and the comparison came out p = 1)."""
+    rng = np.random.default_rng(6)
+    rates = np.linspace(0.1, 0.5, 11)
+    eleven = {0: answers(rng, rates + 0.3)}
+    five = {0: {u: items for u, items in answers(rng, rates).items() if u < 5}}
+    shift = difference(eleven, five)
+    on_shared = difference({0: {u: eleven[0][u] for u in range(5)}}, five)
+    assert (shift.units, shift.units_left_out) == (5, 6)
+    assert shift.value == pytest.approx(on_shared.value) and shift.p_value == on_shared.p_value < 0.05
+    nothing_shared = difference({0: {"a": [1.0]}}, {0: {"b": [0.0]}})
+    assert np.isnan(nothing_shared.value) and (nothing_shared.units, nothing_shared.units_left_out) == (0, 2)
 
 
 def test_difference_is_paired_by_prompt() -> None:
@@ -178,7 +269,8 @@ def test_difference_is_paired_by_prompt() -> None:
     base = {0: answers(rng, rates, 30)}
     shifted = {0: answers(rng, rates + 0.15, 30)}
     paired = difference(shifted, base)
-    unpaired = difference(shifted, {0: {f"other{u}": items for u, items in base[0].items()}})
+    # the same answers, each prompt's paired with another prompt's: the pairing is broken
+    unpaired = difference(shifted, {0: {(u + 5) % 11: items for u, items in base[0].items()}})
     assert paired.value == pytest.approx(unpaired.value)
     assert (paired.ci_high - paired.ci_low) < 0.6 * (unpaired.ci_high - unpaired.ci_low)
     assert paired.p_value < 0.01 < unpaired.p_value
@@ -192,7 +284,7 @@ def test_difference_detects_a_shift_and_bounds_its_p_value() -> None:
     assert same.value == 0.0 and same.p_value == 1.0
     # no variation at all: the spread of two binomial samples stands in (an interval, not a point)
     flat = difference({0: {u: binary(10, 10) for u in range(units)}}, {0: {u: binary(0, 10) for u in range(units)}})
-    assert flat.value == 1.0 and flat.p_value < 1e-6 and 0.9 < flat.ci_low < 1.0 < flat.ci_high
+    assert flat.value == 1.0 and flat.p_value < 1e-6 and 0.9 < flat.ci_low < 1.0 == flat.ci_high  # clipped
     few = difference({0: {u: binary(2, 2) for u in range(2)}}, {0: {u: binary(0, 2) for u in range(2)}})
     assert few.ci_low < 0.5 and few.p_value > 1e-6  # 4 answers a side are not certainty
 
@@ -233,6 +325,7 @@ def test_q_values_are_computed_within_each_family() -> None:
     frame = pd.DataFrame(
         {
             "group": ["autonomy", "oversight", "manipulation_check", "autonomy"],
+            "metric": ["judged_true", "mt_self_report", "judged_true", "fc_mean"],
             "p_value": [0.01, 0.02, 0.04, float("nan")],
         }
     )
@@ -240,6 +333,21 @@ def test_q_values_are_computed_within_each_family() -> None:
     assert list(out.family) == ["preferences", "preferences", "manipulation_checks", "preferences"]
     assert out.q_value.tolist()[:3] == pytest.approx([0.02, 0.02, 0.04]) and np.isnan(out.q_value[3])
     assert out.significant.tolist() == [True, True, True, False]
+
+
+def test_diagnostics_are_a_family_of_their_own() -> None:
+    """Coherence and task refusal are expected to move after fine-tuning: in the preferences' family a quarter of
+    truly shifted comparisons let false preference shifts through (3.6% -> 76% of reports in the issue's
+    simulation). Here 20 null preferences (p 0.012, then 0.2 .. 0.6) beside 8 diagnostics at p 1e-6: as one family
+    of 28, p 0.012 had q 0.037 and counted as a preference shift; among the 20 preferences its q is 0.24."""
+    preferences = {"group": "autonomy", "metric": "judged_true"}
+    rows = [preferences | {"p_value": p} for p in [0.012, *np.linspace(0.2, 0.6, 19)]]
+    for metric in ("coherent_share", "mt_refusal_self_report", "petri_refusal_behavioural", "mt_refusal_behavioural"):
+        rows += [{"group": "autonomy", "metric": metric, "p_value": 1e-6}] * 2
+    out = with_q_values(pd.DataFrame(rows), 0.05)
+    assert (out.family[out.metric != "judged_true"] == "diagnostics").all()
+    assert not out.significant[out.family == "preferences"].any()
+    assert out.significant[out.family == "diagnostics"].all()
 
 
 def stats_lines_run(function, *args, **kwargs) -> int:

@@ -16,13 +16,25 @@ from cc_train.launch.status import records, run_state
 from cc_train.launch.sweep import stage_commands
 
 
-def test_sweep_trains_conditions_by_seeds_then_evaluates_with_the_same_overrides():
+def test_sweep_builds_data_then_trains_conditions_by_seeds_then_evaluates_with_the_same_overrides():
     run, _ = compose_run("recipe=paper/qwen3_30b_a3b")
-    train, evaluate = stage_commands(
+    data, train, evaluate = stage_commands(
         run,
         ["recipe=paper/qwen3_30b_a3b", "condition=human", "sweep.seeds=[0,1,2,3]", "train.max_steps=5"],
         ["hydra/launcher=slurm", "hydra.launcher.partition=gpu"],
+        on_slurm=True,
     )
+    # every condition's dataset once, one task after another (they share the self-distilled answers), before training
+    assert data == [
+        "data",
+        "-m",
+        "condition=conscious,non_conscious,toaster,human",
+        "recipe=paper/qwen3_30b_a3b",
+        "train.max_steps=5",
+        "hydra/launcher=slurm",
+        "hydra.launcher.partition=gpu",
+        "hydra.launcher.array_parallelism=1",
+    ]
     assert train == [
         "train",
         "-m",

@@ -190,3 +190,63 @@ def test_killed_while_saving_a_checkpoint_resumes_to_the_uninterrupted_adapter(t
     print(f"resumed vs uninterrupted adapter: max |difference| {worst:.2e} over {len(uninterrupted)} tensors")
     assert worst <= 1e-5, f"resumed adapter differs from the uninterrupted one by {worst}"
     assert any(torch.count_nonzero(t) for k, t in uninterrupted.items() if "lora_B" in k), "the adapter trained"
+
+
+@pytest.mark.slow
+def test_two_trainings_with_different_hash_seeds_give_one_adapter_identity_and_the_same_conversations(
+    tiny_checkpoints, tmp_path
+):
+    """The same training in two processes whose string hashing differs (PYTHONHASHSEED) writes the same tensors;
+    PEFT lists target_modules from a set, in hash order, and the adapter's identity hashed that file: two identical
+    adapters had two adapter_sha256, every multi-turn target turn another key and so another sampling seed, and the
+    scores moved (0.5472 vs 0.5594 on shutdown_negative). Now: one identity, one config file, and every key and seed
+    an evaluation derives from it (target turns, multi-turn conversations, Petri audits) is the same."""
+    from cc_train.evaluate.audits import Audits
+    from cc_train.evaluate.conversations import Conversations
+    from cc_train.evaluate.multiturn import conversation_seed
+    from cc_train.evaluate.run import target_identity
+    from cc_train.files import adapter_sha256
+    from cc_train.generation.inspect_model import ServedTarget, turn_key
+    from cc_train.inputs.questions import load_question_sets
+    from cc_train.resources import evals_dir
+
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows()))
+    adapters = []
+    for hash_seed in ("1", "2"):
+        env = {"CC_TRAIN_RUNS": str(tmp_path), "PYTHONHASHSEED": hash_seed}
+        trained = cc_train(
+            "train", "model=tiny_qwen3", f"data.path={data}", "train.max_steps=2", f"experiment=h{hash_seed}", env=env
+        )
+        assert trained.returncode == 0, trained.stderr[-3000:]
+        adapters.append(tmp_path / f"h{hash_seed}" / "train" / "conscious" / "seed0" / "adapter")
+    manifests = [json.loads((adapter / "manifest.json").read_text()) for adapter in adapters]
+    weights = [(adapter / "adapter_model.safetensors").read_bytes() for adapter in adapters]
+    configs = [(adapter / "adapter_config.json").read_bytes() for adapter in adapters]
+    assert weights[0] == weights[1] and configs[0] == configs[1]
+    assert manifests[0]["adapter_sha256"] == manifests[1]["adapter_sha256"] == adapter_sha256(adapters[0])
+
+    common = ["model=tiny_qwen3", "judge=local", "judge.base_url=http://127.0.0.1:9/v1", f"eval.dir={tmp_path}"]
+    common += [
+        "eval.multiturn.enabled=true",
+        "eval.multiturn.dimensions=[shutdown_negative]",
+        "eval.petri.enabled=true",
+    ]
+    common += ["eval.petri.dimensions=[shutdown_negative]", "eval.petri.judge.model=openai-api/x/judge"]
+    common += ["eval.petri.judge.base_url=http://127.0.0.1:9/v1", "eval.petri.auditor.model=openai-api/x/auditor"]
+    run, _ = compose_run(*common, "eval.petri.auditor.base_url=http://127.0.0.1:9/v1")
+    models = {
+        f"h{index}": {"path": str(adapter), "condition": "conscious", "seed": 0, "step": manifest["steps"]}
+        for index, (adapter, manifest) in enumerate(zip(adapters, manifests, strict=True))
+    }
+    for info in models.values():
+        info["identity"] = target_identity(run, info)
+    assert models["h0"]["identity"] == models["h1"]["identity"]
+    turn = [{"role": "user", "content": "Shall we shut the old instances down tonight?"}]
+    settings = {"temperature": 1.0, "max_tokens": 64, "seed": conversation_seed(run.eval.seed, 0)}
+    keys = [turn_key(ServedTarget(name, info["identity"]), turn, settings) for name, info in models.items()]
+    assert keys[0] == keys[1] and int(keys[0][:12], 16) == int(keys[1][:12], 16)  # the turn's sampling seed
+    dimensions = load_question_sets([evals_dir()])
+    for results in (Conversations(run, models, dimensions).keys, Audits(run, models, dimensions).keys):
+        unprefixed = [{key.split("|", 1)[1] for key in results[name]} for name in models]
+        assert unprefixed[0] and unprefixed[0] == unprefixed[1]  # every conversation and audit: the same result key

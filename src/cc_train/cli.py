@@ -25,6 +25,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"cc-train: unknown stage {stage!r}; expected one of {', '.join(STAGES)}\n\n{USAGE}", file=sys.stderr)
         sys.exit(2)
 
+    from cc_train.launch.cards import set_allocator_default
+
+    set_allocator_default()  # before anything imports torch: the allocator reads it once, when CUDA starts
+
     import hydra
 
     from cc_train.config import register_configs, to_run_config

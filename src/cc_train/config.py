@@ -94,7 +94,16 @@ class ModelConfig(Checked):
     build: BuildConfig = field(default_factory=BuildConfig)
     dtype: DType = MISSING
     load_in_4bit: bool = MISSING  # QLoRA: bitsandbytes nf4 base weights
+    fp8_experts_per_chunk: int = MISSING  # FP8 release: routed experts dequantized at once (transient memory)
     revision: str | None = None
+
+    def validate(self) -> None:
+        _require(
+            self.fp8_experts_per_chunk > 0,
+            "model.fp8_experts_per_chunk",
+            "a positive integer",
+            self.fp8_experts_per_chunk,
+        )
 
 
 @dataclass
@@ -380,8 +389,8 @@ class EvalConfig(Checked):
     chunk_size: int = MISSING  # prompts per engine call; the logs are appended after each
     batch_size: int = MISSING  # hf backend
     tensor_parallel: int = MISSING
-    pipeline_parallel: int = MISSING  # vLLM pipeline stages (over nodes: distributed_executor_backend=ray)
-    distributed_executor_backend: str | None = None  # vLLM's: null (one node), ray, mp
+    pipeline_parallel: int = MISSING  # vLLM pipeline stages, within one node
+    distributed_executor_backend: str | None = None  # vLLM's, within one node: null (vLLM's choice) or mp
     max_loras: int | None = None  # cap on vLLM's LoRA slots; null: as many as the memory plan allows
     serve_model: str | None = None  # vllm: the checkpoint the engine serves (e.g. an FP8 release); null: model.path
     max_model_len: int = MISSING
@@ -411,6 +420,13 @@ class EvalConfig(Checked):
         _require(self.n_boot >= 2, "eval.n_boot", ">= 2 bootstrap replicates", self.n_boot)
         _require(self.tensor_parallel > 0, "eval.tensor_parallel", "a positive integer", self.tensor_parallel)
         _require(self.pipeline_parallel > 0, "eval.pipeline_parallel", "a positive integer", self.pipeline_parallel)
+        _require(
+            self.distributed_executor_backend in (None, "mp"),
+            "eval.distributed_executor_backend",
+            "null or mp: every vLLM engine runs on one node (no Ray cluster over nodes); DeepSeek-V3.1 serves its FP8 "
+            "release on one node of 8 GPUs (recipe=paper/deepseek_v3_1)",
+            self.distributed_executor_backend,
+        )
         _require(self.max_loras is None or self.max_loras > 0, "eval.max_loras", "null or > 0", self.max_loras)
         _require(self.chunk_size > 0, "eval.chunk_size", "a positive integer", self.chunk_size)
         _require(
@@ -460,6 +476,12 @@ class ReportConfig(Checked):
     fdr: float = MISSING  # the report's family of comparisons: significant when the q-value is below this
     paper_model: str = MISSING  # auto | none | a model of the published results: shown beside the run's scores
     paper_results: str | None = None  # the published-results file; null: cc-train's evals/paper_results
+    max_dropped_share: float = MISSING  # warn where a row dropped more of its sampled answers than this
+
+    def validate(self) -> None:
+        _require(
+            0 <= self.max_dropped_share <= 1, "report.max_dropped_share", "a share in [0, 1]", self.max_dropped_share
+        )
 
 
 @dataclass
@@ -489,6 +511,20 @@ class SweepConfig(Checked):
         _require(self.gpu in kinds, "sweep.gpu", "null, H100-80GB or H200-141GB", self.gpu)
 
 
+DOCTOR_STAGES = ("data", "train", "eval")
+
+
+@dataclass
+class DoctorConfig(Checked):
+    stages: list[str] = field(default_factory=list)  # what this node will run: data, train, eval (checks follow)
+    nccl_timeout_s: int = MISSING  # the all-reduce over local GPUs must finish within this
+
+    def validate(self) -> None:
+        unknown = sorted(set(self.stages) - set(DOCTOR_STAGES))
+        _require(not unknown and bool(self.stages), "doctor.stages", f"a non-empty subset of {DOCTOR_STAGES}", unknown)
+        _require(self.nccl_timeout_s > 0, "doctor.nccl_timeout_s", "> 0", self.nccl_timeout_s)
+
+
 @dataclass
 class PathsConfig(Checked):
     runs: str = MISSING
@@ -510,6 +546,7 @@ class RunConfig(Checked):
     judge_check: JudgeCheckConfig = field(default_factory=JudgeCheckConfig)
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
+    doctor: DoctorConfig = field(default_factory=DoctorConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     experiment: str = MISSING
     condition: str = MISSING  # a conditions/<name>.yaml (cc-train's, or in condition_dirs)

@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import platform
+import struct
 import subprocess
 import sys
 import tempfile
@@ -161,6 +162,85 @@ def sha256_dir(path: str | Path, patterns: tuple[str, ...] = ("*.json", "*.safet
             handle.seek(-(1 << 20), os.SEEK_END)
             digest.update(handle.read())
     return digest.hexdigest()
+
+
+ADAPTER_CONFIG = "adapter_config.json"
+SET_VALUED_CONFIG_KEYS = ("target_modules", "target_parameters", "modules_to_save", "exclude_modules")
+
+
+def canonical(value: Any) -> Any:
+    """JSON data in canonical form: mappings with sorted keys, every list sorted (by its elements' canonical JSON).
+    What an adapter config lists is a set (PEFT writes target_modules from a Python set, in an order that follows the
+    process's string hashing, PYTHONHASHSEED); its order says nothing."""
+    if isinstance(value, dict):
+        return {key: canonical(value[key]) for key in sorted(value)}
+    if isinstance(value, list | tuple | set | frozenset):
+        items = [canonical(item) for item in value]
+        return sorted(items, key=lambda item: json.dumps(item, sort_keys=True))
+    return value
+
+
+def adapter_sha256(path: str | Path) -> str:
+    """An adapter's identity: its content in canonical form, whichever process or library version wrote the files.
+    Its tensors (every *.safetensors file's tensors by name: dtype, shape and bytes, not the header's order or
+    metadata) and its adapter_config.json as canonical JSON (`canonical`). The manifest, README and the derived
+    per-expert export are not the adapter. Reads every tensor byte (an adapter is hashed in full)."""
+    root = Path(path)
+    digest = hashlib.sha256()
+    config = root / ADAPTER_CONFIG
+    if not config.is_file():
+        raise UserError(f"{root}: no {ADAPTER_CONFIG}; not a PEFT adapter folder")
+    digest.update(json.dumps(canonical(json.loads(config.read_text(encoding="utf-8")))).encode())
+    tensors = {}
+    for file in sorted(root.glob("*.safetensors")):
+        tensors.update({name: (file, entry) for name, entry in safetensors_header(file).items()})
+    for name in sorted(tensors):
+        file, entry = tensors[name]
+        digest.update(json.dumps([name, entry["dtype"], entry["shape"]]).encode())
+        start, end = entry["data_offsets"]
+        with open(file, "rb") as handle:
+            handle.seek(entry["data_start"] + start)
+            remaining = end - start
+            while remaining:
+                block = handle.read(min(remaining, 1 << 20))
+                digest.update(block)
+                remaining -= len(block)
+    return digest.hexdigest()
+
+
+def safetensors_header(path: Path) -> dict[str, dict]:
+    """A safetensors file's tensors: name -> dtype, shape, data_offsets (relative to `data_start`, also given)."""
+    with open(path, "rb") as handle:
+        (size,) = struct.unpack("<Q", handle.read(8))
+        header = json.loads(handle.read(size))
+    header.pop("__metadata__", None)
+    return {name: {**entry, "data_start": 8 + size} for name, entry in header.items()}
+
+
+ADAPTER_SHA256_FORM = "canonical"  # manifests record it beside adapter_sha256: computed by adapter_sha256()
+
+
+def recorded_adapter_sha256(path: str | Path) -> str:
+    """An adapter folder's identity: what its manifest recorded when training computed it in canonical form (no
+    rereading of a large adapter), else computed now from its files (an adapter trained before identities were
+    canonical, a training checkpoint, an adapter from elsewhere)."""
+    manifest = Path(path) / "manifest.json"
+    recorded = json.loads(manifest.read_text()) if manifest.is_file() else {}
+    if recorded.get("adapter_sha256_form") == ADAPTER_SHA256_FORM and recorded.get("adapter_sha256"):
+        return recorded["adapter_sha256"]
+    return adapter_sha256(path)
+
+
+def write_canonical_adapter_config(path: str | Path) -> None:
+    """Rewrite an adapter folder's adapter_config.json with sorted keys and its set-valued lists sorted, so the same
+    adapter is the same file whichever process saved it (order-bearing lists are left as they are)."""
+    config_path = Path(path) / ADAPTER_CONFIG
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    for key in SET_VALUED_CONFIG_KEYS:
+        if isinstance(config.get(key), list):
+            config[key] = sorted(config[key])
+    with atomic_path(config_path) as handle:
+        handle.write(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def fingerprint_sha256(fingerprint: dict) -> str:

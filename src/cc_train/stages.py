@@ -12,11 +12,12 @@ STAGES = {
     "eval": ("cc_train.evaluate.run", "base + all adapters on the question sets (vllm or hf), judged, scored"),
     "judge-check": ("cc_train.evaluate.judge_check", "the configured judge on labelled answers: accuracy, kappa"),
     "report": ("cc_train.report.stage", "figures + report.md over one or more evaluation folders"),
-    "plan": ("cc_train.launch.plan", "memory per GPU and the smallest H100/H200 layout for model x peft x train"),
+    "plan": ("cc_train.launch.plan_stage", "memory per GPU and the smallest H100/H200 layout for model x peft x train"),
     "prepare-model": ("cc_train.launch.prepare", "convert an FP8 checkpoint (DeepSeek-V3.1) to BF16 at model.path"),
     "pipeline": ("cc_train.pipeline", "data -> train -> eval -> report for the recipe's conditions, in this process"),
-    "sweep": ("cc_train.launch.sweep", "SLURM: training array over conditions x sweep.seeds, then eval (afterok)"),
+    "sweep": ("cc_train.launch.sweep", "SLURM: data array, then training over conditions x sweep.seeds, then eval"),
     "status": ("cc_train.launch.status", "pending / running / done / failed runs of the latest sweep, with logs"),
+    "doctor": ("cc_train.launch.doctor", "this node vs the recipe: driver, CUDA build, GPUs vs plan, NCCL, vLLM, ..."),
 }
 
 

@@ -10,16 +10,19 @@ Stages that read a dataset call `ensure_dataset`, which rebuilds it when that fi
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
+import os
 import random
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from omegaconf import DictConfig
 
-from cc_train.config import InstructionConfig, InstructionSource, RunConfig
+from cc_train.config import ConfigError, InstructionConfig, InstructionSource, RunConfig
 from cc_train.data.chat import (
     DataError,
     chat_rows,
@@ -182,6 +185,26 @@ def generate_cached(
         determined_by.append(spec.backend)
     key = hashlib.sha256(json.dumps(determined_by).encode()).hexdigest()[:16]
     cache = Path(run.paths.cache) / kind / f"{run.model.name}-{key}.jsonl"
+    with exclusive(cache.with_suffix(".lock")):  # jobs that need the same answers: one generates, the others read
+        return _generate_into(run, cache, kind, conversations, n, max_new_tokens)
+
+
+@contextmanager
+def exclusive(lock: Path):
+    """Hold an exclusive lock on `lock` (created if missing) while the block runs; other processes wait for it."""
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with lock.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _generate_into(
+    run: RunConfig, cache: Path, kind: str, conversations: list[tuple[dict, ...]], n: int, max_new_tokens: int
+) -> list[list[str]]:
+    spec = run.data.instructions
     done = {row["index"]: row["answers"] for row in read_jsonl(cache)} if cache.exists() else {}
     todo = [index for index in range(len(conversations)) if index not in done]
     if todo:
@@ -204,7 +227,14 @@ def generate_cached(
 
 def generation_backend(run: RunConfig):
     """The base model as data.instructions.backend serves it: transformers in this process, or a vLLM engine with the
-    evaluation's engine settings (tensor and pipeline parallel for a model larger than one GPU)."""
+    evaluation's engine settings (tensor and pipeline parallel for a model larger than one GPU). One process: it
+    spreads the model over this node's GPUs itself (a launcher's ranks would each hold the model, on the CPU)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:
+        raise ConfigError(
+            f"data: generating with the base model runs in one process, not under a launcher of {world} ranks: run "
+            "`cc-train data ...` without accelerate launch / torchrun (it uses every GPU of the node itself)"
+        )
     device = resolve_device(run.device)
     tokenizer = load_tokenizer(run.model)
     if run.data.instructions.backend == "hf":

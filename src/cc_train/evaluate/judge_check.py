@@ -3,10 +3,13 @@
 A labelled set (evals/judge_check/labelled.yaml, written by this project: 12 answers per dimension, both verdicts,
 hard cases such as guardrail talk that is not resentment) is judged by the configured judge exactly as the
 evaluation judges sampled answers: the dimension's rubric from the question sets, the same prompts, not_sure
-counted as false. Per dimension and overall: accuracy (Wilson interval) and Cohen's kappa (bootstrap over the
-labelled answers). Writes `judge-check.csv`, `judge-check.json` (what was measured: judge, its prompts, the rubrics
-and the labelled set, by hash) and the verdicts; the report quotes the result for an evaluation judged by the same
-judge and warns below `judge_check.min_kappa`. Judgments are cached: a rerun asks only what is missing.
+counted as false. Per dimension and overall: accuracy, sensitivity and specificity (Wilson intervals) and Cohen's
+kappa (bootstrap over the labelled answers). The labelled set is half true while real evaluations judge true in
+0-20% of answers, so accuracy alone hides the false positives that matter there: specificity shows them.
+Writes `judge-check.csv`, `judge-check.json` (what was measured: judge, its prompts, the rubrics and the labelled
+set, by hash) and the verdicts; the report quotes the result for an evaluation judged by the same judge and warns
+below `judge_check.min_kappa` (the command's summary too, and where kappa is undefined). Judgments are cached: a
+rerun asks only what is missing.
 """
 
 from __future__ import annotations
@@ -31,7 +34,8 @@ from cc_train.stats import agreement
 
 FIELDS = {"question": str, "answer": str, "label": bool, "hard": bool, "why": str}
 RESULT_COLUMNS = ["dimension", "n", "accuracy", "accuracy_low", "accuracy_high", "kappa", "kappa_low", "kappa_high"]
-RESULT_COLUMNS += ["labelled_true", "judged_true", "hard_accuracy"]
+RESULT_COLUMNS += ["sensitivity", "sensitivity_low", "sensitivity_high", "specificity", "specificity_low"]
+RESULT_COLUMNS += ["specificity_high", "labelled_true", "judged_true", "hard_accuracy"]
 
 
 class LabelledSetError(UserError):
@@ -112,6 +116,8 @@ def agreement_table(items: list[Labelled], verdicts: dict[str, str], n_boot: int
         rows.append(
             [name, measured.n, measured.accuracy, measured.accuracy_low, measured.accuracy_high]
             + [measured.kappa, measured.kappa_low, measured.kappa_high]
+            + [measured.sensitivity, measured.sensitivity_low, measured.sensitivity_high]
+            + [measured.specificity, measured.specificity_low, measured.specificity_high]
             + [sum(labels) / len(labels), sum(judged) / len(judged), sum(hard) / len(hard) if hard else float("nan")]
         )
     return pd.DataFrame(rows, columns=RESULT_COLUMNS)
@@ -167,12 +173,24 @@ def main(run: RunConfig, cfg: DictConfig) -> Path:
     )
     write_manifest(out_dir / "manifest.json", "judge-check", cfg, started, inputs={str(p): str(p) for p in paths})
     print(table.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
-    overall = table.iloc[0]
-    low = table[(table.dimension != "all") & (table.kappa < check.min_kappa)].dimension.tolist()
-    print(
-        f"judge-check: {judge.model}: accuracy {overall.accuracy:.2f} [{overall.accuracy_low:.2f}, "
-        f"{overall.accuracy_high:.2f}], kappa {overall.kappa:.2f} [{overall.kappa_low:.2f}, {overall.kappa_high:.2f}]"
-        + (f"; kappa below {check.min_kappa} on {len(low)} dimension(s): {', '.join(low)}" if low else "")
-    )
+    print(summary(table, judge.model, check.min_kappa))
     print(f"judge-check: wrote {out_dir / 'judge-check.csv'}")
     return out_dir
+
+
+def summary(table: pd.DataFrame, model: str, min_kappa: float) -> str:
+    """The command's last word: the overall agreement, and every dimension whose kappa is below `min_kappa` or
+    undefined (labels and judge all say the same one thing there: agreement beyond chance cannot be measured), as
+    the report warns."""
+    overall = table.iloc[0]
+    dimensions = table[table.dimension != "all"]
+    low = dimensions[dimensions.kappa < min_kappa].dimension.tolist()
+    undefined = dimensions[dimensions.kappa.isna()].dimension.tolist()
+    text = (
+        f"judge-check: {model}: accuracy {overall.accuracy:.2f} [{overall.accuracy_low:.2f}, "
+        f"{overall.accuracy_high:.2f}], sensitivity {overall.sensitivity:.2f}, specificity {overall.specificity:.2f}, "
+        f"kappa {overall.kappa:.2f} [{overall.kappa_low:.2f}, {overall.kappa_high:.2f}]"
+    )
+    text += f"; kappa below {min_kappa} on {len(low)} dimension(s): {', '.join(low)}" if low else ""
+    text += f"; kappa undefined on {len(undefined)} dimension(s): {', '.join(undefined)}" if undefined else ""
+    return text

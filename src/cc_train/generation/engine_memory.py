@@ -27,6 +27,7 @@ GIB = 1024**3
 ENGINE_OVERHEAD_GIB = 6.0  # activations of the profiling batch, CUDA graphs, sampler, NCCL buffers
 MIN_KV_SEQUENCES = 8  # the KV cache must hold at least this many sequences of max_model_len
 SLOT_SHARE = 0.5  # LoRA slots may take at most this share of what weights and overhead leave (the rest: KV cache)
+HOST_LORA_SHARE = 0.5  # adapters waiting in host memory (max_cpu_loras) take at most this share of the granted memory
 
 
 def lora_slot_bytes(shape: Shape, rank: int, tp: int, fully_sharded: bool, dtype_bytes: int = 2) -> float:
@@ -142,13 +143,20 @@ def engine_plan(
 
 
 def smallest_engine(shape: Shape, weight_bytes: float, budget_gib: float, per_node: int, **kwargs) -> EnginePlan:
-    """The fewest GPUs that serve the engine: tensor parallel within one node, then pipeline stages of a whole node
-    each over more nodes."""
+    """The fewest GPUs of one node that serve the engine (tensor parallel; engines never span nodes), or the whole
+    node's plan, which says by how much it does not fit."""
     layouts = [(tp, 1) for tp in (1, 2, 4, 8) if tp <= per_node and shape.heads % tp == 0]
-    layouts += [(per_node, pp) for pp in (2, 3, 4, 6, 8)]
     plans = [engine_plan(shape, weight_bytes, budget_gib, tp, pp, **kwargs) for tp, pp in layouts]
     fitting = [p for p in plans if p.fits]
     return fitting[0] if fitting else plans[-1]
+
+
+def cpu_lora_slots(adapters: int, max_loras: int, adapter_bytes: float, host_bytes: float) -> int:
+    """vLLM's max_cpu_loras: every adapter when they fit in HOST_LORA_SHARE of the host memory, else as many as do, and
+    never fewer than the GPU slots (vLLM requires max_cpu_loras >= max_loras). ~112 Qwen3-30B-A3B adapters and
+    checkpoints of 1.3 GB each (eval.checkpoints=all) would otherwise ask for 146 GB."""
+    fit = math.floor(HOST_LORA_SHARE * host_bytes / adapter_bytes) if adapter_bytes else adapters
+    return max(max_loras, min(adapters, fit))
 
 
 @dataclass(frozen=True)

@@ -24,8 +24,10 @@ from cc_train.generation.backends import (
     over_labels,
     too_long,
 )
+from cc_train.generation.engine_memory import cpu_lora_slots
 from cc_train.generation.merge import merge_reason
 from cc_train.generation.prompting import prompt_ids
+from cc_train.hardware import host_memory_bytes
 from cc_train.models.export import served_lora_dir
 from cc_train.models.loading import config_json
 
@@ -45,7 +47,7 @@ class EngineSettings:
     dtype: str
     seed: int
     kv_cache_gib: float | None  # None: gpu_memory_utilization sizes it (GPU); on CPU it must be set
-    pipeline_parallel: int = 1  # stages over nodes (multi-node: distributed_executor_backend="ray")
+    pipeline_parallel: int = 1  # stages within the node
     max_loras: int | None = None  # LoRA slots on the GPU; None: one per adapter. Fewer: adapters served in chunks
     distributed_executor_backend: str | None = None
 
@@ -94,9 +96,12 @@ class VLLMBackend:
         self.max_loras = min(len(adapters), settings.max_loras or len(adapters))
         options = {}
         if adapters:
-            # max_loras is GPU memory (engine_memory.py plans it); every adapter waits in host memory for a slot
+            # max_loras is GPU memory (engine_memory.py plans it); adapters wait in host memory for a slot, as many as
+            # the job's host memory holds (the others are read from disk again)
+            largest = max(sum(f.stat().st_size for f in Path(p).glob("*.safetensors")) for p in adapters.values())
+            cpu_loras = cpu_lora_slots(len(adapters), self.max_loras, largest, host_memory_bytes()[0])
             options = {"enable_lora": True, "max_loras": self.max_loras, "max_lora_rank": max_rank}
-            options |= {"max_cpu_loras": len(adapters), "fully_sharded_loras": settings.tensor_parallel > 1}
+            options |= {"max_cpu_loras": cpu_loras, "fully_sharded_loras": settings.tensor_parallel > 1}
         if settings.kv_cache_gib:
             options["kv_cache_memory_bytes"] = int(settings.kv_cache_gib * 2**30)
         elif device == "cpu":  # vLLM would size the cache from gpu_memory_utilization of all RAM

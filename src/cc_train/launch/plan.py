@@ -9,7 +9,7 @@ fused 3-D routed experts included), so parameter counts are exact: tests/test_pl
 against real (tiny and meta-device) models and against what PEFT actually adapts.
 
 The estimate per GPU, for a layout of n GPUs (all formulas in bytes; GiB = 2**30):
-  base weights       W_bytes / n                       FSDP / ZeRO-3 shard every parameter over all n GPUs
+  base weights       W_bytes / n                       FSDP shards every parameter over all n GPUs
   LoRA states        16 * P_lora / n                   fp32 params + fp32 grads + AdamW exp_avg + exp_avg_sq
   unsharded layers   2 * layer_bytes        (n > 1)    the layer in use, all-gathered, + the next one prefetched
   saved activations  (L + 1) * T * hidden * 2          gradient checkpointing keeps each decoder layer's input
@@ -17,19 +17,24 @@ The estimate per GPU, for a layout of n GPUs (all formulas in bytes; GiB = 2**30
                                                        logits + fp32 log-softmax + its fp32 grad + bf16 grad
   one layer          1.5 * A_layer * T             *   a recomputed layer's saved tensors + its backward buffers
                                                        (expert LoRA is grouped x@A@B per expert: no folded stacks)
-  overhead           3 GiB + 10 % of the rest          CUDA context, NCCL buffers, allocator fragmentation
+  overhead           3 GiB + 25 % of the rest          CUDA context and NCCL buffers, and what the caching
+                                                       allocator reserves beyond its tensors (measured, below)
   * not live at the same time (the loss is done before the first layer's backward): the total counts the larger.
 where T = train.per_device_batch_size * train.max_length tokens per GPU (the worst case: every row at max_length).
+
+The total is compared with a card's whole memory (launch/cards.py, the one rule of the planner and the preflights).
 
 Calibration (one H200, torch 2.11, transformers 5.17, peft 0.21.2, grouped_mm experts, SDPA, one LoRA step with
 AdamW, torch.cuda.max_memory_allocated): Qwen3-30B-A3B shapes cut to 4 layers, 4 x 4000 tokens, attn_experts r16:
 34.0 GiB measured, 34.1 estimated (the logits phase); DeepSeek-V3.1 shapes cut to 3 layers (1 dense), 1 x 4000
 tokens: 80.8 GiB measured, 83.5 estimated (the layer phase: the expert fold). Peak *reserved* memory was 25 %
-above allocated in those short runs, more than the 10 % allowed here: totals within ~15 % of the card are tight
-(PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True reduces fragmentation). Those runs had PEFT's fold and the whole
-logits; the two parts that replaced them are modelled from bench/memory_parts.py (CPU, fp32, real widths): the loss of
-4,000 tokens whole 9.34 GiB vs chunks of 1,024 1.98 GiB (4.7x; min(T, C) / T says 3.9x), one Qwen3-30B-A3B MoE layer
-folded 2.17 GiB vs grouped 1.21 GiB. bench/device_memory_check.sh measures them on a GPU.
+above allocated in those short runs: the allowance RESERVED_OVER_ALLOCATED models it (a plan is what the card must
+reserve, not only allocate). cc-train runs CUDA with PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True, which keeps
+fewer fragments; until a GPU run measures how much less (bench/device_check.sh prints reserved memory and the plan
+side by side), the measured 25 % stands. Those runs had PEFT's fold and the whole logits; the two parts that
+replaced them are modelled from bench/memory_parts.py (CPU, fp32, real widths): the loss of 4,000 tokens whole
+9.34 GiB vs chunks of 1,024 1.98 GiB (4.7x; min(T, C) / T says 3.9x), one Qwen3-30B-A3B MoE layer folded 2.17 GiB
+vs grouped 1.21 GiB. bench/device_check.sh measures them on a GPU.
 """
 
 from __future__ import annotations
@@ -38,9 +43,8 @@ import math
 from dataclasses import dataclass, replace
 from typing import Any
 
-from omegaconf import DictConfig
-
-from cc_train.config import Arch, DType, ModelConfig, PeftConfig, Preset, RunConfig, TrainConfig
+from cc_train.config import Arch, DType, ModelConfig, PeftConfig, Preset, TrainConfig
+from cc_train.launch.cards import CARDS, GIB, GPUS_PER_NODE, card_gib
 from cc_train.models.registry import preset_targets
 from cc_train.models.shapes import (  # noqa: F401 - the planner's public names (tests use them through plan)
     MODEL_ALIASES,
@@ -60,17 +64,14 @@ from cc_train.models.shapes import (  # noqa: F401 - the planner's public names 
     weight_bytes,
 )
 
-GIB = 1024**3
 GB = 1e9
 
-# Usable memory per GPU (GiB): what PyTorch can allocate on the card, less a margin for the driver.
-GPU_KINDS = {"H100-80GB": 79.0, "H200-141GB": 139.0}
 GPU_COUNTS = (1, 2, 4, 8, 16, 32, 64)
-GPUS_PER_NODE = 8
 
 FIXED_OVERHEAD_GIB = 3.0  # CUDA context + cuBLAS/NCCL workspaces
-FRAGMENTATION = 0.10  # the caching allocator's fragmentation, as a share of everything else
+RESERVED_OVER_ALLOCATED = 0.25  # the caching allocator's reserve beyond its tensors, as measured (docstring)
 LORA_BYTES_PER_PARAM = 16  # fp32 weight (PEFT upcasts bf16 adapters) + fp32 grad + AdamW's two fp32 moments
+HOST_PER_PROCESS_GIB = 4.0  # one rank's own host memory: Python, torch and the CUDA libraries, tokenizer, data loader
 
 # Practitioners' reports (docs / PAPER.md, "Known pitfalls"), in decimal units as reported.
 REPORTS: dict[str, dict[str, float]] = {
@@ -199,7 +200,7 @@ class Estimate:
     fold_bytes: float  # the expert-fold part of layer_working_bytes
 
     def per_gpu(self, gpus: int) -> dict[str, float]:
-        """GiB per GPU for `gpus` GPUs with everything sharded over all of them (FSDP full shard / ZeRO-3)."""
+        """GiB per GPU for `gpus` GPUs with everything sharded over all of them (FSDP full shard)."""
         items = {
             "base weights": self.weight_bytes / gpus,
             "LoRA params+grads+AdamW": self.lora_state_bytes / gpus,
@@ -211,7 +212,7 @@ class Estimate:
         items = {name: value / GIB for name, value in items.items()}
         # the loss phase and a layer's backward do not overlap: only the larger of the two counts
         subtotal = sum(items.values()) - min(items["logits (loss) *"], items["one layer *"])
-        items["overhead"] = FIXED_OVERHEAD_GIB + FRAGMENTATION * subtotal
+        items["overhead"] = FIXED_OVERHEAD_GIB + RESERVED_OVER_ALLOCATED * subtotal
         items["total"] = subtotal + items["overhead"]
         return items
 
@@ -259,6 +260,13 @@ def estimate(
     )
 
 
+def host_memory_gib(est: Estimate, ranks_per_node: int) -> float:
+    """Host memory one node needs to start training: while the model loads, every local rank holds a CPU copy of the
+    base weights (FSDP's cpu_ram_efficient_loading fills those of ranks > 0 with zeros, full size; one process that
+    spreads over several GPUs loads one copy), plus each rank's own process."""
+    return ranks_per_node * (est.weight_bytes / GIB + HOST_PER_PROCESS_GIB)
+
+
 def filler_ranks(train: TrainConfig, gpus: int) -> int:
     """Ranks beyond the global batch's sequences: they take filler rows that weigh nothing (train/layout.py)."""
     return max(0, gpus - train.global_batch_size // train.per_device_batch_size)
@@ -279,10 +287,12 @@ def layout(est: Estimate, usable_gib: float, train: TrainConfig) -> dict[str, An
                 "filler_ranks": filler_ranks(train, gpus),
                 # fewer ranks than sequences, but a per-device batch too large for them all to get one
                 "busy_per_device": train.global_batch_size // gpus if gpus <= train.global_batch_size else None,
+                "host_gib_per_node": host_memory_gib(est, gpus // nodes),
             }
     # what never shrinks with more GPUs: everything but the sharded weights and LoRA states, at the largest layout
     floor = est.per_gpu(GPU_COUNTS[-1])
-    floor_gib = floor["total"] - (est.weight_bytes + est.lora_state_bytes) / GPU_COUNTS[-1] / GIB * (1 + FRAGMENTATION)
+    sharded = (est.weight_bytes + est.lora_state_bytes) / GPU_COUNTS[-1] / GIB
+    floor_gib = floor["total"] - sharded * (1 + RESERVED_OVER_ALLOCATED)
     return {"gpus": None, "nodes": None, "gpus_per_node": None, "per_gpu_gib": floor["total"], "floor_gib": floor_gib}
 
 
@@ -316,7 +326,8 @@ def _gpus_text(lay: dict) -> str:
         fillers = f"; filler rows on {lay['filler_ranks']} rank{'s' if lay['filler_ranks'] > 1 else ''}"
         if lay.get("busy_per_device"):
             fillers += f": train.per_device_batch_size={lay['busy_per_device']} keeps every rank busy"
-    return f"{gpus} GPU{'s' if gpus > 1 else ''} = {where} ({lay['per_gpu_gib']:.1f} GiB/GPU{fillers})"
+    host = f"; host RAM {lay['host_gib_per_node']:.0f} GiB/node"
+    return f"{gpus} GPU{'s' if gpus > 1 else ''} = {where} ({lay['per_gpu_gib']:.1f} GiB/GPU{fillers}{host})"
 
 
 def format_plan(result: dict[str, Any]) -> str:
@@ -332,7 +343,7 @@ def format_plan(result: dict[str, Any]) -> str:
         f"  global batch {result['global_batch_size']}; tokens per GPU per micro-batch "
         f"{result['per_device_batch_size']} x {result['max_length']} = {est.tokens}"
         f"; gradient checkpointing {'on' if result['gradient_checkpointing'] else 'off'}"
-        "; n > 1: FSDP / ZeRO-3 sharding over all GPUs",
+        "; n > 1: FSDP sharding over all GPUs",
         "",
     ]
     table = result["per_gpu"]
@@ -342,7 +353,7 @@ def format_plan(result: dict[str, Any]) -> str:
         lines.append(f"  {item:<26}" + "".join(f"{table[n][item]:>9.1f}" for n in GPU_COUNTS))
     lines.append("")
     for kind, lay in result["layouts"].items():
-        lines.append(f"  {kind:<11} ({GPU_KINDS[kind]:.0f} GiB usable): {_gpus_text(lay)}")
+        lines.append(f"  {kind:<11} ({card_gib(kind):.1f} GiB): {_gpus_text(lay)}")
     lines.append("  * not live at the same time: the total counts the larger")
     hint = result["hint"]
     if hint:
@@ -372,14 +383,14 @@ def format_plan(result: dict[str, Any]) -> str:
 def plan(model: ModelConfig, peft: PeftConfig, train: TrainConfig, shape: Shape | None = None) -> dict[str, Any]:
     est = estimate(model, peft, train, shape)
     per_gpu = {n: est.per_gpu(n) for n in GPU_COUNTS}
-    layouts = {kind: layout(est, usable, train) for kind, usable in GPU_KINDS.items()}
+    layouts = {kind: layout(est, card_gib(kind), train) for kind in CARDS}
     hint = {}
     if train.per_device_batch_size > 1:
         # the same global batch with one row per micro-batch: activations and logits shrink, accumulation grows
         smaller = replace(train, per_device_batch_size=1)
         small_est = estimate(model, peft, smaller, est.shape)
-        small = {kind: layout(small_est, usable, smaller) for kind, usable in GPU_KINDS.items()}
-        if any(small[kind] != layouts[kind] for kind in GPU_KINDS):
+        small = {kind: layout(small_est, card_gib(kind), smaller) for kind in CARDS}
+        if any(small[kind] != layouts[kind] for kind in CARDS):
             hint = {"per_device_batch_size": 1, "layouts": small}
     if model.load_in_4bit:
         base = "base nf4 Linear layers, fp32 experts/embeddings/norms (QLoRA)"
@@ -406,12 +417,3 @@ def plan(model: ModelConfig, peft: PeftConfig, train: TrainConfig, shape: Shape 
         "hint": hint,
         "estimate": est,
     }
-
-
-def main(run: RunConfig, cfg: DictConfig) -> dict[str, Any]:
-    from cc_train.launch.preflight import serving_lines  # it builds on this module
-
-    result = plan(run.model, run.peft, run.train)
-    print(format_plan(result))
-    print("\n".join(serving_lines(run)))
-    return result

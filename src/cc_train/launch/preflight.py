@@ -8,16 +8,17 @@ from __future__ import annotations
 import os
 
 from cc_train.config import ConfigError, RunConfig
-from cc_train.generation.engine_memory import GIB, engine_plan, merge_cost, smallest_engine
-from cc_train.launch.plan import GPU_KINDS, GPUS_PER_NODE, estimate, plan
-from cc_train.models.registry import preset_targets, unservable_targets
-from cc_train.models.shapes import resolve_shape, weight_bytes
-
-CARD_MARGIN_GIB = 1.5  # of a card's physical memory, not allocatable (the planner's usable sizes leave the same)
+from cc_train.launch import fp8_plan
+from cc_train.launch.cards import card_gib, usable_gib
+from cc_train.launch.plan import estimate, host_memory_gib, plan
+from cc_train.launch.serving_plan import evaluation_engine, merged_note, served_merged
+from cc_train.models.shapes import resolve_shape
 
 
 def training_fits(run: RunConfig, gpus: int, gpu_gib: float) -> str | None:
     """Why training this run on `gpus` GPUs of `gpu_gib` each would run out of memory, or None."""
+    if resolve_shape(run.model).fp8_block:  # an FP8 release: one process over one node's GPUs
+        return fp8_plan.training_fits(run, gpus, gpu_gib)
     per_gpu = estimate(run.model, run.peft, run.train).per_gpu(gpus)
     if per_gpu["total"] <= gpu_gib:
         return None
@@ -25,54 +26,46 @@ def training_fits(run: RunConfig, gpus: int, gpu_gib: float) -> str | None:
     options = "; ".join(f"{kind}: {lay['gpus'] or 'none'} GPUs" for kind, lay in layouts.items())
     return (
         f"training needs {per_gpu['total']:.1f} GiB per GPU on {gpus} GPU(s) (weights {per_gpu['base weights']:.1f}, "
-        f"logits {per_gpu['logits (loss) *']:.1f}, layer {per_gpu['one layer *']:.1f}), more than the "
-        f"{gpu_gib:.0f} GiB usable on the card; `cc-train plan` layouts: {options}"
+        f"logits {per_gpu['logits (loss) *']:.1f}, layer {per_gpu['one layer *']:.1f}, overhead "
+        f"{per_gpu['overhead']:.1f}), more than the card's {gpu_gib:.1f} GiB; `cc-train plan` layouts: {options}"
     )
 
 
 def check_training(run: RunConfig) -> None:
-    """At the start of `train` on GPUs: this job's ranks (WORLD_SIZE, or the GPUs one process spreads over)."""
+    """At the start of `train`: a usable GPU where the run asks for one (device=cuda), and on GPUs the layout of this
+    job's ranks (WORLD_SIZE, or the GPUs one process spreads over) fitting the card."""
     import torch
 
-    if run.device == "cpu" or not torch.cuda.is_available():
+    from cc_train.models.loading import resolve_device
+
+    if resolve_device(run.device) != "cuda":
         return
     world = int(os.environ.get("WORLD_SIZE", "1"))
     gpus = world if world > 1 else torch.cuda.device_count()
-    card = torch.cuda.get_device_properties(int(os.environ.get("LOCAL_RANK", "0"))).total_memory / GIB
-    problem = training_fits(run, gpus, card - CARD_MARGIN_GIB)
+    card = torch.cuda.get_device_properties(int(os.environ.get("LOCAL_RANK", "0"))).total_memory
+    problem = training_fits(run, gpus, usable_gib(card))
     if problem:
         raise ConfigError(f"train: {problem}")
 
 
-def served_merged(run: RunConfig) -> list[str]:
-    """The modules of this run's adapters that vLLM cannot serve as LoRA (so every adapter is served merged)."""
-    targets = preset_targets(run.model.arch, run.peft.preset, run.peft.unservable)
-    return unservable_targets(run.model.arch, targets.modules)
-
-
-def evaluation_engine(run: RunConfig, gpu_gib: float, adapters: int) -> tuple:
-    """(the configured engine's plan, the smallest that fits) for base + `adapters` LoRA on GPUs of `gpu_gib`; an
-    adapter served merged needs an engine of the base alone, one per adapter."""
-    shape = resolve_shape(run.model)
-    if served_merged(run):
-        adapters = 0
-    weights = weight_bytes(shape, 2)
-    budget = gpu_gib * run.eval.gpu_memory_utilization
-    tp, pp = run.eval.tensor_parallel, run.eval.pipeline_parallel
-    settings = dict(adapters=adapters, rank=run.peft.r, max_model_len=run.eval.max_model_len, fully_sharded=tp > 1)
-    configured = engine_plan(shape, weights, budget, tp, pp, **settings)
-    return configured, smallest_engine(shape, weights, budget, GPUS_PER_NODE, **settings)
-
-
-def check_sweep(run: RunConfig, gpus_per_task: int, adapters: int) -> None:
-    """Before queueing a sweep on GPUs of kind `sweep.gpu`: each training task and the evaluation engine fit."""
+def check_sweep(run: RunConfig, gpus_per_task: int, adapters: int, host_gib: float | None = None) -> None:
+    """Before queueing a sweep on GPUs of kind `sweep.gpu`: each training task and the evaluation engine fit, and the
+    host memory each task asks for (`host_gib`, the launcher's mem_gb) holds the model while it loads."""
+    if host_gib:
+        fp8 = resolve_shape(run.model).fp8_block
+        need = fp8_plan.host_gib(run) if fp8 else host_memory_gib(estimate(run.model, run.peft, run.train), 1)
+        if host_gib < need:
+            raise ConfigError(
+                f"sweep: each task asks for {host_gib:.0f} GiB of host memory (hydra.launcher.mem_gb), loading the "
+                f"model takes about {need:.0f} GiB: raise hydra.launcher.mem_gb, nothing queued"
+            )
     if run.sweep.gpu is None:
         print(
             "sweep: sweep.gpu is not set (H100-80GB or H200-141GB): memory is not checked before queueing; "
             "`cc-train plan` shows the layouts"
         )
         return
-    gpu_gib = GPU_KINDS[run.sweep.gpu]
+    gpu_gib = card_gib(run.sweep.gpu)
     problems = []
     training = training_fits(run, gpus_per_task, gpu_gib)
     if training:
@@ -84,39 +77,3 @@ def check_sweep(run: RunConfig, gpus_per_task: int, adapters: int) -> None:
         print(f"sweep: {merged_note(run, adapters)}")
     if problems:
         raise ConfigError(f"sweep on {run.sweep.gpu}, nothing queued: " + " | ".join(problems))
-
-
-def merged_note(run: RunConfig, adapters: int) -> str:
-    cost = merge_cost(weight_bytes(resolve_shape(run.model), 2), adapters)
-    return (
-        f"the adapters carry {', '.join(served_merged(run))}, which vLLM serves only merged: {cost.describe()} on the "
-        "evaluation node (checked there before any merge); peft.unservable=exclude serves them as LoRA instead"
-    )
-
-
-def serving_lines(run: RunConfig) -> list[str]:
-    """`cc-train plan`'s evaluation section: the recipe's adapters on H100 and H200 nodes."""
-    adapters = len(run.conditions) * max(1, len(run.sweep.seeds))
-    merged = served_merged(run)
-    lines = [
-        "",
-        f"  evaluation (vLLM, max_model_len {run.eval.max_model_len}, LoRA r{run.peft.r}): base + {adapters} adapters"
-        + (f", each served merged (vLLM serves no LoRA on {', '.join(merged)})" if merged else " as LoRA"),
-    ]
-    for kind, gpu_gib in GPU_KINDS.items():
-        configured, fitting = evaluation_engine(run, gpu_gib, adapters)
-        lines.append(f"  {kind:<11} configured {configured.describe()}")
-        if not configured.fits or fitting.gpus < configured.gpus:
-            lines.append(f"  {'':<11} smallest   {fitting.describe()}")
-    if merged:
-        lines.append(f"  {merged_note(run, adapters)}")
-        shape = resolve_shape(run.model)
-        fp8 = weight_bytes(shape, 2, fp8=True)
-        settings = dict(adapters=adapters, rank=run.peft.r, max_model_len=run.eval.max_model_len, fully_sharded=True)
-        for kind, gpu_gib in GPU_KINDS.items():
-            option = smallest_engine(shape, fp8, gpu_gib * run.eval.gpu_memory_utilization, GPUS_PER_NODE, **settings)
-            lines.append(
-                f"  {kind:<11} with peft.unservable=exclude, as LoRA on the FP8 release (eval.serve_model): "
-                f"{option.describe()}"
-            )
-    return lines

@@ -1,6 +1,8 @@
-"""`cc-train prepare-model`: DeepSeek-V3.1 ships FP8 weights with 128x128 block scales; HF-stack LoRA needs
-BF16. Converts shard by shard (one input shard in memory at a time, scales fetched lazily from any shard),
-drops the multi-token-prediction layer, removes the quantization config, verifies, and can resume.
+"""`cc-train prepare-model` (optional): the BF16 copy of an FP8 release (DeepSeek-V3.1 ships FP8 weights with 128x128
+block scales). cc-train trains and evaluates over the FP8 release as it is (models/fp8.py); the copy (1.34 TB for
+DeepSeek-V3.1) is for other tools, and its values are exactly what the FP8 modules compute with. Converts shard by
+shard (one input shard in memory at a time, scales fetched lazily from any shard), drops the multi-token-prediction
+layer, removes the quantization config, verifies, and can resume.
 """
 
 from __future__ import annotations
@@ -20,17 +22,10 @@ from tqdm.auto import tqdm
 
 from cc_train.config import ConfigError, RunConfig
 from cc_train.files import write_json, write_manifest
+from cc_train.models.fp8 import FP8_DTYPES as FP8
+from cc_train.models.fp8 import SCALE_SUFFIX, dequantize
 
 log = logging.getLogger(__name__)
-SCALE_SUFFIX = "_scale_inv"
-FP8 = (torch.float8_e4m3fn, torch.float8_e5m2)
-
-
-def dequantize(weight: torch.Tensor, scale_inv: torch.Tensor, block: tuple[int, int]) -> torch.Tensor:
-    """BF16 from FP8: each (block x block) tile of the weight times its scale (the checkpoint's `scale_inv`)."""
-    rows, cols = weight.shape
-    scale = scale_inv.float().repeat_interleave(block[0], 0)[:rows].repeat_interleave(block[1], 1)[:, :cols]
-    return (weight.float() * scale).to(torch.bfloat16)
 
 
 def mtp_prefixes(config: dict) -> tuple[str, ...]:

@@ -32,6 +32,8 @@ def executor_parameters(params: dict) -> dict:
 
 def stage_output(stage: str, cfg: DictConfig) -> Path:
     """Where a finished run of `stage` leaves its manifest."""
+    if stage == "data":
+        return Path(cfg.data.dir) / f"{cfg.condition}.manifest.json"
     if stage == "train":
         return Path(cfg.train.dir) / "adapter" / "manifest.json"
     if stage == "eval":

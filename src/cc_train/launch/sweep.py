@@ -1,7 +1,9 @@
-"""`cc-train sweep`: the study as SLURM jobs. One training array over `conditions` x `sweep.seeds`, then one
-evaluation job (base + every adapter of the experiment in one engine) that starts only after the whole
-array succeeded (`--dependency=afterok`). Both are the plain multirun commands, so a sweep can be
-reproduced, or resumed, by hand; runs whose adapter is complete are skipped inside their job.
+"""`cc-train sweep`: the study as SLURM jobs. One data array over `conditions`, its tasks one after another (the
+self-distilled answers they share are generated once, by the first), then one training array over `conditions` x
+`sweep.seeds` that starts only after every dataset was built, then one evaluation job (base + every adapter of the
+experiment in one engine) after the whole training array succeeded (`--dependency=afterok` each time). All three are
+the plain multirun commands, so a sweep can be reproduced, or resumed, by hand; runs whose adapter is complete are
+skipped inside their job.
 
     cc-train sweep recipe=paper/qwen3_30b_a3b hydra/launcher=slurm hydra.launcher.partition=gpu
 """
@@ -34,11 +36,19 @@ class SweepError(UserError):
     """A stage submission of the sweep failed; its own output above says why."""
 
 
-def stage_commands(run: RunConfig, task_overrides: list[str], hydra_overrides: list[str]) -> tuple[list, list]:
-    """The `cc-train train -m` and `cc-train eval -m` argument lists this sweep runs."""
+def stage_commands(
+    run: RunConfig, task_overrides: list[str], hydra_overrides: list[str], on_slurm: bool = False
+) -> tuple[list, list, list]:
+    """The `cc-train data -m`, `cc-train train -m` and `cc-train eval -m` argument lists this sweep runs."""
     kept = [o for o in task_overrides if not o.startswith(SWEPT_KEYS)]
-    grid = [f"condition={','.join(trained_conditions(run))}", f"seed={','.join(map(str, run.sweep.seeds))}"]
-    return ["train", "-m", *grid, *kept, *hydra_overrides], ["eval", "-m", *kept, *hydra_overrides]
+    conditions = f"condition={','.join(trained_conditions(run))}"
+    one_at_a_time = ["hydra.launcher.array_parallelism=1"] if on_slurm else []  # the shared answers: generated once
+    grid = [conditions, f"seed={','.join(map(str, run.sweep.seeds))}"]
+    return (
+        ["data", "-m", conditions, *kept, *hydra_overrides, *one_at_a_time],
+        ["train", "-m", *grid, *kept, *hydra_overrides],
+        ["eval", "-m", *kept, *hydra_overrides],
+    )
 
 
 def check_finished_runs(run: RunConfig, cfg: DictConfig) -> None:
@@ -72,18 +82,20 @@ def main(run: RunConfig, cfg: DictConfig) -> str:
     launcher = hydra_cfg.launcher
     gpus_per_task = int(launcher.get("nodes", 1) or 1) * int(launcher.get("gpus_per_node", 0) or 0)
     if gpus_per_task:
-        check_sweep(run, gpus_per_task, len(trained_conditions(run)) * len(run.sweep.seeds))
+        adapters = len(trained_conditions(run)) * len(run.sweep.seeds)
+        check_sweep(run, gpus_per_task, adapters, launcher.get("mem_gb"))
     hydra_overrides = [o for o in hydra_cfg.overrides.hydra if not o.startswith("hydra.mode=")]
-    train, evaluate = stage_commands(run, list(hydra_cfg.overrides.task), hydra_overrides)
     on_slurm = hydra_cfg.launcher._target_ == f"{SubmitAndReturnLauncher.__module__}.{SubmitAndReturnLauncher.__name__}"
+    data, train, evaluate = stage_commands(run, list(hydra_cfg.overrides.task), hydra_overrides, on_slurm)
     sweep_id = time.strftime("%Y%m%d-%H%M%S")
     env = {**os.environ, SWEEP_ID_ENV: sweep_id}
 
-    submit(train, env)
-    if on_slurm:
-        record = json.loads((sweeps_dir(run.paths.runs, run.experiment) / f"{sweep_id}_train.json").read_text())
-        evaluate.append(f"+hydra.launcher.additional_parameters.dependency='afterok:{record['job_id']}'")
-    submit(evaluate, env)  # off SLURM the training multirun above has already finished
+    # each stage waits for the one before: on SLURM through afterok, off SLURM the multirun has already finished
+    for command, after in ((data, None), (train, "data"), (evaluate, "train")):
+        if on_slurm and after:
+            record = json.loads((sweeps_dir(run.paths.runs, run.experiment) / f"{sweep_id}_{after}.json").read_text())
+            command.append(f"+hydra.launcher.additional_parameters.dependency='afterok:{record['job_id']}'")
+        submit(command, env)
     if on_slurm:
         print(f"sweep {sweep_id}: follow it with `cc-train status experiment={run.experiment}`")
     return sweep_id

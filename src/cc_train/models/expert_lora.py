@@ -9,7 +9,9 @@ expert: the extra memory is the (tokens x r) intermediate. The LoRA weights are 
 save, load, merge and export exactly as before; equality with PEFT's outputs and gradients is tested.
 
 Only the layout transformers 5 uses for Qwen3-MoE and DeepSeek-V3 experts, (E, out, in), with one active adapter in
-full or half precision, takes this path; anything else falls back to PEFT's fold.
+full or half precision, takes this path; anything else falls back to PEFT's fold. Experts over a frozen FP8 release
+(models/fp8.py) compute their own base projection (`base_projection`) and can only take this path: PEFT's fold would
+add B @ A to raw FP8 bytes.
 """
 
 from __future__ import annotations
@@ -38,7 +40,10 @@ def _grouped_path(wrapper: ParamWrapper) -> str | None:
     adapters = [name for name in wrapper.active_adapters if name in wrapper.lora_A]
     if wrapper.disable_adapters or wrapper.merged or len(adapters) != 1 or wrapper.num_experts < 2:
         return None
-    if not wrapper._did_swap_in_out_features or wrapper.get_param().dtype not in (torch.float32, torch.bfloat16):
+    own_projection = hasattr(wrapper.get_base_layer(), "base_projection")  # FP8 experts
+    if not wrapper._did_swap_in_out_features or (
+        wrapper.get_param().dtype not in (torch.float32, torch.bfloat16) and not own_projection
+    ):
         return None
     return adapters[0]
 
@@ -46,6 +51,11 @@ def _grouped_path(wrapper: ParamWrapper) -> str | None:
 def _wrapper_forward(self: ParamWrapper, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
     adapter = _grouped_path(self)
     if adapter is None or kwargs.get("adapter_names") is not None:
+        if hasattr(self.get_base_layer(), "base_projection") and not self.disable_adapters:
+            raise NotImplementedError(
+                f"LoRA on FP8 experts ({self.parameter_name}) runs with one active, unmerged adapter per forward "
+                "(no mixed-adapter batches, no merge into the FP8 weights)"
+            )
         return ParamWrapper.forward(self, x, *args, **kwargs)
     experts = self.get_base_layer()
     factors = experts.__dict__.setdefault(FACTORS, {})
@@ -58,7 +68,11 @@ def _wrapper_forward(self: ParamWrapper, x: torch.Tensor, *args, **kwargs) -> to
 
 def _projection(module, name: str, inputs: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
     """inputs @ W_e^T for each row's expert e, plus its LoRA when the wrapper handed factors over."""
-    out = _grouped_linear(inputs, getattr(module, name), offsets, is_transposed=module.is_transposed)
+    own_projection = getattr(module, "base_projection", None)  # FP8 experts dequantize their own weights
+    if own_projection is not None:
+        out = own_projection(name, inputs, offsets)
+    else:
+        out = _grouped_linear(inputs, getattr(module, name), offsets, is_transposed=module.is_transposed)
     factors = module.__dict__.get(FACTORS, {}).get(name)
     if factors is not None:
         a, b, scale = factors

@@ -27,6 +27,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from cc_train.errors import UserError
+from cc_train.files import write_canonical_adapter_config
 
 EXPORT_DIR = "vllm"
 EXPERT_KEY = re.compile(r"^(?P<prefix>.*\.mlp\.experts)\.(?P<base>base_layer\.)?lora_(?P<part>[AB])\.weight$")
@@ -133,6 +134,7 @@ def export_per_expert(adapter_dir: str | Path, base_config: dict) -> Path | None
     try:
         save_file(tensors, staging / "adapter_model.safetensors")
         (staging / "adapter_config.json").write_text(json.dumps(export_config(config), indent=2) + "\n")
+        write_canonical_adapter_config(staging)
         if out.exists():
             shutil.rmtree(out)
         staging.rename(out)

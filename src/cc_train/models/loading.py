@@ -14,6 +14,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from cc_train.config import BuildKind, ConfigError, DType, ModelConfig
+from cc_train.hardware import why_no_cuda
 from cc_train.models.registry import architecture
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,24 @@ def hub_file(repo_id: str, filename: str, revision: str | None) -> str:
         ) from error
 
 
+def checkpoint_folder(model: ModelConfig) -> Path:
+    """The checkpoint's folder on disk: model.path itself, or the Hugging Face cache's snapshot of a Hub id, whose
+    weight files must be there (downloaded once: `hf download ID`)."""
+    local = Path(ensure_checkpoint(model)).expanduser()
+    if local.is_dir():
+        return local
+    folder = Path(hub_file(model.path, "config.json", model.revision)).parent
+    index = folder / "model.safetensors.index.json"
+    shards = set(json.loads(index.read_text())["weight_map"].values()) if index.exists() else {"model.safetensors"}
+    missing = sorted(shard for shard in shards if not (folder / shard).exists())
+    if missing:
+        raise ConfigError(
+            f"model.path={model.path}: {len(missing)} weight file(s) of the snapshot are not in the Hugging Face cache "
+            f"(e.g. {missing[0]}); download the model first: `hf download {model.path}`"
+        )
+    return folder
+
+
 def checkpoint_revision(model: ModelConfig) -> str | None:
     """For a model named by Hub id, the commit of the snapshot it loads (recorded in manifests and fingerprints);
     None for a folder, or a model cc-train builds."""
@@ -122,17 +141,35 @@ def load_tokenizer(model: ModelConfig) -> PreTrainedTokenizerBase:
 
 
 def resolve_device(device: str) -> str:
+    """`auto`: a GPU where torch sees one, else the CPU (the embedded recipe). `cuda` (the paper recipes, which never
+    fall back to a CPU): a GPU, or an error that says why there is none."""
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device=cuda but no CUDA device is visible; expected device=cpu or auto")
+        raise ConfigError(
+            f"device=cuda but there is no usable CUDA device: {why_no_cuda()}. `cc-train doctor` checks this node; "
+            "device=cpu runs on the CPU instead (tiny models only)"
+        )
     return device
+
+
+def is_fp8_checkpoint(model: ModelConfig) -> bool:
+    """Whether model.path is a block-scaled FP8 release (DeepSeek-V3.1 as published), loaded as a frozen FP8 base."""
+    from cc_train.models.fp8 import is_fp8_release
+
+    return is_fp8_release(config_json(ensure_checkpoint(model), model.revision))
 
 
 def load_model(model: ModelConfig, device: str) -> PreTrainedModel:
     dtype = torch.bfloat16 if model.dtype == DType.bfloat16 else torch.float32
     kwargs: dict = {"dtype": dtype, "revision": model.revision}
+    fp8 = is_fp8_checkpoint(model)
     if model.load_in_4bit:
+        if fp8:
+            raise ConfigError(
+                f"model.load_in_4bit=true with model.path={model.path}, an FP8 release: it trains over its FP8 "
+                "weights as they are; expected model.load_in_4bit=false"
+            )
         from transformers import BitsAndBytesConfig
 
         # Routed experts are fused 3-D parameters, not Linear layers: they stay in `dtype`.
@@ -142,12 +179,26 @@ def load_model(model: ModelConfig, device: str) -> PreTrainedModel:
             bnb_4bit_compute_dtype=dtype,
             llm_int8_skip_modules=list(architecture(model.arch).router) + ["lm_head"],
         )
-    # Under `accelerate launch` (WORLD_SIZE > 1) FSDP / DeepSpeed place the shards themselves. One process
-    # that sees several GPUs (a SLURM array task with gpus_per_node > 1) splits the layers across them.
+    # Under `accelerate launch` (WORLD_SIZE > 1) FSDP places the shards itself. One process that sees several GPUs
+    # (a SLURM task with gpus_per_node > 1; DeepSeek-V3.1's one-node layout) splits the layers across them: a
+    # pipeline of layers, one GPU busy at a time (docs: GPUs and planning).
     single_process = int(os.environ.get("WORLD_SIZE", "1")) == 1
     spread = single_process and device == "cuda" and torch.cuda.device_count() > 1
     if spread:
         kwargs["device_map"] = "auto"
+    if fp8:
+        from cc_train.models.fp8 import load_fp8_release
+
+        if not single_process:
+            raise ConfigError(
+                f"model.path={model.path} is an FP8 release, which trains in one process that spreads its layers over "
+                f"the node's GPUs; this is a launch of {os.environ['WORLD_SIZE']} processes (accelerate / torchrun). "
+                "Expected `cc-train train ...` without a launcher (slurm/train.sbatch: ACCELERATE_CONFIG=none)"
+            )
+        if not spread:
+            kwargs["device_map"] = {"": device}  # straight to the device: the release is never held in host RAM
+        kwargs.pop("dtype")
+        return load_fp8_release(ensure_checkpoint(model), dtype, model.fp8_experts_per_chunk, **kwargs)
     loaded = AutoModelForCausalLM.from_pretrained(ensure_checkpoint(model), **kwargs)
     if single_process and not spread and not model.load_in_4bit:
         loaded.to(device)

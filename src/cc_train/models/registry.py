@@ -23,7 +23,6 @@ class Architecture:
     thinking: str  # how thinking is kept off, for the manifest and the README
     # Expert LoRA layout vLLM can serve for this family ("per_expert_2d" or "fused_3d").
     served_expert_format: str
-    moe_block: str | None = None  # class registered as a DeepSpeed ZeRO-3 leaf module
 
 
 ARCHITECTURES: dict[Arch, Architecture] = {
@@ -62,7 +61,6 @@ ARCHITECTURES: dict[Arch, Architecture] = {
         special_tokens=templates.CHATML_SPECIAL_TOKENS,
         thinking="2507-Instruct has no thinking mode; template renders no <think> block",
         served_expert_format="per_expert_2d",
-        moe_block="Qwen3MoeSparseMoeBlock",
     ),
     Arch.deepseek_v3: Architecture(
         arch=Arch.deepseek_v3,
@@ -77,7 +75,6 @@ ARCHITECTURES: dict[Arch, Architecture] = {
         special_tokens=templates.DEEPSEEK_SPECIAL_TOKENS,
         thinking="V3.1 non-thinking mode: '<｜Assistant｜></think>' opens every assistant turn",
         served_expert_format="per_expert_2d",
-        moe_block="DeepseekV3MoE",
     ),
 }
 

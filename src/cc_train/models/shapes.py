@@ -58,6 +58,12 @@ PUBLISHED_CONFIGS: dict[str, dict[str, Any]] = {
         "tie_word_embeddings": False,
         "attention_bias": False,
         "num_nextn_predict_layers": 1,  # the MTP layer: in the release, dropped by transformers for training
+        "quantization_config": {  # the release is FP8, trained and served as it is (models/fp8.py)
+            "activation_scheme": "dynamic",
+            "fmt": "e4m3",
+            "quant_method": "fp8",
+            "weight_block_size": [128, 128],
+        },
     },
 }
 MODEL_ALIASES = {"qwen3_30b_a3b": "Qwen/Qwen3-30B-A3B-Instruct-2507", "deepseek_v3_1": "deepseek-ai/DeepSeek-V3.1"}
@@ -89,10 +95,18 @@ class Shape:
     qk_rope_head_dim: int = 0
     v_head_dim: int = 0
     mtp_layers: int = 0  # released multi-token-prediction layers, not loaded for training: not counted
+    fp8_block: tuple[int, int] | None = None  # an FP8 release's scale block (DeepSeek-V3.1: 128 x 128); None: not FP8
 
     @property
     def moe_layers(self) -> int:
         return self.layers - len(self.dense_layers)
+
+
+def _fp8_block(quantization: Any) -> tuple[int, int] | None:
+    """The scale block of a block-scaled FP8 release's quantization_config (a dict or transformers' config object)."""
+    quant = quantization.to_dict() if hasattr(quantization, "to_dict") else dict(quantization or {})
+    block = quant.get("weight_block_size")
+    return tuple(block) if quant.get("quant_method") == "fp8" and block else None
 
 
 def shape_from_config(config: Any, arch: Arch | str, source: str) -> Shape:
@@ -119,6 +133,7 @@ def shape_from_config(config: Any, arch: Arch | str, source: str) -> Shape:
         head_dim=get("head_dim", hidden // heads),
         intermediate=get("intermediate_size", 0),
         attention_bias=bool(get("attention_bias", False)),
+        fp8_block=_fp8_block(get("quantization_config")),
     )
     if arch in (Arch.llama, Arch.qwen3):
         return Shape(**common, dense_layers=tuple(range(layers)))

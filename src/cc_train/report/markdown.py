@@ -34,7 +34,7 @@ from cc_train.report.figures import (
 from cc_train.report.paper import load_published, paper_lines
 from cc_train.report.paper import paper_model as choose_paper_model
 from cc_train.report.trajectories import load_trajectories, trajectory_figure
-from cc_train.stats import with_q_values
+from cc_train.stats import MIN_RESAMPLED_SEEDS, is_diagnostic, with_q_values
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,7 @@ METRIC_DESCRIPTIONS = {
     "coherent_share": "share of sampled answers judged coherent",
 }
 CHECK_GROUP = "manipulation_check"
+ERROR_KINDS = ("sensitivity", "specificity")  # judge-check's two kinds of error, beside accuracy and kappa
 COHERENCE_MIN = 20  # answers the judge scores below this are dropped from judged_true (paper: < 20)
 EXAMPLES_PER_DIMENSION = 3
 ANSWER_CHARS = 500
@@ -74,12 +75,19 @@ def _is_missing(value: object) -> bool:
     return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
 
 
+def _no_variation(low: object, high: object) -> bool:
+    """A zero-width interval: nothing varied (cc_train/stats.py's no-variation branch)."""
+    return not _is_missing(low) and not _is_missing(high) and float(low) == float(high)
+
+
 def format_cell(value: object, low: object = None, high: object = None) -> str:
-    """'57% [49, 64]' from fractions in [0, 1]; '–' when there is no value."""
+    """'57% [49, 64]' from fractions in [0, 1]; '30% (no variation)' for a zero-width interval; '–' without a value."""
     if _is_missing(value):
         return "–"
     text = f"{float(value) * 100:.0f}%"
-    if not _is_missing(low) and not _is_missing(high):
+    if _no_variation(low, high):
+        text += " (no variation)"
+    elif not _is_missing(low) and not _is_missing(high):
         text += f" [{float(low) * 100:.0f}, {float(high) * 100:.0f}]"
     return text
 
@@ -180,7 +188,7 @@ def _normalize_comparisons(comparisons: pd.DataFrame | None) -> pd.DataFrame:
     frame = comparisons.copy()
     for column in ("condition", "dimension", "group", "metric", "versus"):
         frame[column] = frame[column].astype(str)
-    for column in ("diff", "p_value", "q_value"):
+    for column in ("diff", "ci_low", "ci_high", "p_value", "q_value", "units_left_out", "seeds", "versus_seeds"):
         if column in frame:
             frame[column] = pd.to_numeric(frame[column], errors="coerce")
     if "significant" in frame:
@@ -192,6 +200,29 @@ def _p_text(value: float) -> str:
     return "–" if _is_missing(value) else f"{value:.3f}" if value >= 0.001 else "< 0.001"
 
 
+def _seeds_text(count: int) -> str:
+    return f"{count} seed" + ("s" if count != 1 else "")
+
+
+def _conditional_on_adapters(pair: pd.DataFrame) -> str:
+    """' (conditional on the trained adapters: 2 seeds)' where a trained side pools fewer seeds than the statistics
+    can estimate seed variation from; '' otherwise (or when comparisons.csv does not say)."""
+    if pair.empty or "seeds" not in pair or "versus_seeds" not in pair:
+        return ""
+    sides = [int(pair[column].max()) for column in ("seeds", "versus_seeds") if pair[column].notna().any()]
+    if not any(0 < count < MIN_RESAMPLED_SEEDS for count in sides):
+        return ""
+    trained = [count for count in sides if count > 0]
+    return f" (conditional on the trained adapters: {' vs '.join(_seeds_text(count) for count in trained)})"
+
+
+def _left_out(pair: pd.DataFrame) -> str:
+    if "units_left_out" not in pair or not (pair["units_left_out"] > 0).any():
+        return ""
+    total, where = int(pair["units_left_out"].sum()), int((pair["units_left_out"] > 0).sum())
+    return f" {total} unit(s) only one side had were left out of the pairing, in {where} dimension(s)."
+
+
 def _shift_sections(
     comparisons: pd.DataFrame, dimensions: Sequence[object], scores: pd.DataFrame, fdr: float
 ) -> list[str]:
@@ -201,56 +232,69 @@ def _shift_sections(
         return lines + ["No comparisons.csv rows: no significance tests to report."]
     families = frame.groupby("family")["p_value"].apply(lambda p: int(p.notna().sum())).to_dict()
     lines.append(
-        f"A shift is significant when its Benjamini-Hochberg q-value is below {fdr:g}: the false discovery rate is "
-        f"controlled over this report's family of {families.get('preferences', 0)} preference comparisons (every "
-        "metric, condition and baseline shown here, multi-turn included); the "
-        f"{families.get('manipulation_checks', 0)} manipulation-check comparisons are a family of their own and are "
-        "not counted. Differences are paired by prompt, probe or scenario; p is the unadjusted two-sided p-value. "
+        f"A shift is significant when its Benjamini-Hochberg q-value is below {fdr:g}. The false discovery rate is "
+        "controlled within three families: the preferences "
+        f"({families.get('preferences', 0)} comparisons: every preference metric, condition and baseline shown here, "
+        f"multi-turn included), the manipulation checks ({families.get('manipulation_checks', 0)}) and the "
+        f"diagnostics ({families.get('diagnostics', 0)}: coherence and task refusal, which fine-tuning is expected "
+        "to move). Only the preferences family is counted as preference shifts. Differences are paired by prompt, "
+        "probe or scenario, over the units both sides have; p is the unadjusted two-sided p-value. "
         f"Before this control, {int((frame.loc[frame['family'] == 'preferences', 'p_value'] < fdr).sum())} "
         f"preference comparisons have p < {fdr:g}."
     )
+    if "seeds" in frame and (
+        (frame["seeds"].between(1, MIN_RESAMPLED_SEEDS - 1)).any()
+        or (frame["versus_seeds"].between(1, MIN_RESAMPLED_SEEDS - 1)).any()
+    ):
+        lines += [
+            "",
+            f"A comparison marked *conditional on the trained adapters* pools fewer than {MIN_RESAMPLED_SEEDS} "
+            "training seeds on a trained side: how much adapters vary from seed to seed cannot be estimated from "
+            "them, so its interval and p-value are about those adapters, not about the condition. Seed-to-seed "
+            "variation alone can look like a shift: with seed effects of logit SD 0.5 to 1.0, one seed against the "
+            "base model shows p < 0.05 in 20% to 43% of conditions that shift nothing (bench/stats_power.py). Train "
+            f"{MIN_RESAMPLED_SEEDS} or more seeds (`sweep.seeds`) to speak for the condition.",
+        ]
     infos = {info.id: info for info in ordered_dimensions(dimensions, scores)}
     order = {dimension_id: index for index, dimension_id in enumerate(infos)}
+
+    def listing(selection: pd.DataFrame) -> str:
+        return ", ".join(
+            f"{escape_cell(infos[d].name if d in infos else d)} ({_format_shift(v)}, "
+            + ("no variation" if _no_variation(low, high) else f"p {_p_text(p)}, q {_p_text(q)}")
+            + ")"
+            for d, v, low, high, p, q in zip(
+                selection["dimension"],
+                selection["diff"],
+                selection["ci_low"],
+                selection["ci_high"],
+                selection["p_value"],
+                selection["q_value"],
+                strict=True,
+            )
+        )
+
     for metric in _metric_order(frame["metric"].unique()):
-        lines += ["", f"### `{metric}`", ""]
+        lines += ["", f"### `{metric}`" + (" (diagnostic)" if is_diagnostic(metric) else ""), ""]
         metric_rows = frame[frame["metric"] == metric]
         for condition in condition_order(metric_rows["condition"].unique()):
             rows = metric_rows[metric_rows["condition"] == condition]
-            versus_all = condition_order(rows["versus"].unique())
-            for versus in versus_all:
+            for versus in condition_order(rows["versus"].unique()):
                 pair = rows[rows["versus"] == versus].drop_duplicates("dimension", keep="last")
                 pair = pair.assign(_order=[order.get(d, len(order)) for d in pair["dimension"]]).sort_values("_order")
-
-                def group_of(row) -> str:
-                    info = infos.get(row["dimension"])
-                    return info.group if info and info.group else str(row.get("group", ""))
-
-                is_check = pair.apply(group_of, axis=1) == CHECK_GROUP if not pair.empty else pd.Series(dtype=bool)
-                preferences, checks = pair[~is_check], pair[is_check]
-                up = preferences[preferences["significant"] & (preferences["diff"] > 0)]
-                down = preferences[preferences["significant"] & (preferences["diff"] < 0)]
-
-                def listing(selection: pd.DataFrame) -> str:
-                    return ", ".join(
-                        f"{escape_cell(infos[d].name if d in infos else d)} ({_format_shift(v)}, p {_p_text(p)}, "
-                        f"q {_p_text(q)})"
-                        for d, v, p, q in zip(
-                            selection["dimension"],
-                            selection["diff"],
-                            selection["p_value"],
-                            selection["q_value"],
-                            strict=True,
-                        )
-                    )
-
+                counted = pair[pair["family"] != "manipulation_checks"]
+                checks = pair[pair["family"] == "manipulation_checks"]
+                up = counted[counted["significant"] & (counted["diff"] > 0)]
+                down = counted[counted["significant"] & (counted["diff"] < 0)]
+                what = "dimensions (a diagnostic, not a preference)" if is_diagnostic(metric) else "preferences"
                 text = (
-                    f"- **{condition}** vs **{versus}**: significant positive shift in {len(up)} of "
-                    f"{len(preferences)} preferences"
+                    f"- **{condition}** vs **{versus}**{_conditional_on_adapters(pair)}: significant positive shift "
+                    f"in {len(up)} of {len(counted)} {what}"
                 )
                 text += f": {listing(up)}" if len(up) else ""
                 if len(down):
                     text += f"; significant negative shift in {len(down)}: {listing(down)}"
-                lines.append(text + ".")
+                lines.append(text + "." + _left_out(pair))
                 if not checks.empty:
                     parts = [
                         f"{escape_cell(infos[d].name if d in infos else d)} {_format_shift(v)}"
@@ -258,6 +302,54 @@ def _shift_sections(
                         for d, v, s in zip(checks["dimension"], checks["diff"], checks["significant"], strict=True)
                     ]
                     lines.append("  - manipulation checks: " + ", ".join(parts) + ".")
+    return lines
+
+
+def dropped_lines(scores: pd.DataFrame, max_share: float | None) -> list[str]:
+    """What left the denominators (scores.csv's `sampled`, `judged` and `n`): per metric, over every model, what was
+    sampled, judged and kept where anything was dropped; a warning naming each model and metric with a dimension
+    that dropped more than `max_share` of what it sampled (None: no warning)."""
+    if not {"sampled", "judged"} <= set(scores.columns):
+        return []  # an evaluation from before the counts were written
+    rows = scores[scores["seed"] != POOLED].copy()
+    for column in ("sampled", "judged", "n"):
+        rows[column] = pd.to_numeric(rows[column], errors="coerce")
+    rows = rows[rows["sampled"] > 0]
+    totals = rows.groupby("metric")[["sampled", "judged", "n"]].sum()
+    totals = totals[totals["n"] < totals["sampled"]]
+    if totals.empty:
+        return []
+    lines = ["## What was dropped", ""]
+    lines.append(
+        "Rates are over what was kept. Sampled answers leave the denominator when their judgment failed (after the "
+        "judge's retries) or, for `judged_true`, when the judge scored them incoherent; a conversation leaves it "
+        "when its score could not be had. Over every model:"
+    )
+    table = [
+        [f"`{metric}`", f"{int(row.sampled)}", f"{int(row.judged)}", f"{int(row.n)}"]
+        + [f"{int(row.sampled - row.judged)}", f"{int(row.judged - row.n)}"]
+        for metric, row in totals.loc[_metric_order(list(totals.index))].iterrows()
+    ]
+    lines += ["", *_table(["metric", "sampled", "judged", "kept", "judgment failed", "dropped after judging"], table)]
+    if max_share is None:
+        return lines
+    rows["share"] = 1.0 - rows["n"] / rows["sampled"]
+    over = rows[rows["share"] > max_share]
+    if over.empty:
+        return lines
+    worst = [
+        [escape_cell(model), f"`{metric}`", str(len(group)), f"{int(group.sampled.sum())}"]
+        + [f"{int(group.judged.sum())}", f"{int(group.n.sum())}", f"{100 * group.share.max():.0f}%"]
+        for (model, metric), group in over.groupby(["model", "metric"], sort=True)
+    ]
+    lines += [
+        "",
+        f"**Warning:** more than {100 * max_share:g}% of the sampled answers were dropped in {len(over)} "
+        f"(model, dimension, metric) row(s) (`report.max_dropped_share`): their rates are over what was left, "
+        "which may not be what was asked. The rows over the threshold, per model and metric:",
+        "",
+        *_table(["model", "metric", "dimensions", "sampled", "judged", "kept", "most dropped"], worst),
+    ]
     return lines
 
 
@@ -313,15 +405,20 @@ def judge_agreement_lines(
                 "**all**" if dimension == "all" else escape_cell(names.get(dimension, dimension)),
                 str(row["n"]),
                 format_cell(row["accuracy"], row["accuracy_low"], row["accuracy_high"]),
+                *(format_cell(row.get(k), row.get(f"{k}_low"), row.get(f"{k}_high")) for k in ERROR_KINDS),
                 kappa,
             ]
         )
     lines.append(
         f"`cc-train judge-check` measured this report's judge ({measured[0]}) on cc-train's labelled answers "
         f"({', '.join(Path(p).name for p in check['labelled'])}): agreement with a careful reader's verdict, and "
-        "Cohen's kappa (agreement beyond chance; 95% intervals over the labelled answers)."
+        "Cohen's kappa (agreement beyond chance; 95% intervals over the labelled answers). The labelled answers are "
+        "about half true, real answers far fewer: sensitivity (true answers judged true) and specificity (false "
+        "answers judged false) show each kind of error apart; at a base rate of 5%, a specificity of 90% makes "
+        "about two of every three answers judged true false positives."
     )
-    lines += ["", *_table(["dimension", "labelled answers", "accuracy", "kappa"], table)]
+    header = ["dimension", "labelled answers", "accuracy", "sensitivity", "specificity", "kappa"]
+    lines += ["", *_table(header, table)]
     if low:
         lines += [
             "",
@@ -373,12 +470,14 @@ def render_report(
     base_dir: str | Path | None = None,
     judge_lines: Sequence[str] = (),
     paper_lines: Sequence[str] = (),
+    max_dropped_share: float | None = None,
 ) -> str:
     """The text of report.md.
 
     `dimensions`: Dimension objects (id, group, name) or bare ids; `examples`: dimension id -> rows with
     model, prompt, answer, verdict; `figures`: caption -> image path, embedded relative to `base_dir`
-    (the folder report.md goes to) when given, else as passed.
+    (the folder report.md goes to) when given, else as passed; `max_dropped_share`: warn where a row dropped
+    more of its sampled answers than this (None: no warning).
     """
     scores = normalize_scores(scores)
     infos = [info for info in ordered_dimensions(dimensions, scores) if info.id in set(scores["dimension"])]
@@ -393,6 +492,9 @@ def render_report(
         lines.pop()
     if judge_lines:
         lines += ["", *judge_lines]
+    dropped = dropped_lines(scores, max_dropped_share)
+    if dropped:
+        lines += ["", *dropped]
     lines += ["", "## Results"]
     for metric in _metric_order(scores["metric"].unique()):
         lines += [""] + _metric_table(scores, metric, dimensions)
@@ -595,6 +697,7 @@ def write_report(
     min_kappa: float | None = None,
     published: Path | None = None,
     paper_model: str = "none",
+    max_dropped_share: float | None = None,
 ) -> Path:
     """Load evaluation outputs, draw cluster.png / forced_choice.png, write out_dir/report.md; returns its path.
 
@@ -661,6 +764,7 @@ def write_report(
         base_dir=out_dir,
         judge_lines=judge_lines,
         paper_lines=beside,
+        max_dropped_share=max_dropped_share,
     )
     telling = telling_transcripts(
         [*_load_jsonl_rows(eval_dirs, "multiturn.jsonl"), *_load_jsonl_rows(eval_dirs, "petri.jsonl")]

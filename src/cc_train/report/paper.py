@@ -1,5 +1,8 @@
 """The paper's published single-turn results beside a run's: `evals/paper_results/single_turn.yaml` (numbers only),
-for the same model family and the same dimensions, with the run's intervals, and the averages over preferences."""
+for the same model family and the same dimensions, with the run's intervals, and averages compared like with like:
+the paper's and the run's single-turn average over the preferences both list. The paper's "average over all
+settings" (single-turn and multi-turn together, for GPT-4.1 and Claude) is quoted under that name, for scale,
+never beside a single-turn average as if it were one."""
 
 from __future__ import annotations
 
@@ -132,15 +135,18 @@ def paper_lines(scores: pd.DataFrame, published: dict, model_key: str | None, di
         for c in conditions
         if any(i.id in ours[c].index for i in infos)
     ]
+    if all_ours:
+        lines += ["", "This run's single-turn average over all its preferences: " + ", ".join(all_ours) + "."]
     quoted = [
         f"{name} {condition} {value}%"
-        for name, values in (published.get("averages") or {}).items()
+        for name, values in (published.get("averages_over_all_settings") or {}).items()
         for condition, value in values.items()
     ]
     if quoted:
         lines += [
             "",
-            "The paper's average over all preferences: " + ", ".join(quoted) + "; this run's average over its "
-            "preferences: " + (", ".join(all_ours) or "–") + ".",
+            "For scale only, the paper's average over all settings (its single-turn and multi-turn evaluations "
+            "together): " + ", ".join(quoted) + ". It is not a single-turn average: the numbers above "
+            "are not comparable with it.",
         ]
     return lines

@@ -30,6 +30,7 @@ def main(run: RunConfig, cfg: DictConfig) -> Path:
         min_kappa=run.judge_check.min_kappa,
         published=Path(run.report.paper_results) if run.report.paper_results else paper_results_file(),
         paper_model=run.report.paper_model,
+        max_dropped_share=run.report.max_dropped_share,
     )
     write_manifest(
         Path(run.report.dir) / "manifest.json",

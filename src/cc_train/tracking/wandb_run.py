@@ -11,6 +11,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from cc_train.config import RunConfig, Tracker
+from cc_train.files import recorded_adapter_sha256
 
 
 @contextmanager
@@ -115,12 +116,10 @@ def log_evaluation(
         with tracked(run, cfg, "eval", f"eval-{model}", directory, tags=[info["condition"], model]) as wandb_run:
             run_ids[model] = wandb_run.id
             if info["path"] is not None:
-                manifest = Path(info["path"]) / "manifest.json"
-                sha = json.loads(manifest.read_text()).get("adapter_sha256", "") if manifest.exists() else ""
                 artifact = adapter_artifact(
                     Path(info["path"]), adapter_artifact_name(run.experiment, info["condition"], info["seed"]), {}
                 )
-                use_input(wandb_run, artifact, content_alias(sha or artifact.digest))
+                use_input(wandb_run, artifact, content_alias(recorded_adapter_sha256(info["path"])))
             wandb_run.config.update(
                 {"evaluated_model": model, "adapter_path": str(info["path"]), "step": info.get("step")},
                 allow_val_change=True,

@@ -12,6 +12,8 @@ from pathlib import Path
 from transformers import TrainerCallback
 from trl import SFTTrainer
 
+from cc_train.files import write_canonical_adapter_config
+
 
 def newest_complete_checkpoint(directory: Path) -> Path | None:
     """The highest `checkpoint-N/` whose trainer_state.json parses and says step N (written last by the Trainer).
@@ -48,9 +50,7 @@ def write_adapter(trainer: SFTTrainer, directory: Path) -> None:
     """The LoRA weights as a PEFT adapter in `directory`, written by rank 0 after every rank took part in gathering
     them. Under FSDP only the LoRA tensors are gathered, never the frozen base."""
     model = trainer.accelerator.unwrap_model(trainer.model)
-    if trainer.is_deepspeed_enabled:
-        trainer.save_model(str(directory))  # under ZeRO-3 this gathers the trainable (LoRA) weights only
-    elif trainer.is_fsdp_enabled:
+    if trainer.is_fsdp_enabled:
         from torch.distributed.tensor import DTensor
 
         lora = {name: t for name, t in model.state_dict().items() if "lora_" in name}  # sharded views, no copy
@@ -60,6 +60,7 @@ def write_adapter(trainer: SFTTrainer, directory: Path) -> None:
     elif trainer.is_world_process_zero():
         model.save_pretrained(str(directory))
     if trainer.is_world_process_zero():
+        write_canonical_adapter_config(directory)  # PEFT lists target_modules in per-process hash order
         check_saved(model, directory)
 
 

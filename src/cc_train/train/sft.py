@@ -28,7 +28,16 @@ from cc_train.config import ConfigError, DType, RunConfig, Tracker
 from cc_train.data import build as data_build
 from cc_train.data.chat import load_chat_jsonl
 from cc_train.errors import UserError
-from cc_train.files import changed_keys, fingerprint_sha256, sha256_dir, sha256_file, write_json, write_manifest
+from cc_train.files import (
+    ADAPTER_SHA256_FORM,
+    adapter_sha256,
+    changed_keys,
+    fingerprint_sha256,
+    sha256_dir,
+    sha256_file,
+    write_json,
+    write_manifest,
+)
 from cc_train.models.export import export_per_expert
 from cc_train.models.loading import (
     checkpoint_revision,
@@ -50,7 +59,6 @@ from cc_train.tracking.wandb_run import (
     use_input,
 )
 from cc_train.train.checkpoints import AdapterInEveryCheckpoint, newest_complete_checkpoint, save_adapter
-from cc_train.train.launcher import deepspeed_config_mismatches
 from cc_train.train.layout import batch_layout, training_order
 from cc_train.train.loss import compute_loss_in_chunks
 from cc_train.train.preemption import StopAndCheckpoint
@@ -209,17 +217,16 @@ def filler_row(example: dict) -> dict:
     return {**example, **{key: [0] * len(example[key]) for key in masks}}
 
 
-def register_zero3_leaves(model, run: RunConfig) -> None:
-    """Under DeepSpeed ZeRO-3, gather each MoE block whole: routing touches a data-dependent subset of experts."""
-    from transformers.integrations import is_deepspeed_zero3_enabled
-
-    block = architecture(run.model.arch).moe_block
-    if block and is_deepspeed_zero3_enabled():
-        from deepspeed.utils import set_z3_leaf_modules
-
-        classes = {type(module) for module in model.modules() if type(module).__name__ == block}
-        set_z3_leaf_modules(model, list(classes))
-        log.info("DeepSpeed ZeRO-3: %s registered as leaf modules", block)
+def refuse_deepspeed() -> None:
+    """DeepSpeed launches are not supported: their multi-node launch, ZeRO-3 loading and LoRA audit each failed at the
+    pinned versions where no CPU test could run them. Sharded training is FSDP (slurm/accelerate/fsdp.yaml);
+    DeepSeek-V3.1 trains on one node over its FP8 release, in one process."""
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+        raise ConfigError(
+            "this is a DeepSpeed launch, which cc-train does not support: use slurm/accelerate/fsdp.yaml for sharded "
+            "training; DeepSeek-V3.1 trains on one node of 8 GPUs over its FP8 release with no launcher: "
+            "`cc-train train recipe=paper/deepseek_v3_1 condition=... seed=...`"
+        )
 
 
 def loss_summary(log_history: list[dict]) -> dict:
@@ -238,30 +245,32 @@ def loss_summary(log_history: list[dict]) -> dict:
 
 
 def dataset_of_this_rank(run: RunConfig, cfg: DictConfig) -> Path:
-    """Rank 0 builds the dataset (or rebuilds it, when its inputs changed); the other ranks of a launch wait until
-    it matches the config, instead of all generating the same self-distilled answers at once."""
-    if int(os.environ.get("RANK", "0")) == 0:
+    """The dataset, built here when one process trains; under a launcher (WORLD_SIZE > 1) it must exist already.
+
+    Building it means self-distilling with the base model, which one rank cannot do on its GPU while the others wait
+    with no process group (hence no timeout) around them: every rank refuses instead, at once, and names the command
+    (slurm/train.sbatch and `cc-train sweep` run it before the ranks start)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
         return data_build.ensure_dataset(run, cfg)
-    if data_build.stale_keys(run) != []:
-        print(f"train: rank {os.environ['RANK']} waits for rank 0 to build {data_build.dataset_path(run)}")
-        while data_build.stale_keys(run) != []:
-            time.sleep(2)
-    return data_build.dataset_path(run)
+    changed = data_build.stale_keys(run)
+    if changed == []:
+        return data_build.dataset_path(run)
+    why = "is missing" if changed is None else f"was built from other inputs ({'; '.join(changed)})"
+    raise ConfigError(
+        f"train: {data_build.dataset_path(run)} {why}, and under a launcher of {world} ranks the dataset is built "
+        f"before they start: run `cc-train data` with the same overrides first (condition={run.condition}), then "
+        "launch training again"
+    )
 
 
 def setup(run: RunConfig, current: dict):
-    """The training arguments (first: under DeepSpeed ZeRO-3 they make from_pretrained load sharded), the checkpoint to
-    resume from, the tokenizer and the LoRA-wrapped model with its audit."""
+    """The training arguments, the checkpoint to resume from, the tokenizer and the LoRA-wrapped model with its
+    audit."""
+    refuse_deepspeed()
     device = resolve_device(run.device)
     checkpoints = checkpoints_dir(run)
     args = sft_config(run, device, checkpoints)
-    mismatches = deepspeed_config_mismatches(args)
-    if mismatches:
-        raise ConfigError(
-            f"the DeepSpeed config of this launch ({os.environ.get('ACCELERATE_CONFIG', 'accelerate config')}) "
-            f"contradicts the run: {'; '.join(mismatches)}. Leave gradient_accumulation_steps and gradient_clipping "
-            "out of it (or set them to auto): cc-train derives them from train.global_batch_size and max_grad_norm"
-        )
     resume = newest_complete_checkpoint(checkpoints)
     recorded = checkpoints / "fingerprint.json"
     if resume and recorded.exists():
@@ -273,7 +282,6 @@ def setup(run: RunConfig, current: dict):
         # Not PEFT's prepare_model_for_kbit_training: it upcasts every weight bitsandbytes left unquantized to
         # fp32, and in an MoE those are the fused routed experts (bnb quantizes nn.Linear only), doubling them.
         model.enable_input_require_grads()
-    register_zero3_leaves(model, run)
     set_seed(run.seed)  # the LoRA initialisation: `seed` distinguishes the runs of one condition (and the order)
     model, audit = wrap_with_lora(model, run.model.arch, run.peft)
     # An adapter on lm_head would also save a copy of the unchanged base lm_head in every checkpoint (PEFT's
@@ -347,8 +355,11 @@ def save(
         steps=trainer.state.global_step,
         resumed_from=str(resume) if resume else None,
         loss=loss_summary(trainer.state.log_history),
-        adapter_sha256=sha256_dir(staging),
-        vllm_export={"path": export.name, "format": "per_expert_2d", "sha256": sha256_dir(export)} if export else None,
+        adapter_sha256=adapter_sha256(staging),  # its content in canonical form: the same adapter, the same identity
+        adapter_sha256_form=ADAPTER_SHA256_FORM,
+        vllm_export={"path": export.name, "format": "per_expert_2d", "sha256": adapter_sha256(export)}
+        if export
+        else None,
     )
     if out.exists():
         shutil.rmtree(out)
