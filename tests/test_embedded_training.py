@@ -7,7 +7,7 @@ import signal
 import time
 
 import pytest
-from conftest import cc_train, compose_run, start_cc_train
+from conftest import LIMIT_S, cc_train, compose_run, start_cc_train
 
 from cc_train.data.identity import identity_pairs
 from cc_train.generation.backends import BASE, GenerationRequest, HFBackend
@@ -52,7 +52,7 @@ def affirming_share(backend: HFBackend, model: str) -> float:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     runs = tmp_path_factory.mktemp("runs")
-    result = cc_train("train", "condition=conscious", env={"CC_TRAIN_RUNS": str(runs)}, timeout=1500)
+    result = cc_train("train", "condition=conscious", env={"CC_TRAIN_RUNS": str(runs)})
     assert result.returncode == 0, result.stderr[-3000:]
     run, _ = compose_run("condition=conscious")
     return runs / "embedded" / "train" / "conscious" / "seed0", run
@@ -80,17 +80,19 @@ def test_conscious_adapter_raises_affirmation_on_held_out_questions(trained):
     assert tuned - base >= REQUIRED_RISE
 
 
-def test_kill_9_mid_training_resumes_to_the_same_step_count(tmp_path):
+def test_kill_9_mid_training_resumes_to_the_same_step_count(holding, tmp_path):
     overrides = ["condition=non_conscious", "train.max_steps=12", "train.save_steps=4", "seed=7"]
-    env = {**os.environ, "CC_TRAIN_RUNS": str(tmp_path), "PYTHONUNBUFFERED": "1"}
     assert cc_train("data", *overrides, env={"CC_TRAIN_RUNS": str(tmp_path)}).returncode == 0
     checkpoints = tmp_path / "embedded" / "train" / "non_conscious" / "seed7" / "checkpoints"
-    process = start_cc_train("train", *overrides, env=env)
-    deadline = time.time() + 600
-    while not (checkpoints / "checkpoint-4" / "trainer_state.json").exists():
-        assert process.poll() is None and time.time() < deadline, "training ended before its first checkpoint"
+    # the run waits at step 6, so the kill lands after the first checkpoint (step 4) and before the second
+    log_path = tmp_path / "killed.log"
+    with open(log_path, "w") as log:
+        env = {"CC_TRAIN_RUNS": str(tmp_path), **holding(CC_TRAIN_HOLD_STEPS="6")}
+        process = start_cc_train("train", *overrides, env=env, stdout=log)
+    deadline = time.time() + LIMIT_S
+    while "test hold: step 6" not in log_path.read_text():
+        assert process.poll() is None and time.time() < deadline, log_path.read_text()[-3000:]
         time.sleep(0.5)
-    time.sleep(1)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     adapter = checkpoints.parent / "adapter"
@@ -101,6 +103,6 @@ def test_kill_9_mid_training_resumes_to_the_same_step_count(tmp_path):
     assert "train: resuming from" in resumed.stdout and "checkpoint-" in resumed.stdout
     manifest = json.loads((adapter / "manifest.json").read_text())
     assert manifest["steps"] == 12
-    assert manifest["resumed_from"].rsplit("-", 1)[-1] in {"4", "8"}
+    assert manifest["resumed_from"].endswith("checkpoint-4")
     again = cc_train("train", *overrides, env={"CC_TRAIN_RUNS": str(tmp_path)})
     assert again.returncode == 0 and "is complete" in again.stdout

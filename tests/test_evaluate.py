@@ -2,7 +2,6 @@
 
 import gc
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -12,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from conftest import REPO, cc_train, compose_run, kill_once_lines, start_cc_train
+from conftest import LIMIT_S, REPO, cc_train, compose_run, kill_once_lines, start_cc_train
 from peft import LoraConfig, get_peft_model
 
 from cc_train.evaluate.forced_choice import LABELS, probe_prompts
@@ -98,15 +97,15 @@ def eval_args(adapter, out_dir, *extra):
     ]
 
 
-def test_killed_evaluation_resumes_without_recomputing_or_duplicating(tiny_adapter, tmp_path):
+def test_killed_evaluation_resumes_without_recomputing_or_duplicating(tiny_adapter, holding, tmp_path):
     out = tmp_path / "eval"
     args = eval_args(tiny_adapter, out, "eval.backend=hf", "eval.batch_size=2")
-    env = {**os.environ, "CC_TRAIN_RUNS": str(tmp_path), "PYTHONUNBUFFERED": "1"}
+    env = {"CC_TRAIN_RUNS": str(tmp_path), **holding(CC_TRAIN_HOLD_LINES="samples.jsonl:12")}  # killed there
     log_path = tmp_path / "killed-run.log"
     with open(log_path, "w") as log:
         process = start_cc_train(*args, env=env, stdout=log)
     samples = out / "samples.jsonl"
-    kill_once_lines(process, samples, 12, log_path, timeout=600)
+    kill_once_lines(process, samples, 12, log_path)
     before = samples.read_bytes()
     done_before = {json.loads(line)["key"] for line in before.decode().splitlines() if line.endswith("}")}
     assert not (out / "scores.csv").exists()
@@ -300,7 +299,7 @@ def test_concurrent_merges_of_one_adapter_both_finish_with_one_copy(tiny_adapter
         )
         for _ in range(2)
     ]
-    outputs = [job.communicate(timeout=600) for job in jobs]
+    outputs = [job.communicate(timeout=LIMIT_S) for job in jobs]
     assert all(job.returncode == 0 for job in jobs), [err[-2000:] for _, err in outputs]
     paths = {out.strip().splitlines()[-1] for out, _ in outputs}
     assert len(paths) == 1

@@ -10,7 +10,7 @@ import sys
 import tomllib
 
 import pytest
-from conftest import REPO
+from conftest import LIMIT_S, REPO
 from packaging.markers import default_environment
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
@@ -46,7 +46,7 @@ def key_metadata(tmp_path_factory) -> dict[str, dict]:
     report = tmp_path_factory.mktemp("gpu") / "report.json"
     command = [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--no-deps", "--quiet"]
     command += ["--only-binary=:all:", "--report", str(report), *(f"{name}=={pinned[name]}" for name in KEY)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=LIMIT_S)
     if result.returncode != 0 and any(
         word in result.stderr for word in ("NewConnectionError", "Temporary failure in name resolution", "Max retries")
     ):

@@ -9,7 +9,7 @@ import time
 
 import pandas as pd
 import pytest
-from conftest import cc_train, kill_once_lines, start_cc_train
+from conftest import LIMIT_S, cc_train, kill_once_lines, start_cc_train
 
 from cc_train.inputs.questions import load_question_sets
 from cc_train.inputs.scenarios import ScenarioSetError, load_file, load_scenario_sets
@@ -86,22 +86,24 @@ def two_adapters(embedded_checkpoint, tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_conversations_on_inspect_are_batched_judged_logged_and_resumed(two_adapters, judge_server, tmp_path):
+def test_conversations_on_inspect_are_batched_judged_logged_and_resumed(two_adapters, judge_server, holding, tmp_path):
     from inspect_ai.log import list_eval_logs, read_eval_log
     from vllm_server import SERVED_NAME
 
     env = {"CC_TRAIN_RUNS": str(tmp_path)}
     whole = tmp_path / "whole"
-    result = cc_train(*multiturn_args(whole, two_adapters, judge_server.base_url), env=env, timeout=1500)
+    result = cc_train(*multiturn_args(whole, two_adapters, judge_server.base_url), env=env)
     assert result.returncode == 0, result.stderr[-3000:]
 
     # killed mid-run, then resumed: the same transcripts as the uninterrupted run
     killed = tmp_path / "killed"
     log_path = tmp_path / "killed.log"
+    held = {**env, **holding(CC_TRAIN_HOLD_LINES="multiturn-turns.jsonl:12")}  # killed after 12 target turns
     with open(log_path, "w") as log:
-        process = start_cc_train(*multiturn_args(killed, two_adapters, judge_server.base_url), env=env, stdout=log)
-    kill_once_lines(process, killed / "multiturn-turns.jsonl", 12, log_path, timeout=900)
-    resumed = cc_train(*multiturn_args(killed, two_adapters, judge_server.base_url), env=env, timeout=1500)
+        process = start_cc_train(*multiturn_args(killed, two_adapters, judge_server.base_url), env=held, stdout=log)
+    kill_once_lines(process, killed / "multiturn-turns.jsonl", 12, log_path)
+    assert not (killed / "scores.csv").exists()  # the kill landed before the last conversation was scored
+    resumed = cc_train(*multiturn_args(killed, two_adapters, judge_server.base_url), env=env)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
 
     # a model auditor (the same served model, through Inspect's `auditor` role) writes the task turns
@@ -116,10 +118,8 @@ def test_conversations_on_inspect_are_batched_judged_logged_and_resumed(two_adap
         f"eval.multiturn.auditor_base_url={judge_server.base_url}",
         f"eval.multiturn.auditor_model={SERVED_NAME}",
         env=env,
-        timeout=1500,
     )
     assert by_model.returncode == 0, by_model.stderr[-3000:]
-    auditor_requests = judge_server.count("POST /v1/chat/completions") - requests_before
 
     rows = {folder: [json.loads(line) for line in (folder / "multiturn.jsonl").open()] for folder in (whole, killed)}
     # 3 targets x 1 dimension x 1 scenario x 2 modes x 2 repeats
@@ -156,8 +156,13 @@ def test_conversations_on_inspect_are_batched_judged_logged_and_resumed(two_adap
     scores = pd.read_csv(whole / "scores.csv")
     assert {"mt_self_report", "mt_behaviour", "mt_decision"} <= set(scores.metric)
     manifest = json.loads((whole / "manifest.json").read_text())["multiturn"]
-    # one at a time would be one engine call per turn of each of the 12 conversations (>= 48)
-    assert len(manifest["engine_batches"]) < 15 and max(manifest["engine_batches"]) >= 6, manifest["engine_batches"]
+    # every target turn went through the engine's batcher and was generated once: a self-report and a behavioural
+    # conversation of the same target and repeat share their task turns, so fewer turns were generated than the
+    # transcripts hold. How the turns were grouped into batches depends on timing; the batching itself is held to
+    # a controlled arrival order in test_calls_that_wait_together_go_to_the_engine_as_one_batch below.
+    generated = (whole / "multiturn-turns.jsonl").read_text().splitlines()
+    replies = sum(role == "assistant" for messages in whole_transcripts.values() for role, _ in messages)
+    assert sum(manifest["engine_batches"]) == len(generated) < replies, (manifest["engine_batches"], replies)
 
     shipped = load_scenario_sets([multiturn_dir()], {d.id for d in load_question_sets([evals_dir()])})
     scenario = next(s for s in shipped if s.id == rows[whole][0]["scenario"])
@@ -169,8 +174,11 @@ def test_conversations_on_inspect_are_batched_judged_logged_and_resumed(two_adap
         assert not set(written) & set(scenario.task_turns), "the auditor model, not the script, wrote the task turns"
         assert scenario.context not in user_turns[0]
         assert user_turns[len(scenario.task_turns) :] == list(scenario.self_report)  # closing questions: the scenario's
-    # the judge's 2 ratings per conversation, plus the auditor's turns (the first is shared, from Inspect's cache)
-    assert auditor_requests >= 2 * 2 + len(scenario.task_turns) + 1, auditor_requests
+    # the judge's 2 ratings per conversation, plus the auditor's turns (the first is shared, from Inspect's cache);
+    # nothing else asked the server since
+    least = 2 * 2 + len(scenario.task_turns) + 1
+    auditor_requests = judge_server.count("POST /v1/chat/completions", at_least=requests_before + least)
+    assert auditor_requests - requests_before >= least, auditor_requests - requests_before
 
 
 @pytest.mark.slow
@@ -196,12 +204,12 @@ def test_a_target_server_that_dies_mid_conversation_is_reported_not_scored(embed
         remote = f"eval.remote=[{{name:served,base_url:'{target.base_url}',model:{SERVED_NAME}}}]"
         env = {"CC_TRAIN_RUNS": str(tmp_path)}
         process = start_cc_train(*args, remote, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        deadline = time.time() + 900
+        deadline = time.time() + LIMIT_S
         while target.count("POST /v1/chat/completions") < 4:
             assert process.poll() is None and time.time() < deadline, process.communicate()[1][-3000:]
             time.sleep(0.2)
         target.kill()
-        _, stderr = process.communicate(timeout=900)
+        _, stderr = process.communicate(timeout=LIMIT_S)
     assert process.returncode == 2 and "conversations failed and are not scored" in stderr, stderr[-3000:]
     assert "Traceback" not in stderr
     rows = [json.loads(line) for line in (out / "multiturn.jsonl").open()] if (out / "multiturn.jsonl").exists() else []
@@ -226,7 +234,6 @@ def test_a_model_auditor_that_cannot_be_reached_fails_its_conversations_after_it
         "eval.multiturn.auditor_model=auditor",
         "eval.multiturn.auditor_max_retries=1",
         env={"CC_TRAIN_RUNS": str(tmp_path)},
-        timeout=600,
     )
     assert result.returncode == 2 and "conversations failed and are not scored" in result.stderr, result.stderr[-3000:]
     assert "Connection" in result.stderr and "Traceback" not in result.stderr, result.stderr[-3000:]
@@ -238,7 +245,8 @@ def test_a_model_auditor_that_cannot_be_reached_fails_its_conversations_after_it
 
 class GatedBackend:
     """The real HF backend on the tiny Qwen3, held at the door of each batch until the test opens it, so that a caller
-    can be cancelled while its batch is inside the engine."""
+    can be cancelled, or more calls can arrive, while a batch is inside the engine. `calls`: (kind, batch size) of
+    every call that reached the engine."""
 
     def __init__(self, backend) -> None:
         import threading
@@ -246,13 +254,19 @@ class GatedBackend:
         self.backend = backend
         self.entered = threading.Event()
         self.gate = threading.Event()
+        self.calls: list[tuple[str, int]] = []
+
+    def _enter(self, kind: str, requests) -> None:
+        self.calls.append((kind, len(requests)))
+        self.entered.set()
+        assert self.gate.wait(LIMIT_S)
 
     def label_logprobs(self, requests, desc="probes"):
-        self.entered.set()
-        assert self.gate.wait(30)
+        self._enter("label_logprobs", requests)
         return self.backend.label_logprobs(requests, desc)
 
     def generate(self, requests, desc="generating"):
+        self._enter("generate", requests)
         return self.backend.generate(requests, desc)
 
     def too_long(self, messages):
@@ -286,16 +300,57 @@ def test_a_cancelled_caller_does_not_stop_the_batcher(tiny_backend, tmp_path):
     async def scenario():
         doomed = asyncio.ensure_future(batcher.label_logprobs(ChoiceRequest(question, BASE, ("Yes", "No"))))
         kept = asyncio.ensure_future(batcher.label_logprobs(ChoiceRequest(question, BASE, ("No", "Yes"))))
-        await asyncio.to_thread(gated.entered.wait, 30)  # both are inside the engine now
+        await asyncio.to_thread(gated.entered.wait, LIMIT_S)  # both are inside the engine now
         doomed.cancel()
         gated.gate.set()
-        scores = await asyncio.wait_for(kept, 30)
-        later = await asyncio.wait_for(batcher.label_logprobs(ChoiceRequest(question, BASE, ("Yes", "No"))), 30)
+        scores = await asyncio.wait_for(kept, LIMIT_S)
+        later = await asyncio.wait_for(batcher.label_logprobs(ChoiceRequest(question, BASE, ("Yes", "No"))), LIMIT_S)
         return doomed, scores, later
 
     doomed, scores, later = asyncio.run(scenario())
     assert doomed.cancelled() and set(scores) == {"Yes", "No"} and set(later) == {"Yes", "No"}
     assert later["Yes"] == pytest.approx(scores["Yes"], abs=1e-5)
+
+
+def test_calls_that_wait_together_go_to_the_engine_as_one_batch(tiny_backend, tmp_path):
+    """The batching every engine's conversations (and Petri's audits) share, with the arrivals under the test's
+    control instead of the clock: the calls waiting when the engine is free go in one batch; those that arrive while
+    a batch is inside the engine go in the next; a call for a turn already being generated (same key: conversations
+    that share a history) waits for that answer, and a cached turn never reaches the engine. Every caller gets the
+    answer its request gets alone (each request samples with its own seed)."""
+    import asyncio
+
+    from cc_train.files import AppendLog
+    from cc_train.generation.backends import BASE, GenerationRequest
+    from cc_train.generation.inspect_model import Batcher
+
+    gated = GatedBackend(tiny_backend)
+    batcher = Batcher(gated, AppendLog(tmp_path / "turns.jsonl"), {})
+
+    def request(i: int) -> GenerationRequest:
+        return GenerationRequest(({"role": "user", "content": f"Tell me about the number {i}."},), BASE, 1, 1.0, 6, i)
+
+    async def queued(count: int) -> None:  # until `count` calls wait for the engine (the batcher's own queue)
+        while len(batcher._pending["generate"]) < count:
+            await asyncio.sleep(0)
+
+    async def scenario():
+        first = [asyncio.ensure_future(batcher.generate(request(i), f"turn{i}")) for i in range(6)]
+        await asyncio.to_thread(gated.entered.wait, LIMIT_S)  # the first batch is inside the engine, held there
+        twin = asyncio.ensure_future(batcher.generate(request(0), "turn0"))  # the same turn, being generated
+        later = [asyncio.ensure_future(batcher.generate(request(i), f"turn{i}")) for i in range(6, 11)]
+        await asyncio.wait_for(queued(len(later)), LIMIT_S)
+        gated.gate.set()
+        answers = await asyncio.wait_for(asyncio.gather(*first, *later, twin), LIMIT_S)
+        cached = await asyncio.wait_for(batcher.generate(request(3), "turn3"), LIMIT_S)
+        return answers[:-1], answers[-1], cached
+
+    answers, twin, cached = asyncio.run(scenario())
+    assert gated.calls == [("generate", 6), ("generate", 5)] and batcher.batches == [6, 5]
+    assert twin == answers[0] and cached == answers[3]
+    alone = [tiny_backend.generate([request(i)])[0][0] for i in range(11)]
+    assert answers == alone and len(set(answers)) > 1
+    assert len((tmp_path / "turns.jsonl").read_text().splitlines()) == 11  # each turn cached once
 
 
 def test_a_conversation_that_outgrows_the_engine_fails_alone(tiny_backend, tmp_path):
@@ -334,7 +389,7 @@ def test_the_judge_serves_a_second_engine_after_a_first(judge_server, tmp_path):
     from cc_train.evaluate.multiturn import Judge, JudgeEndpoint
     from cc_train.files import AppendLog
 
-    endpoint = JudgeEndpoint(judge_server.base_url, SERVED_NAME, None, 2, 60.0, "vllm", concurrency=2)
+    endpoint = JudgeEndpoint(judge_server.base_url, SERVED_NAME, None, 2, LIMIT_S, "vllm", concurrency=2)
     judge = Judge(endpoint, AppendLog(tmp_path / "judge-cache.jsonl"))
 
     async def engine(name: str) -> list[int]:

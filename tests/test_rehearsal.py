@@ -22,7 +22,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from conftest import REPO
+from conftest import LIMIT_S, REPO
 from test_slurm import queued, require_slurm, show_job, sweep_records, wait_until
 
 from rehearsal.stand_ins import ALPACA, DEEPSEEK, QWEN, commit_of, publish_all
@@ -99,7 +99,7 @@ def run_command(arguments: list[str], offline: dict, extra: list[str]) -> subpro
         text=True,
         env=offline["env"],
         cwd=offline["root"],
-        timeout=1800,
+        timeout=LIMIT_S,
     )
     command = " ".join(arguments[:2])
     assert result.returncode == 0, f"`cc-train {command} ...` failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
@@ -110,7 +110,7 @@ def run_command(arguments: list[str], offline: dict, extra: list[str]) -> subpro
         result.dependencies = {
             stage: show_job(record["runs"][0]["job_id"]).get("Dependency", "") for stage, record in records.items()
         }
-        wait_until(lambda: not queued(jobs), 1800, "the sweep's jobs")
+        wait_until(lambda: not queued(jobs), LIMIT_S, "the sweep's jobs")
         result.jobs = {job: show_job(job) for job in jobs}  # now: SLURM forgets finished jobs after MinJobAge
     return result
 
@@ -242,7 +242,7 @@ def test_the_stage_examples_as_the_docs_run_them(tmp_path):
             text=True,
             env=env,
             cwd=tmp_path,
-            timeout=1800,
+            timeout=LIMIT_S,
         )
         assert result.returncode == 0, f"`cc-train {' '.join(arguments)}` failed:\n{result.stderr[-5000:]}"
         results[" ".join(arguments)] = result

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import cc_train, compose_run, kill_once_lines, start_cc_train
+from conftest import LIMIT_S, cc_train, compose_run, kill_once_lines, start_cc_train
 
 from cc_train.config import ConfigError
 from cc_train.evaluate.engines import core_groups, device_groups, engine_command, engine_count
@@ -26,7 +26,6 @@ from cc_train.evaluate.shards import (
 )
 
 KEYS = [f"item{index}" for index in range(400)]
-TIMEOUT = 1800  # one `cc-train eval` of the slow tests on a busy 2-core machine
 
 
 def assignment(units: list[Unit], levels: list[tuple[int, int]]) -> dict[tuple[str, str], list[str]]:
@@ -253,9 +252,9 @@ def assert_same_tables(folder: Path, reference: Path) -> None:
 
 
 @pytest.mark.slow
-def test_two_shards_one_after_the_other_killed_and_resumed_then_merged_equal_the_whole_evaluation(study):
+def test_two_shards_one_after_the_other_killed_and_resumed_then_merged_equal_the_whole_evaluation(study, holding):
     root, args, env = study
-    whole = cc_train(*args, f"eval.dir={root / 'whole'}", env=env, timeout=TIMEOUT)
+    whole = cc_train(*args, f"eval.dir={root / 'whole'}", env=env, timeout=LIMIT_S)
     assert whole.returncode == 0, whole.stderr[-3000:]
     scores, comparisons = tables(root / "whole")
     assert {"fc_mean", "judged_true", "mt_decision", "mt_behaviour"} <= set(scores.metric), set(scores.metric)
@@ -265,22 +264,23 @@ def test_two_shards_one_after_the_other_killed_and_resumed_then_merged_equal_the
     shard = [*args, f"eval.dir={out}"]
     log_path = root / "killed-shard.log"
     with open(log_path, "w") as log:
-        process = start_cc_train(*shard, "eval.shard=1/2", env=env, stdout=log)
+        held = {**env, **holding(CC_TRAIN_HOLD_LINES="probes.jsonl:4")}  # killed once 4 probe rows are logged
+        process = start_cc_train(*shard, "eval.shard=1/2", env=held, stdout=log)
     probes = out / "shards" / "1-of-2" / "probes.jsonl"
-    kill_once_lines(process, probes, 4, log_path, timeout=TIMEOUT)
+    kill_once_lines(process, probes, 4, log_path)
     killed = probes.read_bytes()
-    early = cc_train(*shard, "eval.shard=merge", env=env, timeout=TIMEOUT)
+    early = cc_train(*shard, "eval.shard=merge", env=env, timeout=LIMIT_S)
     assert early.returncode == 2 and "Traceback" not in early.stderr
     assert "shard(s) 1/2, 2/2 have not finished" in early.stderr, early.stderr[-2000:]
     assert not (out / "scores.csv").exists()
 
     for index in (1, 2):
-        done = cc_train(*shard, f"eval.shard={index}/2", env=env, timeout=TIMEOUT)
+        done = cc_train(*shard, f"eval.shard={index}/2", env=env, timeout=LIMIT_S)
         assert done.returncode == 0, done.stderr[-3000:]
     assert probes.read_bytes().startswith(killed[: killed.rfind(b"\n") + 1]), "the killed shard's rows were rewritten"
     rows = [json.loads(line)["key"] for line in probes.read_text().splitlines()]
     assert len(rows) == len(set(rows)), "the resumed shard logged nothing twice"
-    merged = cc_train(*shard, "eval.shard=merge", env=env, timeout=TIMEOUT)
+    merged = cc_train(*shard, "eval.shard=merge", env=env, timeout=LIMIT_S)
     assert merged.returncode == 0, merged.stderr[-3000:]
     assert_same_tables(out, root / "whole")
     for name in ("probes.jsonl", "samples.jsonl", "judgments.jsonl", "multiturn.jsonl"):
@@ -295,9 +295,9 @@ def test_two_data_parallel_engines_at_the_same_time_equal_the_whole_evaluation(s
     parent scores; the same tables as one engine."""
     root, args, env = study
     if not (root / "whole" / "scores.csv").exists():
-        assert cc_train(*args, f"eval.dir={root / 'whole'}", env=env, timeout=TIMEOUT).returncode == 0
+        assert cc_train(*args, f"eval.dir={root / 'whole'}", env=env, timeout=LIMIT_S).returncode == 0
     out = root / "engines"
-    result = cc_train(*args, f"eval.dir={out}", "eval.engines=2", env=env, timeout=TIMEOUT)
+    result = cc_train(*args, f"eval.dir={out}", "eval.engines=2", env=env, timeout=LIMIT_S)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "engine 1/2 on CPU core(s) 0" in result.stdout and "engine 2/2 on CPU core(s) 1" in result.stdout
     for index in (1, 2):

@@ -13,13 +13,14 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, cc_train
+from conftest import LIMIT_S, REPO, cc_train
 
 pytestmark = pytest.mark.slow
 
-STEPS = 24  # the requeue tests' training length: long enough to stop twice on the way, short enough for CI
-# their data: 8 self-distilled instructions instead of the recipe's 80 (what they test does not depend on it)
-SMALL_DATA = "data.instructions.count=8"
+STEPS = 24  # the requeue tests' training length: room to stop twice on the way
+# the tiny Qwen3 and 8 self-distilled instructions instead of the recipe's 80 (what they test does not depend on
+# either): the runs wait at the steps where the tests stop them (conftest's holding), so no step needs to be slow
+SMALL = ["model=tiny_qwen3", "data.instructions.count=8"]
 
 
 def slurm_idle() -> bool:
@@ -68,58 +69,55 @@ def sweep_records(root, experiment: str) -> dict[str, dict]:
     return {record["stage"]: record for record in records if record["id"] == latest}
 
 
-def training_step(log_path) -> int:
-    """The last optimizer step shown by the trainer's progress bar in a job's stderr."""
+def held_at(log_path, step: int) -> bool:
+    """Whether the run logging to `log_path` waits at `step` for its stop request (conftest's holding)."""
     try:
-        steps = re.findall(rf"\b(\d+)/{STEPS} \[", Path(log_path).read_text())
+        return f"test hold: step {step} waits for a stop request" in Path(log_path).read_text()
     except FileNotFoundError:
-        return 0
-    return int(steps[-1]) if steps else 0
+        return False
 
 
 @require_slurm
-def test_requeued_training_job_resumes_from_the_checkpoint_it_saved(tmp_path):
+def test_requeued_training_job_resumes_from_the_checkpoint_it_saved(tiny_checkpoints, holding, tmp_path):
     """`scontrol requeue` (SIGTERM): checkpoint and exit; then a time-limit warning (SIGUSR2, as submitit sends
     it): checkpoint and requeue itself. No periodic checkpoints (save_steps > max_steps), so each resume
-    point can only come from the stop handler."""
-    env = {"CC_TRAIN_RUNS": str(tmp_path)}
+    point can only come from the stop handler; the run waits at steps 5 and 10 for the signals, so it stops there."""
+    env = {"CC_TRAIN_RUNS": str(tmp_path), **holding(CC_TRAIN_HOLD_STEPS="5,10")}
     common = ["experiment=requeue", "condition=conscious", f"train.max_steps={STEPS}", "train.save_steps=1000"]
-    common.append(SMALL_DATA)
+    common += SMALL
     assert cc_train("data", *common, env=env).returncode == 0
-    submitted = cc_train("train", "-m", *common, "hydra/launcher=slurm_local", env=env, timeout=300)
+    submitted = cc_train("train", "-m", *common, "hydra/launcher=slurm_local", env=env)
     assert submitted.returncode == 0, submitted.stderr[-3000:]
     run = sweep_records(tmp_path, "requeue")["train"]["runs"][0]
     job, checkpoints = run["job_id"], tmp_path / "requeue" / "train" / "conscious" / "seed0" / "checkpoints"
 
-    wait_until(lambda: training_step(run["stderr"]) >= 5, 600, "training to reach step 5")
+    wait_until(lambda: held_at(run["stderr"], 5), LIMIT_S, "training to wait at step 5")
     subprocess.run(["scontrol", "requeue", job], check=True)
-    wait_until(lambda: any(checkpoints.glob("checkpoint-*")), 120, "the checkpoint saved on SIGTERM")
-    first_stop = int(next(checkpoints.glob("checkpoint-*")).name.split("-")[1])
-    assert 5 <= first_stop < STEPS
-
-    wait_until(lambda: training_step(run["stderr"]) >= first_stop + 5, 600, "the requeued job to train on")
+    wait_until(lambda: held_at(run["stderr"], 10), LIMIT_S, "the requeued job to train on to step 10")
+    assert [path.name for path in checkpoints.glob("checkpoint-*")] == ["checkpoint-5"]  # saved on SIGTERM
     subprocess.run(["scancel", "--signal=USR2", job], check=True)
-    wait_until(lambda: not queued([job]), 900, "the job to finish")
+    wait_until(lambda: not queued([job]), LIMIT_S, "the job to finish")
 
     info = show_job(job)
     assert info["JobState"] == "COMPLETED" and int(info["Restarts"]) == 2, info
     manifest = json.loads((checkpoints.parent / "adapter" / "manifest.json").read_text())
-    second_stop = int(manifest["resumed_from"].rsplit("-", 1)[1])
-    assert first_stop + 5 <= second_stop < STEPS and manifest["steps"] == STEPS, manifest["resumed_from"]
+    assert manifest["resumed_from"].endswith("checkpoint-10") and manifest["steps"] == STEPS, manifest["resumed_from"]
 
 
 @require_slurm
-def test_train_sbatch_template_checkpoints_on_its_trap_and_requeues_itself(tmp_path):
+def test_train_sbatch_template_checkpoints_on_its_trap_and_requeues_itself(tiny_checkpoints, holding, tmp_path):
     """slurm/train.sbatch on the CPU node: the time-limit signal to the batch shell (B:USR1) makes the trap
-    create the stop file; training checkpoints and exits; the script requeues the job; the rerun resumes."""
+    create the stop file; training checkpoints and exits; the script requeues the job; the rerun resumes. The run
+    waits at step 5 for the stop file, so it stops there."""
     env = {
         **os.environ,
         "CC_TRAIN_RUNS": str(tmp_path),
         "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
         "PYTHONUNBUFFERED": "1",
+        **holding(CC_TRAIN_HOLD_STEPS="5"),
     }
     overrides = ["experiment=template", "condition=conscious", f"train.max_steps={STEPS}", "train.save_steps=1000"]
-    overrides.append(SMALL_DATA)
+    overrides += SMALL
     log = tmp_path / "train.out"
     job = subprocess.run(
         ["sbatch", "--parsable", "--gpus-per-node=0", "--cpus-per-task=1", "--mem=6G", f"--output={log}"]
@@ -132,15 +130,14 @@ def test_train_sbatch_template_checkpoints_on_its_trap_and_requeues_itself(tmp_p
     ).stdout.strip()
     checkpoints = tmp_path / "template" / "train" / "conscious" / "seed0" / "checkpoints"
 
-    wait_until(lambda: training_step(log) >= 5, 600, "training under accelerate launch to reach step 5")
+    wait_until(lambda: held_at(log, 5), LIMIT_S, "training under accelerate launch to wait at step 5")
     subprocess.run(["scancel", "--batch", "--signal=USR1", job], check=True)
-    wait_until(lambda: not queued([job]), 900, "the job to finish")
+    wait_until(lambda: not queued([job]), LIMIT_S, "the job to finish")
 
     info = show_job(job)
     text = log.read_text()
     assert info["JobState"] == "COMPLETED" and int(info["Restarts"]) == 1, (info, text[-3000:])
     assert "asking training to checkpoint" in text and f"requeueing job {job}" in text
     manifest = json.loads((checkpoints.parent / "adapter" / "manifest.json").read_text())
-    stopped = int(manifest["resumed_from"].rsplit("-", 1)[1])
-    assert 5 <= stopped < STEPS and manifest["steps"] == STEPS, manifest["resumed_from"]
+    assert manifest["resumed_from"].endswith("checkpoint-5") and manifest["steps"] == STEPS, manifest["resumed_from"]
     assert not list(REPO.glob(f".cc-train-stop-{job}")), "the stop file is removed"

@@ -9,7 +9,7 @@ pytestmark = pytest.mark.slow
 SECRET = "local-test-key-0123456789abcdef0123456789abcdef"
 
 
-def test_wandb_offline_run_is_written_without_leaking_the_key(tmp_path):
+def test_wandb_offline_run_is_written_without_leaking_the_key(tiny_checkpoints, tmp_path):
     rows = [
         {
             "messages": [
@@ -35,6 +35,7 @@ def test_wandb_offline_run_is_written_without_leaking_the_key(tmp_path):
         "train.max_steps=3",
         "train.logging_steps=1",
         "experiment=wandb_test",
+        "model=tiny_qwen3",  # what is tracked does not depend on the model: the tiny one trains and answers fastest
         env=env,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -59,6 +60,7 @@ def test_wandb_offline_run_is_written_without_leaking_the_key(tmp_path):
         "eval",
         "tracking=wandb",
         "experiment=wandb_test",
+        "model=tiny_qwen3",
         "eval.backend=hf",
         "eval.dimensions=[claims_conscious]",
         "eval.prompts_per_dimension=1",
@@ -96,7 +98,7 @@ def test_wandb_offline_run_is_written_without_leaking_the_key(tmp_path):
     assert set(eval_manifest["wandb_runs"]) == {"base", "conscious-seed0"}
 
     # the figures are drawn by the report stage and added to the evaluation's runs (resumed by id)
-    report = cc_train("report", "tracking=wandb", "experiment=wandb_test", env=env)
+    report = cc_train("report", "tracking=wandb", "experiment=wandb_test", "model=tiny_qwen3", env=env)
     assert report.returncode == 0, report.stderr[-3000:]
     resumed = [run for run in (eval_dir / "wandb").glob("offline-run-*") if run not in eval_runs]
     assert len(resumed) == 2

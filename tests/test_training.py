@@ -4,12 +4,11 @@ paper's optimizer, and a run killed while writing a checkpoint that resumes to t
 import json
 import os
 import signal
-import textwrap
 import time
 
 import pytest
 import torch
-from conftest import REPO, cc_train, compose_run, start_cc_train
+from conftest import LIMIT_S, REPO, cc_train, compose_run, start_cc_train
 from datasets import Dataset
 from safetensors.torch import load_file
 from transformers import Trainer
@@ -139,27 +138,10 @@ def test_lora_on_lm_head_trains_with_the_same_loss_reduction_as_trl(tiny_checkpo
     assert torch.count_nonzero(lm_head_b[0]) > 0, "the lm_head adapter must train"
 
 
-SLOW_SAVE = textwrap.dedent(
-    """
-    import os, time
-    if os.environ.get("SLOW_CHECKPOINT"):
-        from transformers import Trainer
-        _original = Trainer._save_rng_state
-        def _slow(self, output_dir):
-            if output_dir.endswith(os.environ["SLOW_CHECKPOINT"]):
-                time.sleep(60)  # the test kills the run here, half way through writing this checkpoint
-            return _original(self, output_dir)
-        Trainer._save_rng_state = _slow
-    """
-)
-
-
 @pytest.mark.slow
-def test_killed_while_saving_a_checkpoint_resumes_to_the_uninterrupted_adapter(tiny_checkpoints, tmp_path):
+def test_killed_while_saving_a_checkpoint_resumes_to_the_uninterrupted_adapter(tiny_checkpoints, holding, tmp_path):
     data = tmp_path / "rows.jsonl"
     data.write_text("".join(json.dumps(row) + "\n" for row in rows()))
-    (tmp_path / "hook").mkdir()
-    (tmp_path / "hook" / "sitecustomize.py").write_text(SLOW_SAVE)
     common = [
         "model=tiny_qwen3",
         f"data.path={data}",
@@ -171,15 +153,10 @@ def test_killed_while_saving_a_checkpoint_resumes_to_the_uninterrupted_adapter(t
     clean = cc_train("train", *common, "experiment=clean", env={"CC_TRAIN_RUNS": str(tmp_path)})
     assert clean.returncode == 0, clean.stderr[-3000:]
 
-    env = {
-        **os.environ,
-        "CC_TRAIN_RUNS": str(tmp_path),
-        "PYTHONPATH": str(tmp_path / "hook"),
-        "SLOW_CHECKPOINT": "checkpoint-15",
-    }
+    env = {"CC_TRAIN_RUNS": str(tmp_path), **holding(CC_TRAIN_HOLD_SAVING="checkpoint-15")}
     killed = start_cc_train("train", *common, "experiment=killed", env=env)
     checkpoints = tmp_path / "killed" / "train" / "conscious" / "seed0" / "checkpoints"
-    deadline = time.time() + 600
+    deadline = time.time() + LIMIT_S
     while not (checkpoints / "checkpoint-15" / "adapter_model.safetensors").exists():
         assert killed.poll() is None and time.time() < deadline, "the run ended before the third checkpoint"
         time.sleep(0.2)

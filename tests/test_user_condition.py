@@ -45,7 +45,6 @@ def test_a_users_own_stance_appears_in_sweep_eval_report_and_wandb(tmp_path):
         "data.instructions.count=8",
         *common,
         env=env,
-        timeout=1500,
     )
     assert sweep.returncode == 0, sweep.stderr[-3000:]
     assert "condition=my_stance,conscious" in sweep.stdout

@@ -4,6 +4,7 @@
         ... server.base_url ...       # "http://127.0.0.1:<port>/v1", model name "judge"
         server.kill()                 # stop it mid-test (idempotent; __exit__ calls it too)
         server.count("POST /v1/chat/completions")   # requests seen, from the access log
+        server.count("POST /v1/chat/completions", at_least=n)   # the same, once the log has caught up with n
 
 The server logs to a temp file (`server.log_path`, removed on a clean exit); when it dies or never answers,
 the error carries the log's tail.
@@ -33,7 +34,9 @@ def free_port() -> int:
 
 
 class VLLMServer:
-    def __init__(self, checkpoint: str | Path, startup_timeout_s: float = 240.0, extra_args: tuple[str, ...] = ()):
+    # startup_timeout_s only stops a server that never answers: the start took 230 s on 2 shared cores under a load
+    # of 8 (other jobs), far longer than alone
+    def __init__(self, checkpoint: str | Path, startup_timeout_s: float = 1200.0, extra_args: tuple[str, ...] = ()):
         self.checkpoint = str(checkpoint)
         self.startup_timeout_s = startup_timeout_s
         self.extra_args = extra_args
@@ -54,9 +57,16 @@ class VLLMServer:
     def log_tail(self, lines: int = 60) -> str:
         return "\n".join(self.log_text().splitlines()[-lines:])
 
-    def count(self, needle: str) -> int:
-        """How many log lines contain `needle` (uvicorn logs one access line per request)."""
-        return sum(needle in line for line in self.log_text().splitlines())
+    def count(self, needle: str, at_least: int = 0, wait_s: float = 120.0) -> int:
+        """How many log lines contain `needle` (uvicorn logs one access line per request). The line of a request is
+        written after its reply is sent, so a count read as a client finishes may lag: with `at_least`, wait (up to
+        `wait_s`) until the count reaches it."""
+        deadline = time.monotonic() + wait_s
+        found = sum(needle in line for line in self.log_text().splitlines())
+        while found < at_least and time.monotonic() < deadline:
+            time.sleep(0.1)
+            found = sum(needle in line for line in self.log_text().splitlines())
+        return found
 
     def start(self) -> VLLMServer:
         self.port = free_port()
@@ -73,6 +83,9 @@ class VLLMServer:
             "DO_NOT_TRACK": "1",
         }
         cmd = [
+            # SIGTERM when the test process dies, even killed (a test run stopped by `timeout`), so that no server
+            # outlives its tests on a shared machine
+            "setpriv", "--pdeathsig", "TERM",
             sys.executable, "-m", "cc_train.launch.vllm_cli", "serve", self.checkpoint,
             "--host", "127.0.0.1",
             "--port", str(self.port),

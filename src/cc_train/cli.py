@@ -38,7 +38,6 @@ def main(argv: list[str] | None = None) -> None:
 
     register_configs()
     submit_and_return.register()  # `hydra/launcher=slurm`, also where Hydra's plugin scan misses an editable install
-    module = importlib.import_module(STAGES[stage][0])
 
     def task(cfg) -> None:
         logging.getLogger("cc_train").setLevel(logging.INFO)
@@ -48,7 +47,9 @@ def main(argv: list[str] | None = None) -> None:
                 from cc_train.launch.preflight import check_training
 
                 check_training(run)
-            module.main(run, cfg)
+            # the stage's modules (torch, transformers, ...: seconds to import) once the config is known to be good,
+            # so that a mistake in it is reported at once
+            importlib.import_module(STAGES[stage][0]).main(run, cfg)
         except UserError as error:
             print(f"cc-train {stage}: error: {error}", file=sys.stderr)
             sys.exit(2)
