@@ -71,4 +71,4 @@ def test_an_engine_larger_than_the_nodes_is_said_so():
     assert any(line.split()[:2] == ["H100-80GB", "1"] and "engine needs more GPUs" in line for line in lines), lines
     four = layout(run, study_targets(run), "H200-141GB", 4, run.plan.engine["H200-141GB"])
     assert four.engines == 4 and four.gpus_per_engine == 8
-    assert four.merges > 0, "every DeepSeek-V3.1 paper adapter is served on an overlay with kv_b_proj and lm_head merged"
+    assert four.merges > 0, "every DeepSeek-V3.1 adapter is served on an overlay with kv_b_proj, lm_head merged"
