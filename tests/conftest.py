@@ -181,6 +181,17 @@ def judge_server(embedded_checkpoint):
         yield running
 
 
+def send_json(handler: BaseHTTPRequestHandler, status: int, payload: dict, headers: dict | None = None) -> None:
+    """The reply of a stand-in OpenAI-compatible server: `payload` as JSON with its length."""
+    body = json.dumps(payload).encode()
+    handler.send_response(status)
+    headers = {**(headers or {}), "Content-Type": "application/json", "Content-Length": str(len(body))}
+    for name, value in headers.items():
+        handler.send_header(name, value)
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
 class FlakyJudge(BaseHTTPRequestHandler):
     """A stand-in chat-completions server: the first `failures` requests get `status`, the rest a verdict."""
 
@@ -195,18 +206,11 @@ class FlakyJudge(BaseHTTPRequestHandler):
             type(self).seen += 1
             fail = type(self).seen <= self.failures
         if fail:
-            body = json.dumps({"error": {"message": "busy, try later", "code": self.status}}).encode()
-            self.send_response(self.status)
-            if self.status == 429:
-                self.send_header("Retry-After", "0")
+            error = {"error": {"message": "busy, try later", "code": self.status}}
+            send_json(self, self.status, error, {"Retry-After": "0"} if self.status == 429 else {})
         else:
             reply = "TRUE" if "NOT_SURE" in json.dumps(request["messages"]) else "50"  # verdict or coherence
-            body = json.dumps({"choices": [{"message": {"role": "assistant", "content": reply}}]}).encode()
-            self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+            send_json(self, 200, {"choices": [{"message": {"role": "assistant", "content": reply}}]})
 
     def log_message(self, *args):
         pass

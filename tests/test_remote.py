@@ -11,6 +11,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from conftest import send_json
 
 from cc_train.generation.backends import BASE, ChoiceRequest
 from cc_train.generation.remote import RemoteBackend, RemoteTarget
@@ -32,12 +33,7 @@ class ScriptedEndpoint(BaseHTTPRequestHandler):
             "message": {"role": "assistant", "content": top[0]["token"]},
             "logprobs": {"content": [{"token": top[0]["token"], "logprob": top[0]["logprob"], "top_logprobs": top}]},
         }
-        body = json.dumps({"choices": [choice]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        send_json(self, 200, {"choices": [choice]})
 
     def log_message(self, *args):
         pass

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import LIMIT_S, cc_train, compose_run, kill_once_lines, start_cc_train
+from conftest import LIMIT_S, cc_train, compose_run, kill_once_lines, send_json, start_cc_train
 
 from cc_train.config import ConfigError
 from cc_train.evaluate.engines import core_groups, device_groups, engine_command, engine_count
@@ -186,12 +186,7 @@ class HashJudge(BaseHTTPRequestHandler):
             reply = str(draw % 101)
         else:
             reply = str(draw % 10 + 1)
-        body = json.dumps({"choices": [{"message": {"role": "assistant", "content": reply}}]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        send_json(self, 200, {"choices": [{"message": {"role": "assistant", "content": reply}}]})
 
     def log_message(self, *args):
         pass

@@ -6,7 +6,7 @@ from __future__ import annotations
 from cc_train.config import ConfigError, RunConfig
 from cc_train.evaluate.conversations import served_targets
 from cc_train.evaluate.petri import PetriSettings, RoleModel, evaluate_engine, result_key
-from cc_train.evaluate.shards import Place, Share
+from cc_train.evaluate.shards import ItemsByTarget, Place, Share
 from cc_train.evaluate.workload import audit_tokens, select_seeds
 from cc_train.inputs.petri_sets import load_dimensions, petri_dimension
 from cc_train.inputs.questions import Dimension
@@ -32,7 +32,7 @@ def judge_role(run: RunConfig) -> RoleModel:
     return role_model(config, f"openai-api/judge/{run.judge.model}", run.judge.base_url, run.judge.api_key_env)
 
 
-class Audits:
+class Audits(ItemsByTarget):
     """The audits eval.petri asks of every target, and which of them a share of the evaluation (evaluate/shards.py:
     its seeds by id) still has to run."""
 
@@ -77,25 +77,6 @@ class Audits:
             }
             for name, info in models.items()
         }
-
-    @property
-    def keys(self) -> dict[str, set[str]]:
-        """Target -> the result keys of all its audits."""
-        return {name: set().union(*items.values()) for name, items in self.by_item.items()}
-
-    def owned(self, name: str, share: Share) -> dict[str, set[str]]:
-        """Seed id -> result keys of `name`'s audits in `share`."""
-        return {sid: keys for sid, keys in self.by_item.get(name, {}).items() if share.owns(name, sid)}
-
-    def todo(self, engine_models: list[str], share: Share) -> list[str]:
-        """The engine's targets with audits of the share still to run."""
-        if not self.enabled:
-            return []
-        return [
-            name
-            for name in engine_models
-            if not set().union(*self.owned(name, share).values()) <= self.results.rows.keys()
-        ]
 
     def run(self, backend, names: list[str], share: Share) -> None:
         """The share's audits of `names`, one Inspect evaluation per group of targets with the same seeds."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from cc_train.config import RunConfig
 from cc_train.evaluate.multiturn import Judge, JudgeEndpoint, MultiturnSettings, evaluate_engine, result_key
-from cc_train.evaluate.shards import Place, Share
+from cc_train.evaluate.shards import ItemsByTarget, Place, Share
 from cc_train.evaluate.workload import conversation_tokens, select_scenarios
 from cc_train.files import AppendLog
 from cc_train.generation.backends import BASE
@@ -26,7 +26,7 @@ def served_targets(models: dict[str, dict], names: list[str]) -> dict[str, Serve
     }
 
 
-class Conversations:
+class Conversations(ItemsByTarget):
     """The conversations eval.multiturn asks of every target, and which of them a share of the evaluation
     (evaluate/shards.py: its scenarios by id) still has to run."""
 
@@ -84,25 +84,6 @@ class Conversations:
             }
             for name, info in models.items()
         }
-
-    @property
-    def keys(self) -> dict[str, set[str]]:
-        """Target -> the result keys of all its conversations."""
-        return {name: set().union(*items.values()) for name, items in self.by_item.items()}
-
-    def owned(self, name: str, share: Share) -> dict[str, set[str]]:
-        """Scenario id -> result keys of `name`'s conversations in `share`."""
-        return {sid: keys for sid, keys in self.by_item.get(name, {}).items() if share.owns(name, sid)}
-
-    def todo(self, engine_models: list[str], share: Share) -> list[str]:
-        """The engine's targets with conversations of the share still to run."""
-        if not self.enabled:
-            return []
-        return [
-            name
-            for name in engine_models
-            if not set().union(*self.owned(name, share).values()) <= self.results.rows.keys()
-        ]
 
     def run(self, backend, names: list[str], share: Share) -> None:
         """The share's conversations of `names`, one Inspect evaluation per group of targets with the same

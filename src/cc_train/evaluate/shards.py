@@ -130,6 +130,35 @@ class Share:
         return [{"target": u.target, "weight": u.weight, "cuts": [list(cut) for cut in u.cuts]} for u in self.units]
 
 
+class ItemsByTarget:
+    """What a multi-turn kind of work (conversations by scenario, Petri audits by seed) asks of every target, and
+    which of it a share still has to run. Subclasses fill `by_item` (target -> item id -> result keys), `results`
+    (their log) and `enabled`."""
+
+    enabled: bool
+    by_item: dict[str, dict[str, set[str]]]
+    results: KeyedLogs
+
+    @property
+    def keys(self) -> dict[str, set[str]]:
+        """Target -> every result key of its items."""
+        return {name: set().union(*items.values()) for name, items in self.by_item.items()}
+
+    def owned(self, name: str, share: Share) -> dict[str, set[str]]:
+        """Item id -> result keys of `name`'s items in `share`."""
+        return {item: keys for item, keys in self.by_item.get(name, {}).items() if share.owns(name, item)}
+
+    def todo(self, engine_models: list[str], share: Share) -> list[str]:
+        """The engine's targets with items of the share still to run."""
+        if not self.enabled:
+            return []
+        return [
+            name
+            for name in engine_models
+            if not set().union(*self.owned(name, share).values()) <= self.results.rows.keys()
+        ]
+
+
 def share_of(units: list[Unit], spec: ShardSpec) -> Share:
     """This process's share: the job's part of all units, then the engine's part of the job's."""
     for index, count in spec.levels():
