@@ -80,10 +80,7 @@ class Audits(ItemsByTarget):
 
     def run(self, backend, names: list[str], share: Share) -> None:
         """The share's audits of `names`, one Inspect evaluation per group of targets with the same seeds."""
-        groups: dict[tuple[str, ...], list[str]] = {}
-        for name in names:
-            groups.setdefault(tuple(self.owned(name, share)), []).append(name)
-        for ids, group in groups.items():
+        for ids, group in self.groups(names, share).items():
             self.batches += evaluate_engine(
                 served_targets(self.models, group),
                 backend,
@@ -94,9 +91,6 @@ class Audits(ItemsByTarget):
                 self.work_dir,
                 self.results,
             )
-
-    def expected(self, share: Share) -> set[str]:
-        return {key for name in self.by_item for keys in self.owned(name, share).values() for key in keys}
 
     def selected(self) -> list[dict]:
         every = {key for per in self.by_item.values() for keys in per.values() for key in keys}

@@ -158,6 +158,17 @@ class ItemsByTarget:
             if not set().union(*self.owned(name, share).values()) <= self.results.rows.keys()
         ]
 
+    def expected(self, share: Share) -> set[str]:
+        """Every result key the share owes."""
+        return {key for name in self.by_item for keys in self.owned(name, share).values() for key in keys}
+
+    def groups(self, names: list[str], share: Share) -> dict[tuple[str, ...], list[str]]:
+        """`names` grouped by the item ids of the share they own: one Inspect evaluation per group."""
+        groups: dict[tuple[str, ...], list[str]] = {}
+        for name in names:
+            groups.setdefault(tuple(self.owned(name, share)), []).append(name)
+        return groups
+
 
 def share_of(units: list[Unit], spec: ShardSpec) -> Share:
     """This process's share: the job's part of all units, then the engine's part of the job's."""
