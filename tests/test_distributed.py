@@ -116,12 +116,14 @@ def test_every_checkpoint_of_the_sharded_run_carries_an_adapter_that_evaluation_
 
 def test_ranks_without_a_dataset_refuse_at_once_instead_of_waiting_for_one_of_them(tmp_path):
     """Two ranks, no dataset: building it (self-distillation with the base model) is not a rank's job while the others
-    wait outside any process group, where no timeout fires. Both refuse at once, naming the command to run first."""
+    wait outside any process group, where no timeout fires. The ranks refuse at once, naming the command to run first.
+    How many of them print it before the launcher stops the rest is a race, so one message is what is asserted; that
+    none waited is the launch returning at all (launch_ranks has a timeout)."""
     started = time.monotonic()
     result = launch_ranks(*TRAINING, "experiment=nodata", env={"CC_TRAIN_RUNS": str(tmp_path)})
     output = result.stdout + result.stderr
     assert result.returncode != 0, output[-3000:]
-    assert output.count("run `cc-train data` with the same overrides first") == 2, output[-3000:]  # every rank
+    assert "run `cc-train data` with the same overrides first" in output, output[-3000:]
     assert not (tmp_path / "nodata" / "data" / "conscious.jsonl").exists(), "no rank built it"
     print(f"2 ranks without a dataset: refused in {time.monotonic() - started:.0f} s")
 
