@@ -47,10 +47,14 @@ SlurmdPort=6818
 JobCompType=jobcomp/none
 JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
-# On a slow or loaded machine too: a job stopped by SIGTERM has KillWait seconds to finish its step and save a
-# checkpoint, and tests read finished jobs with scontrol, which forgets them MinJobAge seconds after they end
-# (a sweep's evaluation job can run for many minutes after its training jobs ended).
-KillWait=120
+# A job stopped by SIGTERM has KillWait seconds to save its checkpoint (a tiny model's takes a second or two); a
+# requeued job may start again once its credential expired (cred_expire, 120 s by default: 30 here, still ample to
+# launch a step on a loaded 2-core node), and the scheduler looks at pending jobs every 5 s, not every 60. Tests read
+# finished jobs with scontrol, which forgets them MinJobAge seconds after they end (a sweep's evaluation job can run
+# for many minutes after its training jobs ended).
+KillWait=60
+AuthInfo=cred_expire=30
+SchedulerParameters=sched_interval=5,bf_interval=5
 MinJobAge=7200
 InactiveLimit=0
 NodeName=$HOST CPUs=$CPUS RealMemory=$MEM_MB State=UNKNOWN
