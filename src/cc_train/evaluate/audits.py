@@ -92,10 +92,6 @@ class Audits(ItemsByTarget):
                 self.results,
             )
 
-    def selected(self) -> list[dict]:
-        every = {key for per in self.by_item.values() for keys in per.values() for key in keys}
-        return self.results.selected(every) if self.enabled else []
-
     def summary(self) -> dict | None:
         if not self.enabled:
             return None

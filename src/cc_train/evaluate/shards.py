@@ -162,6 +162,11 @@ class ItemsByTarget:
         """Every result key the share owes."""
         return {key for name in self.by_item for keys in self.owned(name, share).values() for key in keys}
 
+    def selected(self) -> list[dict]:
+        """The logged rows of every target's items, as the tables read them."""
+        every = {key for per in self.by_item.values() for keys in per.values() for key in keys}
+        return self.results.selected(every) if self.enabled else []
+
     def groups(self, names: list[str], share: Share) -> dict[tuple[str, ...], list[str]]:
         """`names` grouped by the item ids of the share they own: one Inspect evaluation per group."""
         groups: dict[tuple[str, ...], list[str]] = {}
