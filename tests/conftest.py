@@ -194,11 +194,35 @@ def fork_safe(environment: dict, set_by_imports: dict[str, str]) -> bool:
 def fork_server(environment: dict) -> ForkServer | None:
     """The session's fork server (started on first use), or None where `environment` needs a fresh interpreter."""
     if os.environ.get("CC_TRAIN_TEST_FORK", "1") == "0":
+        PROCESSES["fresh"] += 1
         return None
     with _fork_server_lock:
         if not _fork_server:
             _fork_server.append(ForkServer())
-    return _fork_server[0] if fork_safe(environment, _fork_server[0].set_by_imports) else None
+    forked = fork_safe(environment, _fork_server[0].set_by_imports)
+    PROCESSES["forked" if forked else "fresh"] += 1
+    return _fork_server[0] if forked else None
+
+
+PROCESSES = {"forked": 0, "fresh": 0}
+
+
+def pytest_terminal_summary(terminalreporter):
+    if any(PROCESSES.values()):
+        terminalreporter.write_line(
+            f"cc-train processes of the tests' helpers: {PROCESSES['forked']} forked, {PROCESSES['fresh']} fresh"
+        )
+
+
+@pytest.fixture(autouse=True)
+def restored_environment():
+    """What a test, or a library it runs in this process, sets in os.environ ends with the test (vLLM's engine sets a
+    dozen variables, LD_PRELOAD among them): later tests' cc-train processes would otherwise inherit it, and none
+    could be forked."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
 
 
 class ForkServer:
