@@ -6,6 +6,7 @@ import atexit
 import json
 import os
 import select
+import shutil
 import signal
 import socket
 import subprocess
@@ -236,7 +237,12 @@ class ForkServer:
         ready, _, set_by_imports = self.process.stdout.readline().partition(" ")
         assert ready == "ready", f"the fork server did not start (exit {self.process.wait()})"
         self.set_by_imports = json.loads(set_by_imports)
-        atexit.register(self.process.kill)
+        atexit.register(self.stop)
+
+    def stop(self) -> None:
+        self.process.kill()
+        self.process.wait()
+        shutil.rmtree(self.folder, ignore_errors=True)
 
     def start(self, args, environment: dict, cwd: Path, new_session: bool, files) -> ForkedProcess:
         connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -4,7 +4,6 @@ Inspect's own API; kill -9 and resume gives the same transcripts; a target serve
 scored."""
 
 import json
-import subprocess
 import time
 
 import pandas as pd
@@ -203,15 +202,18 @@ def test_a_target_server_that_dies_mid_conversation_is_reported_not_scored(embed
     with VLLMServer(embedded_checkpoint) as target:
         remote = f"eval.remote=[{{name:served,base_url:'{target.base_url}',model:{SERVED_NAME}}}]"
         env = {"CC_TRAIN_RUNS": str(tmp_path)}
-        process = start_cc_train(*args, remote, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        log_path = tmp_path / "run.log"  # stdout and stderr
+        with open(log_path, "w") as log:
+            process = start_cc_train(*args, remote, env=env, stdout=log)
         deadline = time.time() + LIMIT_S
         while target.count("POST /v1/chat/completions") < 4:
-            assert process.poll() is None and time.time() < deadline, process.communicate()[1][-3000:]
+            assert process.poll() is None and time.time() < deadline, log_path.read_text()[-3000:]
             time.sleep(0.2)
         target.kill()
-        _, stderr = process.communicate(timeout=LIMIT_S)
-    assert process.returncode == 2 and "conversations failed and are not scored" in stderr, stderr[-3000:]
-    assert "Traceback" not in stderr
+        process.wait(timeout=LIMIT_S)
+    output = log_path.read_text()
+    assert process.returncode == 2 and "conversations failed and are not scored" in output, output[-3000:]
+    assert "Traceback" not in output
     rows = [json.loads(line) for line in (out / "multiturn.jsonl").open()] if (out / "multiturn.jsonl").exists() else []
     assert not any(row["model"] == "served" for row in rows), "nothing of the dead target is scored"
     assert not (out / "scores.csv").exists()
