@@ -43,7 +43,7 @@ def compose_run(*overrides: str) -> tuple[RunConfig, object]:
 def cc_train(*args: str, env: dict | None = None, timeout: float = LIMIT_S, cwd: Path | None = None):
     """Run the real console entry point; returns the CompletedProcess (stdout+stderr text)."""
     environment = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    server = fork_server(environment)
+    server = fork_server(args, environment)
     if server is None:
         return subprocess.run(
             [sys.executable, "-m", "cc_train", *args],
@@ -150,7 +150,7 @@ def start_cc_train(*args: str, env: dict, stdout=subprocess.DEVNULL, stderr=subp
     is killed too if the test process dies first (a held process would otherwise wait for an hour). Returns a Popen,
     or for a process of the fork server an object with its pid, poll() and wait()."""
     environment = {**os.environ, "PYTHONUNBUFFERED": "1", **env}
-    server = fork_server(environment)
+    server = fork_server(args, environment)
     if server is None or subprocess.PIPE in (stdout, stderr):
         return subprocess.Popen(
             ["setpriv", "--pdeathsig", "KILL", sys.executable, "-m", "cc_train", *args],
@@ -173,15 +173,15 @@ _fork_server = []
 
 
 def fork_safe(environment: dict, set_by_imports: dict[str, str]) -> bool:
-    """True when `environment` differs from the server's only where a forked child can still honour it: cc-train's,
-    W&B's and pytest's variables (read when used), extra PYTHONPATH folders holding only a sitecustomize hook (run by
+    """True when `environment` differs from the server's only where a forked child can still honour it: cc-train's
+    and pytest's variables (read when used), extra PYTHONPATH folders holding only a sitecustomize hook (run by
     the child). Variables the server's imports set (to what a fresh process's imports set them to) may be left out."""
     for key in FORK_SERVER_ENV.keys() | environment.keys():
         unchanged = environment.get(key) in (
             FORK_SERVER_ENV.get(key),
             set_by_imports.get(key, FORK_SERVER_ENV.get(key)),
         )
-        if unchanged or key.startswith(("CC_TRAIN_", "WANDB_", "PYTEST_")):
+        if unchanged or key.startswith(("CC_TRAIN_", "PYTEST_")):
             continue
         if key != "PYTHONPATH":
             return False
@@ -192,9 +192,12 @@ def fork_safe(environment: dict, set_by_imports: dict[str, str]) -> bool:
     return True
 
 
-def fork_server(environment: dict) -> ForkServer | None:
-    """The session's fork server (started on first use), or None where `environment` needs a fresh interpreter."""
-    if os.environ.get("CC_TRAIN_TEST_FORK", "1") == "0":
+def fork_server(args: tuple[str, ...], environment: dict) -> ForkServer | None:
+    """The session's fork server (started on first use), or None where the command needs a fresh interpreter: where
+    `environment` asks for it, or for W&B, which keeps a folder per process from its import on (its media staging
+    folder, made when wandb is imported: the first forked child to end deleted it under the later ones' runs)."""
+    wandb = "tracking=wandb" in args or any(key.startswith("WANDB_") for key in environment)
+    if os.environ.get("CC_TRAIN_TEST_FORK", "1") == "0" or wandb:
         PROCESSES["fresh"] += 1
         return None
     with _fork_server_lock:
