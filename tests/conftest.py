@@ -169,6 +169,7 @@ FORK_SERVER_ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}  # as pytest started, 
 HOOK_FILES = {"sitecustomize.py", "__pycache__"}
 _fork_server_lock = threading.Lock()
 _fork_server = []
+PROCESSES = {"forked": 0, "fresh": 0}  # pytest's summary prints them
 
 
 def fork_safe(environment: dict, set_by_imports: dict[str, str]) -> bool:
@@ -205,9 +206,6 @@ def fork_server(args: tuple[str, ...], environment: dict) -> ForkServer | None:
     forked = fork_safe(environment, _fork_server[0].set_by_imports)
     PROCESSES["forked" if forked else "fresh"] += 1
     return _fork_server[0] if forked else None
-
-
-PROCESSES = {"forked": 0, "fresh": 0}
 
 
 def pytest_terminal_summary(terminalreporter):

@@ -25,8 +25,10 @@ import sys
 import threading
 import warnings
 
+from cc_train.stages import STAGES
+
 PRELOADED = (  # the stages' modules and what they import lazily when they run
-    [module for module, _ in __import__("cc_train.stages", fromlist=["STAGES"]).STAGES.values()]
+    [module for module, _ in STAGES.values()]
     + ["cc_train.cli", "vllm", "vllm.v1.engine.llm_engine", "transformers.models.llama.modeling_llama",
        "transformers.models.qwen3.modeling_qwen3", "peft", "trl", "matplotlib.pyplot"]
 )  # fmt: skip
